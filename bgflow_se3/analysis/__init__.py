@@ -1,0 +1,3 @@
+"""Analysis: collective variables (mdtraj), histograms, divergences and plots."""
+
+__all__: list[str] = []

@@ -1,0 +1,13 @@
+"""Energy targets: batched reduced energies u(x) = E(x)/kT with forces, from OpenMM systems or pure torch."""
+
+from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
+from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
+
+__all__ = [
+    "MOLAR_GAS_CONSTANT",
+    "DoubleWellEnergy",
+    "Energy",
+    "LennardJonesEnergy",
+    "kT_in_kJ_per_mol",
+    "pair_distances",
+]

@@ -1,0 +1,44 @@
+"""Exceptions and warnings raised by bgflow_se3; one base class, specific subclasses."""
+
+__all__ = [
+    "BgflowError",
+    "ConvergenceError",
+    "EnergyEvaluationError",
+    "LowOverlapWarning",
+    "NonFiniteInputError",
+    "UnsupportedForceError",
+    "UnsupportedSystemError",
+    "WorkerError",
+]
+
+
+class BgflowError(Exception):
+    """Base class of every error raised on purpose by bgflow_se3."""
+
+
+class NonFiniteInputError(BgflowError, ValueError):
+    """Coordinates (or log-densities) hold NaN or infinity where a finite value is required."""
+
+
+class UnsupportedSystemError(BgflowError, ValueError):
+    """An openmm.System has a feature we do not model (periodic box, constraints, virtual sites, cutoffs)."""
+
+
+class UnsupportedForceError(UnsupportedSystemError, NotImplementedError):
+    """An openmm.Force has no implementation on the requested path; the message names the force."""
+
+
+class EnergyEvaluationError(BgflowError, RuntimeError):
+    """An energy evaluation failed (OpenMM raised, or returned a non-finite value) and the caller asked to raise."""
+
+
+class WorkerError(BgflowError, RuntimeError):
+    """A worker process died or timed out more often than the retry policy allows."""
+
+
+class ConvergenceError(BgflowError, RuntimeError):
+    """An estimator (e.g. pymbar) did not converge or returned a result that cannot be trusted."""
+
+
+class LowOverlapWarning(UserWarning):
+    """Few effective samples or poor overlap between states: the estimate may be biased or its error too small."""

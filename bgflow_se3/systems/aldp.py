@@ -1,0 +1,60 @@
+"""Alanine dipeptide (ACE-ALA-NME, 22 atoms): amber99sbildn in vacuum or OBC implicit solvent, 300 K."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["AlanineDipeptide", "load_aldp"]
+
+Solvent = Literal["vacuum", "implicit"]
+
+
+@dataclass(frozen=True)
+class AlanineDipeptide:
+    """An alanine dipeptide test system, in the openmmtools style.
+
+    system: openmm.System (NoCutoff, no constraints; ``implicit`` adds a GBSAOBCForce).
+    topology: openmm.app.Topology.
+    positions: openmm Quantity of shape (22, 3), nm: the shipped minimisable starting structure.
+    solvent: "vacuum" or "implicit".
+    """
+
+    system: Any
+    topology: Any
+    positions: Any
+    solvent: str
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        """Starting positions as a float64 array of shape (22, 3), nm."""
+        import openmm.unit as unit
+
+        return np.asarray(self.positions.value_in_unit(unit.nanometer), dtype=np.float64)
+
+    @property
+    def mdtraj_topology(self):
+        """The topology as an ``mdtraj.Topology`` (for dihedrals and trajectory files)."""
+        import mdtraj
+
+        return mdtraj.Topology.from_openmm(self.topology)
+
+
+def load_aldp(solvent: Solvent = "implicit") -> AlanineDipeptide:
+    """Load the shipped alanine dipeptide System: ``load_aldp("implicit")`` or ``load_aldp("vacuum")``.
+
+    The files live in ``bgflow_se3/systems/data/aldp`` and are rebuilt by ``python systems/aldp/build.py``.
+    """
+    import openmm
+    import openmm.app as app
+
+    if solvent not in ("vacuum", "implicit"):
+        raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
+    data = resources.files("bgflow_se3.systems") / "data" / "aldp"
+    with resources.as_file(data / "aldp.pdb") as pdb_path:
+        pdb = app.PDBFile(str(pdb_path))
+    system = openmm.XmlSerializer.deserialize((data / f"{solvent}.xml").read_text())
+    return AlanineDipeptide(system=system, topology=pdb.topology, positions=pdb.positions, solvent=solvent)
