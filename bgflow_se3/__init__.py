@@ -1,6 +1,6 @@
 """bgflow_se3: SE(3) x S_n equivariant Boltzmann generators for OpenMM systems, and unbiased free energies."""
 
-from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy
+from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, OpenMMEnergy, regularize_energy
 from .errors import (
     BgflowError,
     ConvergenceError,
@@ -23,8 +23,10 @@ __all__ = [
     "LennardJonesEnergy",
     "LowOverlapWarning",
     "NonFiniteInputError",
+    "OpenMMEnergy",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
     "__version__",
+    "regularize_energy",
 ]

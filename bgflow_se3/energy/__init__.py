@@ -1,13 +1,18 @@
 """Energy targets: batched reduced energies u(x) = E(x)/kT with forces, from OpenMM systems or pure torch."""
 
 from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
+from .openmm_energy import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
+from .regularize import regularize_energy
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",
     "DoubleWellEnergy",
     "Energy",
     "LennardJonesEnergy",
+    "OpenMMEnergy",
+    "check_system",
     "kT_in_kJ_per_mol",
     "pair_distances",
+    "regularize_energy",
 ]

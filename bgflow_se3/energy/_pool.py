@@ -1,0 +1,271 @@
+"""A pool of worker processes, each owning one OpenMM Context: chunked batches, timeouts, restarts, clean shutdown.
+
+Workers are fresh interpreters running ``_openmm_worker.py`` (spawn semantics: fork + exec, nothing inherited;
+never a bare ``fork``, which OpenMM's CPU/CUDA platforms and torch's threads do not survive). Unlike
+``multiprocessing``'s spawn they import neither torch nor the user's ``__main__``: a worker starts in about a
+second and scripts need no ``if __name__ == "__main__"`` guard. They talk over a socket pair with
+``multiprocessing.connection.Connection``. Every wait has a deadline; a worker that dies is restarted and its chunk
+re-run (a bounded number of times); a worker that times out is killed and reported as a ``WorkerError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WorkerError
+
+__all__ = ["WorkerPool"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a worker gets to exit after ("close",) before it is terminated, then killed.
+_JOIN_S = 2.0
+
+#: Runs the worker file as __main__ without putting its folder (or the cwd) on sys.path.
+_BOOTSTRAP = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
+_WORKER_FILE = str(Path(__file__).with_name("_openmm_worker.py"))
+
+
+@dataclass
+class _Slot:
+    """One worker: its process, the parent's end of its pipe, and what it is doing."""
+
+    process: subprocess.Popen
+    conn: Connection
+    state: str = "starting"  # "starting" | "idle" | "busy" | "dead"
+    job: int | None = None
+    deadline: float = field(default=math.inf)
+
+
+class WorkerPool:
+    """``n_workers`` processes evaluating chunks of a batch of positions; see the module docstring.
+
+    system_xml: the serialized openmm.System. platform, properties: as for ``openmm.Context``.
+    timeout_s: longest wait for one reply (a worker starting, or one chunk of at most ``max_chunk_size``
+    configurations). max_retries: worker deaths tolerated per ``evaluate`` call before ``WorkerError``.
+    """
+
+    def __init__(
+        self,
+        system_xml: str,
+        platform: str,
+        properties: dict[str, str] | None,
+        n_workers: int,
+        timeout_s: float,
+        virtual_sites: tuple[int, ...] = (),
+        max_retries: int = 3,
+        max_chunk_size: int = 256,
+    ) -> None:
+        self._init_message = ("init", system_xml, platform, properties, tuple(virtual_sites))
+        self.n_workers = int(n_workers)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.max_chunk_size = int(max_chunk_size)
+        self._slots: list[_Slot] = []
+        self._job_counter = 0
+        self.closed = False
+        try:
+            self._slots = [self._start() for _ in range(self.n_workers)]
+            self._await_ready(self._slots)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def _start(self) -> _Slot:
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, _WORKER_FILE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()  # only the worker holds its end: it sees EOF when we die, and we when it dies
+        conn = Connection(ours.detach())
+        slot = _Slot(process, conn, "starting", None, time.monotonic() + self.timeout_s)
+        try:
+            conn.send(self._init_message)
+        except (BrokenPipeError, EOFError, OSError):
+            pass  # it died at once; _poll reports it
+        return slot
+
+    def _await_ready(self, slots: list[_Slot]) -> None:
+        """Block until every slot in ``slots`` reports ready; raises ``WorkerError`` on error or timeout."""
+        while any(slot.state == "starting" for slot in slots):
+            self._poll(lambda job, result: None)
+
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and diagnostics)."""
+        return [slot.process.pid for slot in self._slots if slot.state != "dead"]
+
+    def close(self) -> None:
+        """Stop every worker (ask, then terminate, then kill) and release the pipes. Idempotent."""
+        self.closed = True
+        for slot in self._slots:
+            if slot.state != "dead":
+                try:
+                    slot.conn.send(("close",))
+                except (BrokenPipeError, EOFError, OSError):
+                    pass
+        for slot in self._slots:
+            self._stop(slot, graceful=True)
+        self._slots = []
+
+    def _stop(self, slot: _Slot, graceful: bool) -> None:
+        """End one worker and reap it (no zombie): wait if ``graceful``, then SIGTERM, then SIGKILL."""
+        process = slot.process
+        if not graceful:
+            process.terminate()
+        for signal_next in (process.terminate, process.kill, None):
+            try:
+                process.wait(_JOIN_S)
+                break
+            except subprocess.TimeoutExpired:
+                if signal_next is None:
+                    logger.warning("OpenMM worker %s did not exit after SIGKILL", process.pid)
+                else:
+                    signal_next()
+        slot.conn.close()
+        slot.state, slot.job = "dead", None
+
+    def _restart(self, index: int) -> None:
+        self._stop(self._slots[index], graceful=False)
+        self._slots[index] = self._start()
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Energies (n,), forces (n, n_atoms, 3) and failures ``{index: message}`` in the order of ``positions``.
+
+        positions: float64, shape (n, n_atoms, 3), nm. Chunks go to whichever worker is idle.
+        """
+        if self.closed:
+            raise WorkerError("this OpenMMEnergy's worker pool is closed; create a new OpenMMEnergy")
+        n = positions.shape[0]
+        energies = np.full(n, np.nan)
+        forces = np.zeros(positions.shape, dtype=np.float64)
+        failures: dict[int, str] = {}
+        if n == 0:
+            return energies, forces, failures
+        size = min(self.max_chunk_size, max(1, math.ceil(n / (4 * self.n_workers))))
+        chunks = {job: (start, min(start + size, n)) for job, start in enumerate(range(0, n, size))}
+        jobs = {self._job_counter + k: v for k, v in chunks.items()}
+        self._job_counter += len(jobs)
+        pending = list(jobs)
+        done: set[int] = set()
+        deaths = 0
+
+        def on_result(job: int, result) -> None:
+            if job not in jobs:  # a stale reply cannot happen (busy workers are killed on abort); be safe
+                return
+            start, stop = jobs[job]
+            e, f, fail = result
+            energies[start:stop], forces[start:stop] = e, f
+            failures.update({start + i: message for i, message in fail.items()})
+            done.add(job)
+
+        try:
+            for index, slot in enumerate(self._slots):  # slots lost in an earlier call come back now
+                if slot.state == "dead":
+                    self._slots[index] = self._start()
+            while len(done) < len(jobs):
+                for slot in self._slots:
+                    if slot.state == "idle" and pending and slot.process.poll() is not None:
+                        slot.state = "lost"  # died while idle (between calls)
+                    if slot.state == "idle" and pending:
+                        job = pending.pop(0)
+                        start, stop = jobs[job]
+                        try:
+                            slot.conn.send(("eval", job, positions[start:stop]))
+                        except (BrokenPipeError, EOFError, OSError):
+                            pending.insert(0, job)
+                            slot.state = "lost"
+                            continue
+                        slot.state, slot.job = "busy", job
+                        slot.deadline = time.monotonic() + self.timeout_s
+                lost = self._poll(on_result)
+                for index, job in lost:
+                    deaths += 1
+                    if job is not None and job not in done:
+                        pending.insert(0, job)
+                    if deaths > self.max_retries:
+                        start, stop = jobs[job] if job is not None else (0, n)
+                        raise WorkerError(
+                            f"OpenMM worker processes died {deaths} times in one call (last while evaluating "
+                            f"configurations {start}..{stop - 1}); a configuration may crash OpenMM. "
+                            "Check the positions, or evaluate with n_workers=1 to see the error"
+                        )
+                    logger.warning("OpenMM worker died; restarting it and re-running its chunk")
+                    self._restart(index)
+        except BaseException:
+            # Abort: kill workers still computing, so no stale reply reaches the next call; they restart lazily.
+            for slot in self._slots:
+                if slot.state in ("busy", "starting"):
+                    self._stop(slot, graceful=False)
+            raise
+        return energies, forces, failures
+
+    def _poll(self, on_result) -> list[tuple[int, int | None]]:
+        """Wait for the next replies (until the earliest deadline) and dispatch them.
+
+        Returns ``(slot index, job or None)`` for each worker found dead; raises ``WorkerError`` on a timeout or a
+        worker that could not start.
+        """
+        lost: list[tuple[int, int | None]] = []
+        for index, slot in enumerate(self._slots):
+            if slot.state == "lost":
+                lost.append((index, slot.job))
+        if lost:
+            return lost
+        waiting = [slot for slot in self._slots if slot.state in ("starting", "busy")]
+        if not waiting:
+            return lost
+        timeout = max(0.0, min(slot.deadline for slot in waiting) - time.monotonic())
+        ready = set(wait([slot.conn for slot in waiting], timeout))
+        for index, slot in enumerate(self._slots):
+            if slot not in waiting:
+                continue
+            message = None
+            if slot.conn in ready:
+                try:
+                    message = slot.conn.recv()
+                except (EOFError, OSError):
+                    message = None
+            if message is None:
+                if slot.conn in ready or slot.process.poll() is not None:
+                    if slot.state == "starting":
+                        self._stop(slot, graceful=True)
+                        raise WorkerError(
+                            f"OpenMM worker {slot.process.pid} died while starting (exit code "
+                            f"{slot.process.returncode}); run python -c 'import openmm' to check the installation"
+                        )
+                    lost.append((index, slot.job))
+                elif time.monotonic() >= slot.deadline:
+                    what = "to start" if slot.state == "starting" else f"to evaluate chunk {slot.job}"
+                    self._stop(slot, graceful=False)
+                    raise WorkerError(
+                        f"OpenMM worker took longer than timeout_s={self.timeout_s:g} s {what} and was killed; "
+                        "raise timeout_s for large systems or slow platforms"
+                    )
+                continue
+            kind = message[0]
+            if kind == "ready":
+                slot.state, slot.deadline = "idle", math.inf
+            elif kind == "init_error":
+                self._stop(slot, graceful=True)
+                raise WorkerError(f"OpenMM worker could not create its Context: {message[1]}")
+            elif kind == "result":
+                _, job, e, f, fail = message
+                slot.state, slot.job, slot.deadline = "idle", None, math.inf
+                on_result(job, (e, f, fail))
+        return lost
