@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 #: Seconds a worker gets to exit after ("close",) before it is terminated, then killed.
 _JOIN_S = 2.0
 
+#: Upper bound on the positions sent in one message, bytes (fits in a Linux socket buffer; see WorkerPool).
+_CHUNK_BYTES = 2**16
+
 #: Runs the worker file as __main__ without putting its folder (or the cwd) on sys.path.
 _BOOTSTRAP = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
 _WORKER_FILE = str(Path(__file__).with_name("_openmm_worker.py"))
@@ -51,8 +54,10 @@ class WorkerPool:
     """``n_workers`` processes evaluating chunks of a batch of positions; see the module docstring.
 
     system_xml: the serialized openmm.System. platform, properties: as for ``openmm.Context``.
-    timeout_s: longest wait for one reply (a worker starting, or one chunk of at most ``max_chunk_size``
-    configurations). max_retries: worker deaths tolerated per ``evaluate`` call before ``WorkerError``.
+    timeout_s: longest wait for one reply (a worker starting, or one chunk). max_retries: worker deaths tolerated
+    per ``evaluate`` call before ``WorkerError``. A chunk is at most a quarter of a worker's share of the batch and
+    at most ``_CHUNK_BYTES`` of positions (256 configurations of 32 atoms), so that a message to a worker always fits
+    in the socket buffer: sending never blocks, even to a worker that hangs.
     """
 
     def __init__(
@@ -64,13 +69,11 @@ class WorkerPool:
         timeout_s: float,
         virtual_sites: tuple[int, ...] = (),
         max_retries: int = 3,
-        max_chunk_size: int = 256,
     ) -> None:
         self._init_message = ("init", system_xml, platform, properties, tuple(virtual_sites))
         self.n_workers = int(n_workers)
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
-        self.max_chunk_size = int(max_chunk_size)
         self._slots: list[_Slot] = []
         self._job_counter = 0
         self.closed = False
@@ -103,7 +106,7 @@ class WorkerPool:
     def _await_ready(self, slots: list[_Slot]) -> None:
         """Block until every slot in ``slots`` reports ready; raises ``WorkerError`` on error or timeout."""
         while any(slot.state == "starting" for slot in slots):
-            self._poll(lambda job, result: None)
+            self._poll(lambda job, result: None, during_start=True)
 
     def pids(self) -> list[int]:
         """Process ids of the live workers (for tests and diagnostics)."""
@@ -123,19 +126,23 @@ class WorkerPool:
         self._slots = []
 
     def _stop(self, slot: _Slot, graceful: bool) -> None:
-        """End one worker and reap it (no zombie): wait if ``graceful``, then SIGTERM, then SIGKILL."""
+        """End one worker and reap it (no zombie): if ``graceful`` wait for it, then SIGTERM; else SIGKILL at once.
+
+        A worker holds no state worth saving, so a hung or half-dead one is killed outright.
+        """
         process = slot.process
         if not graceful:
-            process.terminate()
-        for signal_next in (process.terminate, process.kill, None):
+            process.kill()
+        escalation = [process.terminate, process.kill] if graceful else []
+        while True:
             try:
                 process.wait(_JOIN_S)
                 break
             except subprocess.TimeoutExpired:
-                if signal_next is None:
+                if not escalation:
                     logger.warning("OpenMM worker %s did not exit after SIGKILL", process.pid)
-                else:
-                    signal_next()
+                    break
+                escalation.pop(0)()
         slot.conn.close()
         slot.state, slot.job = "dead", None
 
@@ -157,7 +164,8 @@ class WorkerPool:
         failures: dict[int, str] = {}
         if n == 0:
             return energies, forces, failures
-        size = min(self.max_chunk_size, max(1, math.ceil(n / (4 * self.n_workers))))
+        per_configuration = positions[0].nbytes
+        size = max(1, min(_CHUNK_BYTES // per_configuration, math.ceil(n / (4 * self.n_workers))))
         chunks = {job: (start, min(start + size, n)) for job, start in enumerate(range(0, n, size))}
         jobs = {self._job_counter + k: v for k, v in chunks.items()}
         self._job_counter += len(jobs)
@@ -215,11 +223,12 @@ class WorkerPool:
             raise
         return energies, forces, failures
 
-    def _poll(self, on_result) -> list[tuple[int, int | None]]:
+    def _poll(self, on_result, during_start: bool = False) -> list[tuple[int, int | None]]:
         """Wait for the next replies (until the earliest deadline) and dispatch them.
 
-        Returns ``(slot index, job or None)`` for each worker found dead; raises ``WorkerError`` on a timeout or a
-        worker that could not start.
+        Returns ``(slot index, job or None)`` for each worker found dead; raises ``WorkerError`` on a timeout, on a
+        worker that reports it cannot build its Context, and (``during_start``: the pool's first start) on a worker
+        that dies before it is ready. A replacement worker dying while starting is a death like any other.
         """
         lost: list[tuple[int, int | None]] = []
         for index, slot in enumerate(self._slots):
@@ -243,7 +252,7 @@ class WorkerPool:
                     message = None
             if message is None:
                 if slot.conn in ready or slot.process.poll() is not None:
-                    if slot.state == "starting":
+                    if slot.state == "starting" and during_start:
                         self._stop(slot, graceful=True)
                         raise WorkerError(
                             f"OpenMM worker {slot.process.pid} died while starting (exit code "

@@ -134,7 +134,7 @@ class OpenMMEnergy(Energy):
     raises ``NonFiniteInputError`` / ``EnergyEvaluationError`` when ``on_error="raise"``. Never energy 0.
 
     Workers: every wait has a deadline (``timeout_s`` seconds per reply: a worker starting or one chunk of at most
-    256 configurations); a timeout kills that worker and raises ``WorkerError``. A worker that dies is restarted
+    64 KiB of positions); a timeout kills that worker and raises ``WorkerError``. A worker that dies is restarted
     and its chunk re-run, up to ``max_retries`` deaths per call. Workers exit on ``close()``, on leaving a ``with``
     block, when this object is garbage collected, at interpreter exit, and by themselves when this process dies.
     One evaluation runs at a time (calls from several threads are serialised).

@@ -1,0 +1,242 @@
+"""OpenMMEnergy with worker processes: exact agreement with n_workers=1, recovery, timeouts, no leaked processes."""
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bgflow_se3 import OpenMMEnergy, WorkerError
+from bgflow_se3.systems import load_aldp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a zombie has exited; its parent has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _worker_children(parent: int) -> set[int]:
+    """Pids of live OpenMM worker processes whose parent is ``parent`` (a /proc scan, no psutil)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and b"_openmm_worker.py" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def _wait_until_gone(pids, timeout_s: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = {pid for pid in pids if _running(pid)}
+        if not alive:
+            return alive
+        time.sleep(0.05)
+    return {pid for pid in pids if _running(pid)}
+
+
+@pytest.fixture(scope="module")
+def aldp():
+    return load_aldp("implicit")
+
+
+@pytest.fixture(scope="module")
+def serial(aldp):
+    with OpenMMEnergy(aldp.system) as energy:
+        yield energy
+
+
+@pytest.fixture(scope="module")
+def pool(aldp):
+    with OpenMMEnergy(aldp.system, n_workers=2) as energy:
+        yield energy
+
+
+def perturbed(aldp, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.from_numpy(aldp.positions_nm)
+    return x0 + 0.02 * torch.randn(n, *x0.shape, generator=g, dtype=torch.float64)
+
+
+def test_two_workers_equal_one_worker_bit_for_bit(aldp, serial, pool):
+    assert len(pool.worker_pids()) == 2 and serial.worker_pids() == []
+    x = perturbed(aldp, 203)  # not a multiple of the chunk size
+    x[17, 5, 1] = float("nan")
+    u1, f1 = serial.energy_and_force(x)
+    u2, f2 = pool.energy_and_force(x)
+    assert torch.equal(u1, u2) and torch.equal(f1, f2)
+    assert torch.isposinf(u2[17]) and torch.isfinite(u2[:17]).all()
+    xg = x.clone().requires_grad_(True)
+    pool(xg).sum().backward()
+    assert torch.equal(xg.grad, -f1)
+    assert torch.equal(pool(x[:1]), u1[:1]) and pool(x[:0]).shape == (0,)
+
+
+def _kill_first_busy_worker(pool, killed: list, signum=signal.SIGKILL) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        for slot in list(pool._backend._slots):
+            if slot.state == "busy":
+                os.kill(slot.process.pid, signum)
+                killed.append(slot.process.pid)
+                return
+        time.sleep(1e-4)
+
+
+def test_worker_killed_mid_run_is_restarted_and_its_chunk_rerun(aldp, serial, pool):
+    x = perturbed(aldp, 1024, seed=1)
+    expected = serial.energy_and_force(x)
+    before = set(pool.worker_pids())
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_first_busy_worker, args=(pool, killed))
+    killer.start()
+    u, f = pool.energy_and_force(x)
+    killer.join()
+    assert killed and killed[0] in before
+    assert torch.equal(u, expected[0]) and torch.equal(f, expected[1])
+    assert killed[0] not in pool.worker_pids() and len(pool.worker_pids()) == 2
+    assert not Path(f"/proc/{killed[0]}").exists()  # reaped, not a zombie
+
+
+def test_worker_dead_between_calls_is_replaced(aldp, serial, pool):
+    victim = pool.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    while _running(victim):
+        time.sleep(0.01)
+    x = perturbed(aldp, 64, seed=2)
+    assert torch.equal(pool(x), serial(x))
+    assert victim not in pool.worker_pids() and len(pool.worker_pids()) == 2
+
+
+def test_too_many_deaths_raise_worker_error_then_the_pool_recovers(aldp, serial, pool):
+    x = perturbed(aldp, 1024, seed=3)
+    pool._backend.max_retries = 0
+    try:
+        killed: list[int] = []
+        killer = threading.Thread(target=_kill_first_busy_worker, args=(pool, killed))
+        killer.start()
+        with pytest.raises(WorkerError, match="died 1 times in one call"):
+            pool(x)
+        killer.join()
+    finally:
+        pool._backend.max_retries = 3
+    assert torch.equal(pool(x[:50]), serial(x[:50]))
+
+
+def test_hung_worker_times_out_with_a_clear_error(aldp, serial, pool):
+    victim = pool.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)  # alive but never answers
+    pool._backend.timeout_s = 1.0
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"longer than timeout_s=1 s .* was killed"):
+            pool(perturbed(aldp, 256, seed=4))
+        assert time.monotonic() - start < 15.0
+    finally:
+        pool._backend.timeout_s = 120.0
+    assert _wait_until_gone([victim]) == set()
+    x = perturbed(aldp, 32, seed=5)
+    assert torch.equal(pool(x), serial(x)) and victim not in pool.worker_pids()
+
+
+def test_close_context_manager_and_garbage_collection_stop_every_worker(aldp, pool):
+    others = set(pool.worker_pids())
+    with OpenMMEnergy(aldp.system, n_workers=2) as energy:
+        pids = set(energy.worker_pids())
+        assert len(pids) == 2 and pids <= _worker_children(os.getpid())
+    assert energy.worker_pids() == []
+    assert _wait_until_gone(pids, timeout_s=0.5) == set()  # close() waits for them: gone at once
+    with pytest.raises(WorkerError, match="closed"):
+        energy(perturbed(aldp, 2))
+
+    energy = OpenMMEnergy(aldp.system, n_workers=2)
+    pids = set(energy.worker_pids())
+    del energy
+    gc.collect()
+    assert _wait_until_gone(pids, timeout_s=0.5) == set()
+    assert _worker_children(os.getpid()) == others
+
+
+def test_failing_worker_start_is_reported_and_leaves_nothing(aldp, pool):
+    others = set(pool.worker_pids())
+    with pytest.raises(WorkerError, match="no platform 'Nope'"):
+        OpenMMEnergy(aldp.system, platform="Nope", n_workers=2)
+    assert _worker_children(os.getpid()) == others
+
+
+def _script(body: str, head: str = "") -> str:
+    imports = """
+        import torch
+        from bgflow_se3 import OpenMMEnergy
+        from bgflow_se3.systems import load_aldp
+    """
+    return textwrap.dedent(head) + textwrap.dedent(imports) + textwrap.dedent(body)
+
+
+def test_no_worker_survives_the_end_of_a_script():
+    # The check is registered before anything else, so it runs after every other exit hook (LIFO): it sees whether
+    # interpreter exit itself stopped the workers, before the workers could notice that their parent is gone.
+    head = """
+        import atexit, pathlib
+        pids = []
+        def check():
+            alive = [p for p in pids if pathlib.Path(f"/proc/{p}").exists()]
+            print("alive at exit:", alive, flush=True)
+        atexit.register(check)
+    """
+    body = """
+        aldp = load_aldp("vacuum")
+        energy = OpenMMEnergy(aldp.system, n_workers=2)
+        pids.extend(energy.worker_pids())
+        x = torch.from_numpy(aldp.positions_nm).expand(8, 22, 3)
+        print("pids", *pids, float(energy(x)[0]), flush=True)
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _script(body, head)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    pids = [int(p) for p in lines[0].split()[1:3]]
+    assert lines[-1] == "alive at exit: []", result.stdout
+    assert _wait_until_gone(pids, timeout_s=1.0) == set()
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+
+
+def test_workers_exit_by_themselves_when_the_parent_is_killed():
+    body = """
+        energy = OpenMMEnergy(load_aldp("vacuum").system, n_workers=2)
+        print(*energy.worker_pids(), flush=True)
+        import time
+        time.sleep(120)
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-c", _script(body)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_running(p) for p in pids)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        parent.stdout.close()
+    assert _wait_until_gone(pids, timeout_s=10.0) == set()
