@@ -34,6 +34,9 @@ _JOIN_S = 2.0
 #: Upper bound on the positions sent in one message, bytes (fits in a Linux socket buffer; see WorkerPool).
 _CHUNK_BYTES = 2**16
 
+#: Chunks a worker holds at once: it computes one while the next waits in its socket.
+_DEPTH = 2
+
 #: Runs the worker file as __main__ without putting its folder (or the cwd) on sys.path.
 _BOOTSTRAP = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
 _WORKER_FILE = str(Path(__file__).with_name("_openmm_worker.py"))
@@ -41,23 +44,26 @@ _WORKER_FILE = str(Path(__file__).with_name("_openmm_worker.py"))
 
 @dataclass
 class _Slot:
-    """One worker: its process, the parent's end of its pipe, and what it is doing."""
+    """One worker: its process, the parent's end of its socket, its state and the chunks it holds (oldest first)."""
 
     process: subprocess.Popen
     conn: Connection
-    state: str = "starting"  # "starting" | "idle" | "busy" | "dead"
-    job: int | None = None
-    deadline: float = field(default=math.inf)
+    state: str = "starting"  # "starting" | "ready" | "lost" (found dead, not yet replaced) | "dead" (stopped)
+    jobs: list[int] = field(default_factory=list)
+    deadline: float = math.inf  # when the next reply is due; inf while nothing is expected
 
 
 class WorkerPool:
     """``n_workers`` processes evaluating chunks of a batch of positions; see the module docstring.
 
-    system_xml: the serialized openmm.System. platform, properties: as for ``openmm.Context``.
-    timeout_s: longest wait for one reply (a worker starting, or one chunk). max_retries: worker deaths tolerated
-    per ``evaluate`` call before ``WorkerError``. A chunk is at most a quarter of a worker's share of the batch and
-    at most ``_CHUNK_BYTES`` of positions (256 configurations of 32 atoms), so that a message to a worker always fits
-    in the socket buffer: sending never blocks, even to a worker that hangs.
+    system_xml: the serialized openmm.System. platform, properties: as for ``openmm.Context``. virtual_sites:
+    indices of virtual-site particles (see ``evaluate_batch``). timeout_s: longest wait for one reply (a worker
+    starting, or its next chunk). max_retries: worker deaths tolerated per ``evaluate`` call before ``WorkerError``.
+
+    Chunks: a batch is cut into about four chunks per worker, each at most ``_CHUNK_BYTES`` of positions, and every
+    worker holds up to ``_DEPTH`` chunks at once, so that it starts on the next one without waiting for this
+    process to be scheduled (which matters on a busy machine). A message to a worker then always fits in the
+    socket buffer (for configurations under 64 KiB, about 2,700 atoms), so sending never blocks on a hung worker.
     """
 
     def __init__(
@@ -79,7 +85,7 @@ class WorkerPool:
         self.closed = False
         try:
             self._slots = [self._start() for _ in range(self.n_workers)]
-            self._await_ready(self._slots)
+            self.wait_ready()
         except BaseException:
             self.close()
             raise
@@ -96,24 +102,30 @@ class WorkerPool:
         finally:
             theirs.close()  # only the worker holds its end: it sees EOF when we die, and we when it dies
         conn = Connection(ours.detach())
-        slot = _Slot(process, conn, "starting", None, time.monotonic() + self.timeout_s)
+        slot = _Slot(process, conn, "starting", [], time.monotonic() + self.timeout_s)
         try:
             conn.send(self._init_message)
         except (BrokenPipeError, EOFError, OSError):
             pass  # it died at once; _poll reports it
         return slot
 
-    def _await_ready(self, slots: list[_Slot]) -> None:
-        """Block until every slot in ``slots`` reports ready; raises ``WorkerError`` on error or timeout."""
-        while any(slot.state == "starting" for slot in slots):
+    def wait_ready(self) -> None:
+        """Start workers stopped earlier and block until every worker is ready; ``WorkerError`` if one cannot start."""
+        if self.closed:
+            raise WorkerError("this OpenMMEnergy's worker pool is closed; create a new OpenMMEnergy")
+        for index, slot in enumerate(self._slots):
+            if slot.state in ("dead", "lost"):
+                self._stop(slot, graceful=False)
+                self._slots[index] = self._start()
+        while any(slot.state == "starting" for slot in self._slots):
             self._poll(lambda job, result: None, during_start=True)
 
     def pids(self) -> list[int]:
-        """Process ids of the live workers (for tests and diagnostics)."""
+        """Process ids of the workers that have not been stopped (for tests and diagnostics)."""
         return [slot.process.pid for slot in self._slots if slot.state != "dead"]
 
     def close(self) -> None:
-        """Stop every worker (ask, then terminate, then kill) and release the pipes. Idempotent."""
+        """Stop every worker (ask, then SIGTERM, then SIGKILL), reap it and release its socket. Idempotent."""
         self.closed = True
         for slot in self._slots:
             if slot.state != "dead":
@@ -122,7 +134,8 @@ class WorkerPool:
                 except (BrokenPipeError, EOFError, OSError):
                     pass
         for slot in self._slots:
-            self._stop(slot, graceful=True)
+            if slot.state != "dead":
+                self._stop(slot, graceful=True)
         self._slots = []
 
     def _stop(self, slot: _Slot, graceful: bool) -> None:
@@ -144,17 +157,14 @@ class WorkerPool:
                     break
                 escalation.pop(0)()
         slot.conn.close()
-        slot.state, slot.job = "dead", None
-
-    def _restart(self, index: int) -> None:
-        self._stop(self._slots[index], graceful=False)
-        self._slots[index] = self._start()
+        slot.state, slot.jobs, slot.deadline = "dead", [], math.inf
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Energies (n,), forces (n, n_atoms, 3) and failures ``{index: message}`` in the order of ``positions``.
 
-        positions: float64, shape (n, n_atoms, 3), nm. Chunks go to whichever worker is idle.
+        positions: float64, shape (n, n_atoms, 3), nm. Energies in kJ/mol, forces in kJ/(mol nm), as
+        ``evaluate_batch`` returns them; chunks go to whichever worker has room.
         """
         if self.closed:
             raise WorkerError("this OpenMMEnergy's worker pool is closed; create a new OpenMMEnergy")
@@ -164,17 +174,16 @@ class WorkerPool:
         failures: dict[int, str] = {}
         if n == 0:
             return energies, forces, failures
-        per_configuration = positions[0].nbytes
-        size = max(1, min(_CHUNK_BYTES // per_configuration, math.ceil(n / (4 * self.n_workers))))
-        chunks = {job: (start, min(start + size, n)) for job, start in enumerate(range(0, n, size))}
-        jobs = {self._job_counter + k: v for k, v in chunks.items()}
+        size = max(1, min(_CHUNK_BYTES // positions[0].nbytes, math.ceil(n / (4 * self.n_workers))))
+        first = self._job_counter
+        jobs = {first + k: (start, min(start + size, n)) for k, start in enumerate(range(0, n, size))}
         self._job_counter += len(jobs)
         pending = list(jobs)
         done: set[int] = set()
         deaths = 0
 
         def on_result(job: int, result) -> None:
-            if job not in jobs:  # a stale reply cannot happen (busy workers are killed on abort); be safe
+            if job not in jobs:  # cannot happen (workers holding chunks are killed on abort); be safe
                 return
             start, stop = jobs[job]
             e, f, fail = result
@@ -183,60 +192,65 @@ class WorkerPool:
             done.add(job)
 
         try:
-            for index, slot in enumerate(self._slots):  # slots lost in an earlier call come back now
+            for index, slot in enumerate(self._slots):  # workers stopped in an earlier call come back now
                 if slot.state == "dead":
                     self._slots[index] = self._start()
             while len(done) < len(jobs):
                 for slot in self._slots:
-                    if slot.state == "idle" and pending and slot.process.poll() is not None:
-                        slot.state = "lost"  # died while idle (between calls)
-                    if slot.state == "idle" and pending:
-                        job = pending.pop(0)
-                        start, stop = jobs[job]
-                        try:
-                            slot.conn.send(("eval", job, positions[start:stop]))
-                        except (BrokenPipeError, EOFError, OSError):
-                            pending.insert(0, job)
-                            slot.state = "lost"
-                            continue
-                        slot.state, slot.job = "busy", job
-                        slot.deadline = time.monotonic() + self.timeout_s
-                lost = self._poll(on_result)
-                for index, job in lost:
+                    self._feed(slot, pending, jobs, positions)
+                for index, lost_jobs in self._poll(on_result):
                     deaths += 1
-                    if job is not None and job not in done:
-                        pending.insert(0, job)
+                    pending[:0] = [job for job in lost_jobs if job not in done]
                     if deaths > self.max_retries:
-                        start, stop = jobs[job] if job is not None else (0, n)
+                        start, stop = (jobs[lost_jobs[0]][0], jobs[lost_jobs[-1]][1]) if lost_jobs else (0, n)
                         raise WorkerError(
-                            f"OpenMM worker processes died {deaths} times in one call (last while evaluating "
-                            f"configurations {start}..{stop - 1}); a configuration may crash OpenMM. "
-                            "Check the positions, or evaluate with n_workers=1 to see the error"
+                            f"OpenMM worker processes died {deaths} times in one call (the last one holding "
+                            f"configurations {start}..{stop - 1}); a configuration may crash OpenMM. Check the "
+                            "positions, or evaluate with n_workers=1 to see the error"
                         )
-                    logger.warning("OpenMM worker died; restarting it and re-running its chunk")
-                    self._restart(index)
+                    logger.warning("OpenMM worker died; restarting it and re-running its chunks")
+                    self._stop(self._slots[index], graceful=False)
+                    self._slots[index] = self._start()
         except BaseException:
-            # Abort: kill workers still computing, so no stale reply reaches the next call; they restart lazily.
+            # Abort: kill the workers still holding chunks, so no stale reply reaches the next call; they restart
+            # at the next call.
             for slot in self._slots:
-                if slot.state in ("busy", "starting"):
+                if slot.jobs or slot.state in ("starting", "lost"):
                     self._stop(slot, graceful=False)
             raise
         return energies, forces, failures
 
-    def _poll(self, on_result, during_start: bool = False) -> list[tuple[int, int | None]]:
+    def _feed(self, slot: _Slot, pending: list[int], jobs: dict[int, tuple[int, int]], positions: np.ndarray) -> None:
+        """Send pending chunks to ``slot`` until it holds ``_DEPTH``; mark it lost if it is found dead."""
+        if slot.state != "ready" or not pending or len(slot.jobs) >= _DEPTH:
+            return
+        if slot.process.poll() is not None:
+            slot.state = "lost"  # died while idle (e.g. between calls)
+            return
+        while pending and len(slot.jobs) < _DEPTH:
+            job = pending[0]
+            start, stop = jobs[job]
+            try:
+                slot.conn.send(("eval", job, positions[start:stop]))
+            except (BrokenPipeError, EOFError, OSError):
+                slot.state = "lost"
+                return
+            pending.pop(0)
+            if not slot.jobs:
+                slot.deadline = time.monotonic() + self.timeout_s
+            slot.jobs.append(job)
+
+    def _poll(self, on_result, during_start: bool = False) -> list[tuple[int, list[int]]]:
         """Wait for the next replies (until the earliest deadline) and dispatch them.
 
-        Returns ``(slot index, job or None)`` for each worker found dead; raises ``WorkerError`` on a timeout, on a
-        worker that reports it cannot build its Context, and (``during_start``: the pool's first start) on a worker
-        that dies before it is ready. A replacement worker dying while starting is a death like any other.
+        Returns ``(slot index, chunks it held)`` for each worker found dead. Raises ``WorkerError`` on a timeout, on
+        a worker that reports it cannot build its Context, and (``during_start``: the pool's first start) on a
+        worker that dies before it is ready; a replacement worker dying while starting is a death like any other.
         """
-        lost: list[tuple[int, int | None]] = []
-        for index, slot in enumerate(self._slots):
-            if slot.state == "lost":
-                lost.append((index, slot.job))
+        lost = [(index, list(slot.jobs)) for index, slot in enumerate(self._slots) if slot.state == "lost"]
         if lost:
             return lost
-        waiting = [slot for slot in self._slots if slot.state in ("starting", "busy")]
+        waiting = [slot for slot in self._slots if slot.state == "starting" or slot.jobs]
         if not waiting:
             return lost
         timeout = max(0.0, min(slot.deadline for slot in waiting) - time.monotonic())
@@ -258,9 +272,10 @@ class WorkerPool:
                             f"OpenMM worker {slot.process.pid} died while starting (exit code "
                             f"{slot.process.returncode}); run python -c 'import openmm' to check the installation"
                         )
-                    lost.append((index, slot.job))
+                    slot.state = "lost"
+                    lost.append((index, list(slot.jobs)))
                 elif time.monotonic() >= slot.deadline:
-                    what = "to start" if slot.state == "starting" else f"to evaluate chunk {slot.job}"
+                    what = "to start" if slot.state == "starting" else f"to evaluate a chunk (job {slot.jobs[0]})"
                     self._stop(slot, graceful=False)
                     raise WorkerError(
                         f"OpenMM worker took longer than timeout_s={self.timeout_s:g} s {what} and was killed; "
@@ -269,12 +284,14 @@ class WorkerPool:
                 continue
             kind = message[0]
             if kind == "ready":
-                slot.state, slot.deadline = "idle", math.inf
+                slot.state, slot.deadline = "ready", math.inf
             elif kind == "init_error":
                 self._stop(slot, graceful=True)
                 raise WorkerError(f"OpenMM worker could not create its Context: {message[1]}")
             elif kind == "result":
                 _, job, e, f, fail = message
-                slot.state, slot.job, slot.deadline = "idle", None, math.inf
+                if job in slot.jobs:
+                    slot.jobs.remove(job)
+                slot.deadline = time.monotonic() + self.timeout_s if slot.jobs else math.inf
                 on_result(job, (e, f, fail))
         return lost

@@ -92,27 +92,33 @@ def test_two_workers_equal_one_worker_bit_for_bit(aldp, serial, pool):
     assert torch.equal(pool(x[:1]), u1[:1]) and pool(x[:0]).shape == (0,)
 
 
-def _kill_first_busy_worker(pool, killed: list, signum=signal.SIGKILL) -> None:
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        for slot in list(pool._backend._slots):
-            if slot.state == "busy":
-                os.kill(slot.process.pid, signum)
-                killed.append(slot.process.pid)
-                return
-        time.sleep(1e-4)
+def _killer(pool, killed: list) -> threading.Thread:
+    """Stop a worker now, and SIGKILL it from a thread once it holds chunks: it dies mid-run, with nothing replied."""
+    pool._backend.wait_ready()  # a worker replaced in an earlier test may still be starting
+    victim = pool.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+
+    def kill_when_loaded():
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if any(slot.jobs and slot.process.pid == victim for slot in list(pool._backend._slots)):
+                break
+            time.sleep(1e-3)
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+
+    thread = threading.Thread(target=kill_when_loaded)
+    thread.start()
+    return thread
 
 
-def test_worker_killed_mid_run_is_restarted_and_its_chunk_rerun(aldp, serial, pool):
+def test_worker_killed_mid_run_is_restarted_and_its_chunks_rerun(aldp, serial, pool):
     x = perturbed(aldp, 1024, seed=1)
     expected = serial.energy_and_force(x)
-    before = set(pool.worker_pids())
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_first_busy_worker, args=(pool, killed))
-    killer.start()
+    killer = _killer(pool, killed)
     u, f = pool.energy_and_force(x)
     killer.join()
-    assert killed and killed[0] in before
     assert torch.equal(u, expected[0]) and torch.equal(f, expected[1])
     assert killed[0] not in pool.worker_pids() and len(pool.worker_pids()) == 2
     assert not Path(f"/proc/{killed[0]}").exists()  # reaped, not a zombie
@@ -133,8 +139,7 @@ def test_too_many_deaths_raise_worker_error_then_the_pool_recovers(aldp, serial,
     pool._backend.max_retries = 0
     try:
         killed: list[int] = []
-        killer = threading.Thread(target=_kill_first_busy_worker, args=(pool, killed))
-        killer.start()
+        killer = _killer(pool, killed)
         with pytest.raises(WorkerError, match="died 1 times in one call"):
             pool(x)
         killer.join()
@@ -144,6 +149,7 @@ def test_too_many_deaths_raise_worker_error_then_the_pool_recovers(aldp, serial,
 
 
 def test_hung_worker_times_out_with_a_clear_error(aldp, serial, pool):
+    pool._backend.wait_ready()
     victim = pool.worker_pids()[0]
     os.kill(victim, signal.SIGSTOP)  # alive but never answers
     pool._backend.timeout_s = 1.0

@@ -1,0 +1,181 @@
+"""Energy + force throughput: a per-sample OpenMM loop (the baseline) versus OpenMMEnergy with 1 and 2 workers.
+
+    PYTHONPATH=. python benchmarks/energy_throughput.py --quick          # batch 256 only
+    PYTHONPATH=. python benchmarks/energy_throughput.py --out results.json
+
+Systems: alanine dipeptide in vacuum and in OBC implicit solvent, and LJ13. Every backend returns reduced energies
+(batch,) and forces (batch, n_atoms, 3) as float64 torch tensors from float64 positions, so all do the same work.
+The baseline is the loop the peer libraries run (setPositions + getState(getEnergy, getForces), unit-aware values),
+measured in the same run. Prints evaluations per second and the ratio to the baseline, writes JSON.
+
+To add a backend (e.g. TorchForceField), append a ``Backend`` to ``BACKENDS``: a name and a function that takes a
+``Target`` and returns an object with ``energy_and_force(x) -> (u, force)`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import torch
+
+from bgflow_se3 import OpenMMEnergy
+from bgflow_se3.energy import kT_in_kJ_per_mol
+from bgflow_se3.systems import lennard_jones_system, load_aldp
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "energy_throughput.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A benchmark system: an openmm.System, its temperature (K) and a pool of configurations (nm)."""
+
+    name: str
+    system: Any
+    temperature: float
+    positions: torch.Tensor  # (max_batch, n_atoms, 3), float64
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to evaluate a Target: ``make(target)`` returns an object with energy_and_force(x) and close()."""
+
+    name: str
+    make: Callable[[Target], Any]
+
+
+class OpenMMLoop:
+    """The baseline: one Context, one setPositions + getState per configuration, values through openmm.unit."""
+
+    def __init__(self, target: Target) -> None:
+        self.context = openmm.Context(
+            target.system, openmm.VerletIntegrator(1.0), openmm.Platform.getPlatformByName("Reference")
+        )
+        self.kT = kT_in_kJ_per_mol(target.temperature)
+
+    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        energies, forces = [], []
+        for conf in x.numpy():
+            self.context.setPositions(conf * unit.nanometer)
+            state = self.context.getState(getEnergy=True, getForces=True)
+            energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+        return torch.tensor(energies, dtype=torch.float64) / self.kT, torch.from_numpy(np.stack(forces)) / self.kT
+
+    def close(self) -> None:
+        self.context = None
+
+
+BASELINE = Backend("openmm_loop", OpenMMLoop)
+BACKENDS: list[Backend] = [
+    BASELINE,
+    Backend("OpenMMEnergy(n_workers=1)", lambda t: OpenMMEnergy(t.system, t.temperature, n_workers=1)),
+    Backend("OpenMMEnergy(n_workers=2)", lambda t: OpenMMEnergy(t.system, t.temperature, n_workers=2)),
+]
+
+
+def make_targets(max_batch: int, seed: int = 0) -> list[Target]:
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for solvent in ("vacuum", "implicit"):
+        aldp = load_aldp(solvent)
+        x0 = torch.from_numpy(aldp.positions_nm)
+        x = x0 + 0.02 * torch.randn(max_batch, *x0.shape, generator=g, dtype=torch.float64)
+        targets.append(Target(f"aldp_{solvent}", aldp.system, 300.0, x))
+    lj = lennard_jones_system(13)
+    grid = torch.cartesian_prod(*[torch.arange(3, dtype=torch.float64)] * 3)[:13] * 1.1
+    x = grid + 0.1 * torch.randn(max_batch, 13, 3, generator=g, dtype=torch.float64)
+    targets.append(Target("lj13", lj.system, lj.temperature, x))
+    return targets
+
+
+def time_backend(evaluator, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median wall time (s) of ``repeats`` calls on x after one warm-up call; also returns the energies."""
+    evaluator.energy_and_force(x[:16])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        u, _ = evaluator.energy_and_force(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), u
+
+
+def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[dict]:
+    rows = []
+    for target in make_targets(max(batch_sizes)):
+        for backend in backends:
+            start = time.perf_counter()
+            evaluator = backend.make(target)
+            setup_s = time.perf_counter() - start
+            try:
+                for batch in batch_sizes:
+                    x = target.positions[:batch]
+                    seconds, u = time_backend(evaluator, x, repeats)
+                    rows.append(
+                        dict(
+                            system=target.name,
+                            backend=backend.name,
+                            batch=batch,
+                            seconds=seconds,
+                            evals_per_s=batch / seconds,
+                            setup_s=setup_s,
+                            u=u,
+                        )
+                    )
+            finally:
+                evaluator.close()
+    baseline = {(r["system"], r["batch"]): r for r in rows if r["backend"] == BASELINE.name}
+    for r in rows:
+        base = baseline[(r["system"], r["batch"])]
+        r["ratio_vs_loop"] = r["evals_per_s"] / base["evals_per_s"]
+        rel = (r["u"] - base["u"]).abs() / base["u"].abs().clamp_min(1.0)
+        r["max_rel_diff_vs_loop"] = float(rel.max())
+    for r in rows:
+        del r["u"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 256 only, 2 repeats")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    batch_sizes, repeats = ([256], 2) if args.quick else (args.batch_sizes, args.repeats)
+
+    torch.set_num_threads(1)
+    rows = run(batch_sizes, repeats, BACKENDS)
+    print(f"{'system':<15}{'batch':>6}  {'backend':<28}{'evals/s':>11}{'x loop':>8}{'setup s':>9}{'max rel diff':>14}")
+    for r in rows:
+        print(
+            f"{r['system']:<15}{r['batch']:>6}  {r['backend']:<28}{r['evals_per_s']:>11.0f}"
+            f"{r['ratio_vs_loop']:>8.2f}{r['setup_s']:>9.2f}{r['max_rel_diff_vs_loop']:>14.1e}"
+        )
+    machine = dict(
+        cpus=os.cpu_count(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        openmm=openmm.__version__,
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(benchmark="energy_throughput", quick=args.quick, repeats=repeats, machine=machine, results=rows)
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
