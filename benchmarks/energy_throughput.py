@@ -100,28 +100,30 @@ def make_targets(max_batch: int, seed: int = 0) -> list[Target]:
     return targets
 
 
-def time_backend(evaluator, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median wall time (s) of ``repeats`` calls on x after one warm-up call; also returns the energies."""
-    evaluator.energy_and_force(x[:16])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        u, _ = evaluator.energy_and_force(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), u
-
-
 def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[dict]:
+    """Time every backend on every target and batch size; repeats are interleaved across backends, so that a change
+    in background load (this machine is shared) hits all of them alike. Reports the median of the repeats."""
     rows = []
     for target in make_targets(max(batch_sizes)):
-        for backend in backends:
-            start = time.perf_counter()
-            evaluator = backend.make(target)
-            setup_s = time.perf_counter() - start
-            try:
-                for batch in batch_sizes:
-                    x = target.positions[:batch]
-                    seconds, u = time_backend(evaluator, x, repeats)
+        evaluators, setup_s = [], []
+        try:
+            for backend in backends:
+                start = time.perf_counter()
+                evaluators.append(backend.make(target))
+                setup_s.append(time.perf_counter() - start)
+            for batch in batch_sizes:
+                x = target.positions[:batch]
+                times: list[list[float]] = [[] for _ in backends]
+                energies = []
+                for evaluator in evaluators:  # warm-up, and the energies for the agreement check
+                    energies.append(evaluator.energy_and_force(x)[0])
+                for _ in range(repeats):
+                    for k, evaluator in enumerate(evaluators):
+                        start = time.perf_counter()
+                        evaluator.energy_and_force(x)
+                        times[k].append(time.perf_counter() - start)
+                for k, backend in enumerate(backends):
+                    seconds = statistics.median(times[k])
                     rows.append(
                         dict(
                             system=target.name,
@@ -129,11 +131,12 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
                             batch=batch,
                             seconds=seconds,
                             evals_per_s=batch / seconds,
-                            setup_s=setup_s,
-                            u=u,
+                            setup_s=setup_s[k],
+                            u=energies[k],
                         )
                     )
-            finally:
+        finally:
+            for evaluator in evaluators:
                 evaluator.close()
     baseline = {(r["system"], r["batch"]): r for r in rows if r["backend"] == BASELINE.name}
     for r in rows:
@@ -148,12 +151,12 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch 256 only, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="batch 256 only, 3 repeats")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    batch_sizes, repeats = ([256], 2) if args.quick else (args.batch_sizes, args.repeats)
+    batch_sizes, repeats = ([256], 3) if args.quick else (args.batch_sizes, args.repeats)
 
     torch.set_num_threads(1)
     rows = run(batch_sizes, repeats, BACKENDS)

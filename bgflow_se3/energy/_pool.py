@@ -31,11 +31,14 @@ logger = logging.getLogger(__name__)
 #: Seconds a worker gets to exit after ("close",) before it is terminated, then killed.
 _JOIN_S = 2.0
 
-#: Upper bound on the positions sent in one message, bytes (fits in a Linux socket buffer; see WorkerPool).
-_CHUNK_BYTES = 2**16
+#: Upper bound on the positions sent in one message, bytes.
+_CHUNK_BYTES = 2**15
 
-#: Chunks a worker holds at once: it computes one while the next waits in its socket.
-_DEPTH = 2
+#: Most chunks a worker holds at once (it computes one while the next wait in its socket) ...
+_DEPTH = 4
+
+#: ... and most bytes of positions queued to one worker: well inside a Linux AF_UNIX socket buffer (~208 KiB).
+_QUEUED_BYTES = 2**17
 
 #: Runs the worker file as __main__ without putting its folder (or the cwd) on sys.path.
 _BOOTSTRAP = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
@@ -61,9 +64,10 @@ class WorkerPool:
     starting, or its next chunk). max_retries: worker deaths tolerated per ``evaluate`` call before ``WorkerError``.
 
     Chunks: a batch is cut into about four chunks per worker, each at most ``_CHUNK_BYTES`` of positions, and every
-    worker holds up to ``_DEPTH`` chunks at once, so that it starts on the next one without waiting for this
-    process to be scheduled (which matters on a busy machine). A message to a worker then always fits in the
-    socket buffer (for configurations under 64 KiB, about 2,700 atoms), so sending never blocks on a hung worker.
+    worker holds up to ``_DEPTH`` chunks at once (at most ``_QUEUED_BYTES``), so that it starts on the next one
+    without waiting for this process to be scheduled, which matters on a busy machine. What is queued to a worker
+    then fits in its socket buffer, so sending never blocks, even to a hung worker; the one exception is a single
+    configuration over 128 KiB (more than about 5,400 atoms), which is sent whole.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class WorkerPool:
         if n == 0:
             return energies, forces, failures
         size = max(1, min(_CHUNK_BYTES // positions[0].nbytes, math.ceil(n / (4 * self.n_workers))))
+        depth = max(1, min(_DEPTH, _QUEUED_BYTES // (size * positions[0].nbytes)))
         first = self._job_counter
         jobs = {first + k: (start, min(start + size, n)) for k, start in enumerate(range(0, n, size))}
         self._job_counter += len(jobs)
@@ -197,7 +202,7 @@ class WorkerPool:
                     self._slots[index] = self._start()
             while len(done) < len(jobs):
                 for slot in self._slots:
-                    self._feed(slot, pending, jobs, positions)
+                    self._feed(slot, pending, jobs, positions, depth)
                 for index, lost_jobs in self._poll(on_result):
                     deaths += 1
                     pending[:0] = [job for job in lost_jobs if job not in done]
@@ -220,14 +225,16 @@ class WorkerPool:
             raise
         return energies, forces, failures
 
-    def _feed(self, slot: _Slot, pending: list[int], jobs: dict[int, tuple[int, int]], positions: np.ndarray) -> None:
-        """Send pending chunks to ``slot`` until it holds ``_DEPTH``; mark it lost if it is found dead."""
-        if slot.state != "ready" or not pending or len(slot.jobs) >= _DEPTH:
+    def _feed(
+        self, slot: _Slot, pending: list[int], jobs: dict[int, tuple[int, int]], positions: np.ndarray, depth: int
+    ) -> None:
+        """Send pending chunks to ``slot`` until it holds ``depth``; mark it lost if it is found dead."""
+        if slot.state != "ready" or not pending or len(slot.jobs) >= depth:
             return
         if slot.process.poll() is not None:
             slot.state = "lost"  # died while idle (e.g. between calls)
             return
-        while pending and len(slot.jobs) < _DEPTH:
+        while pending and len(slot.jobs) < depth:
             job = pending[0]
             start, stop = jobs[job]
             try:

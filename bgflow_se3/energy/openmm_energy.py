@@ -134,10 +134,12 @@ class OpenMMEnergy(Energy):
     raises ``NonFiniteInputError`` / ``EnergyEvaluationError`` when ``on_error="raise"``. Never energy 0.
 
     Workers: every wait has a deadline (``timeout_s`` seconds per reply: a worker starting or one chunk of at most
-    64 KiB of positions); a timeout kills that worker and raises ``WorkerError``. A worker that dies is restarted
+    32 KiB of positions); a timeout kills that worker and raises ``WorkerError``. A worker that dies is restarted
     and its chunk re-run, up to ``max_retries`` deaths per call. Workers exit on ``close()``, on leaving a ``with``
     block, when this object is garbage collected, at interpreter exit, and by themselves when this process dies.
-    One evaluation runs at a time (calls from several threads are serialised).
+    With ``n_workers=1`` OpenMM runs in this process, where a call cannot be interrupted: ``timeout_s`` does not
+    apply. One evaluation runs at a time (calls from several threads are serialised). The System is serialised
+    when the energy is built: later changes to ``system`` do not reach the Contexts.
     """
 
     def __init__(
@@ -163,6 +165,8 @@ class OpenMMEnergy(Energy):
             raise ValueError(f"n_workers must be a positive integer, got {n_workers}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive (seconds), got {timeout_s}")
+        if int(max_retries) != max_retries or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries}")
         self.system = system
         self.platform = str(platform)
         self.n_workers = int(n_workers)

@@ -270,3 +270,15 @@ def test_lennard_jones_system_equals_torch_target(n_particles, generator):
     torch_energy = LennardJonesEnergy(n_particles)
     torch.testing.assert_close(openmm_energy(x), torch_energy(x), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(openmm_energy.force(x), torch_energy.force(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_results_follow_a_cuda_input(aldp, aldp_energy):
+    x = perturbed(aldp, 4)
+    xc = x.cuda().requires_grad_(True)
+    u = aldp_energy(xc)
+    assert u.device == xc.device and u.dtype == torch.float64
+    u.sum().backward()
+    assert xc.grad.device == xc.device
+    torch.testing.assert_close(u.cpu(), aldp_energy(x), rtol=0, atol=0)
+    torch.testing.assert_close(xc.grad.cpu(), -aldp_energy.force(x), rtol=0, atol=0)
