@@ -100,6 +100,23 @@ def make_targets(max_batch: int, seed: int = 0) -> list[Target]:
     return targets
 
 
+def worker_cpu_seconds(evaluator) -> float:
+    """CPU time (user + system, s) used so far by the evaluator's worker processes (Linux /proc; 10 ms ticks).
+
+    Workers only run during their own backend's calls, so differences over a whole interleaved loop are exact up
+    to the tick.
+    """
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in getattr(evaluator, "worker_pids", lambda: [])():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[dict]:
     """Time every backend on every target and batch size; repeats are interleaved across backends, so that a change
     in background load (this machine is shared) hits all of them alike. Reports the median of the repeats."""
@@ -114,14 +131,18 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
             for batch in batch_sizes:
                 x = target.positions[:batch]
                 times: list[list[float]] = [[] for _ in backends]
+                cpu = [-worker_cpu_seconds(evaluator) for evaluator in evaluators]
                 energies = []
                 for evaluator in evaluators:  # warm-up, and the energies for the agreement check
                     energies.append(evaluator.energy_and_force(x)[0])
                 for _ in range(repeats):
                     for k, evaluator in enumerate(evaluators):
-                        start = time.perf_counter()
+                        start, start_cpu = time.perf_counter(), time.process_time()
                         evaluator.energy_and_force(x)
                         times[k].append(time.perf_counter() - start)
+                        cpu[k] += time.process_time() - start_cpu
+                for k, evaluator in enumerate(evaluators):
+                    cpu[k] += worker_cpu_seconds(evaluator)
                 for k, backend in enumerate(backends):
                     seconds = statistics.median(times[k])
                     rows.append(
@@ -131,6 +152,7 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
                             batch=batch,
                             seconds=seconds,
                             evals_per_s=batch / seconds,
+                            cpu_us_per_eval=1e6 * cpu[k] / (repeats * batch),
                             setup_s=setup_s[k],
                             u=energies[k],
                         )
@@ -160,11 +182,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     rows = run(batch_sizes, repeats, BACKENDS)
-    print(f"{'system':<15}{'batch':>6}  {'backend':<28}{'evals/s':>11}{'x loop':>8}{'setup s':>9}{'max rel diff':>14}")
+    print("CPU us/eval: this process plus its OpenMM workers (on a shared machine, wall time hides the overhead)")
+    header = f"{'system':<15}{'batch':>6}  {'backend':<28}{'evals/s':>10}{'x loop':>8}{'CPU us/eval':>12}"
+    print(header + f"{'setup s':>9}{'max rel diff':>14}")
     for r in rows:
         print(
-            f"{r['system']:<15}{r['batch']:>6}  {r['backend']:<28}{r['evals_per_s']:>11.0f}"
-            f"{r['ratio_vs_loop']:>8.2f}{r['setup_s']:>9.2f}{r['max_rel_diff_vs_loop']:>14.1e}"
+            f"{r['system']:<15}{r['batch']:>6}  {r['backend']:<28}{r['evals_per_s']:>10.0f}"
+            f"{r['ratio_vs_loop']:>8.2f}{r['cpu_us_per_eval']:>12.1f}{r['setup_s']:>9.2f}"
+            f"{r['max_rel_diff_vs_loop']:>14.1e}"
         )
     machine = dict(
         cpus=os.cpu_count(),
