@@ -211,6 +211,12 @@ class OpenMMEnergy(Energy):
         """Shut the workers down (or release the in-process Context). Idempotent; later calls raise WorkerError."""
         self._finalizer()
 
+    def __getstate__(self):
+        raise TypeError(
+            "OpenMMEnergy holds OpenMM Contexts and worker processes and cannot be pickled or deep-copied; "
+            "build a new one from the System (OpenMMEnergy(energy.system, energy.temperature, ...))"
+        )
+
     def __enter__(self) -> OpenMMEnergy:
         return self
 

@@ -249,6 +249,15 @@ def test_not_a_system_and_bad_options(aldp):
         OpenMMEnergy(aldp.system, platform="Nope")
 
 
+def test_copy_and_pickle_are_refused_with_a_clear_error(aldp_energy):
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot be pickled or deep-copied"):
+        copy.deepcopy(aldp_energy)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(aldp_energy)
+
+
 def test_closed_energy_refuses_to_evaluate(aldp):
     energy = OpenMMEnergy(aldp.system)
     energy.close()
