@@ -73,6 +73,16 @@ def test_fast_state_reader_equals_public_api(aldp):
     np.testing.assert_array_equal(fast, public)
 
 
+def test_public_api_fallback_gives_the_same_results(aldp, aldp_energy, monkeypatch):
+    import bgflow_se3.energy._openmm_worker as worker
+
+    x = perturbed(aldp, 3)
+    fast = aldp_energy.energy_and_force(x)
+    monkeypatch.setattr(worker, "_FAST_READERS", [None])  # as on an OpenMM without the raw accessors
+    slow = aldp_energy.energy_and_force(x)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
 def test_autograd_gradient_is_minus_force(aldp, aldp_energy, generator):
     x = perturbed(aldp, 6).requires_grad_(True)
     weights = torch.rand(6, generator=generator, dtype=torch.float64)
