@@ -8,6 +8,10 @@ Systems: alanine dipeptide in vacuum and in OBC implicit solvent, and LJ13. Ever
 The baseline is the loop the peer libraries run (setPositions + getState(getEnergy, getForces), unit-aware values),
 measured in the same run. Prints evaluations per second and the ratio to the baseline, writes JSON.
 
+It also prints the CPU time per evaluation, this process plus its worker processes. On a shared machine wall-clock
+ratios of 2 workers mostly measure the neighbours (with sched_autogroup, all processes of one session share one
+fair slice of the CPUs, so a second worker cannot buy a second core); the CPU column shows the pool's own cost.
+
 To add a backend (e.g. TorchForceField), append a ``Backend`` to ``BACKENDS``: a name and a function that takes a
 ``Target`` and returns an object with ``energy_and_force(x) -> (u, force)`` and ``close()``.
 """
