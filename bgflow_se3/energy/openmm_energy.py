@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Any
@@ -124,7 +125,8 @@ class OpenMMEnergy(Energy):
     system: a non-periodic openmm.System without constraints or virtual sites (see ``check_system``; the
     ``allow_*`` flags lift those checks). temperature: kelvin, a float or an openmm Quantity.
     platform, platform_properties: as for ``openmm.Context`` ("Reference" is deterministic, so results repeat
-    bit for bit). n_workers: 1 evaluates in this process; more start that many worker processes (fresh
+    bit for bit; with workers on "CPU", each Context gets ``cpu_count // n_workers`` threads unless "Threads" is
+    given). n_workers: 1 evaluates in this process; more start that many worker processes (fresh
     interpreters, spawn semantics, never fork), each with its own Context, and split each batch into chunks across
     them. The results equal ``n_workers=1`` exactly. Workers import only numpy and openmm (not torch, not your
     ``__main__``), so they start in about a second and scripts need no ``__main__`` guard.
@@ -177,6 +179,11 @@ class OpenMMEnergy(Energy):
             self._backend: Any = _LocalBackend(system_xml, self.platform, platform_properties, virtual_sites)
         else:
             from ._pool import WorkerPool
+
+            if self.platform == "CPU" and "Threads" not in (platform_properties or {}):
+                # n_workers Contexts each starting one thread per core would oversubscribe the machine
+                threads = str(max(1, (os.cpu_count() or 1) // self.n_workers))
+                platform_properties = {**(platform_properties or {}), "Threads": threads}
 
             self._backend = WorkerPool(
                 system_xml,

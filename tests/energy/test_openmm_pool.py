@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bgflow_se3 import OpenMMEnergy, WorkerError
+from bgflow_se3 import EnergyEvaluationError, OpenMMEnergy, WorkerError
 from bgflow_se3.systems import load_aldp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +90,20 @@ def test_two_workers_equal_one_worker_bit_for_bit(aldp, serial, pool):
     pool(xg).sum().backward()
     assert torch.equal(xg.grad, -f1)
     assert torch.equal(pool(x[:1]), u1[:1]) and pool(x[:0]).shape == (0,)
+
+
+def test_failed_evaluations_in_workers_follow_the_error_policy(aldp, serial, pool):
+    x = perturbed(aldp, 40, seed=6)
+    x[33] = 0.0  # every atom on one point: OpenMM returns a non-finite energy
+    u, f = pool.energy_and_force(x)
+    assert torch.isposinf(u[33]) and (f[33] == 0).all()
+    assert torch.equal(u, serial(x)) and torch.isfinite(u[:33]).all()
+    pool.on_error = "raise"
+    try:
+        with pytest.raises(EnergyEvaluationError, match="1 of 40 .* batch index 33: OpenMM returned a non-finite"):
+            pool(x)
+    finally:
+        pool.on_error = "inf"
 
 
 def _killer(pool, killed: list) -> threading.Thread:
