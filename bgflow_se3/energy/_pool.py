@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -87,6 +88,7 @@ class WorkerPool:
         self._slots: list[_Slot] = []
         self._job_counter = 0
         self.closed = False
+        self._owner = os.getpid()  # a forked copy of this process must not drive (or stop) our workers
         try:
             self._slots = [self._start() for _ in range(self.n_workers)]
             self.wait_ready()
@@ -129,8 +131,16 @@ class WorkerPool:
         return [slot.process.pid for slot in self._slots if slot.state != "dead"]
 
     def close(self) -> None:
-        """Stop every worker (ask, then SIGTERM, then SIGKILL), reap it and release its socket. Idempotent."""
+        """Stop every worker (ask, then SIGTERM, then SIGKILL), reap it and release its socket. Idempotent.
+
+        In a forked copy of the owning process it only drops its copies of the sockets: the workers are not its own.
+        """
         self.closed = True
+        if os.getpid() != self._owner:
+            for slot in self._slots:
+                slot.conn.close()
+            self._slots = []
+            return
         for slot in self._slots:
             if slot.state != "dead":
                 try:
@@ -172,6 +182,11 @@ class WorkerPool:
         """
         if self.closed:
             raise WorkerError("this OpenMMEnergy's worker pool is closed; create a new OpenMMEnergy")
+        if os.getpid() != self._owner:
+            raise WorkerError(
+                f"this OpenMMEnergy's workers belong to process {self._owner}, and this is a fork of it; "
+                "create a new OpenMMEnergy in this process"
+            )
         n = positions.shape[0]
         energies = np.full(n, np.nan)
         forces = np.zeros(positions.shape, dtype=np.float64)

@@ -197,6 +197,26 @@ def test_close_context_manager_and_garbage_collection_stop_every_worker(aldp, po
     assert _worker_children(os.getpid()) == others
 
 
+def test_a_forked_child_neither_uses_nor_stops_the_parents_workers(aldp, serial, pool):
+    pool._backend.wait_ready()
+    before = pool.worker_pids()
+    pid = os.fork()
+    if pid == 0:  # child: evaluating must fail clearly, and exiting (which closes the pool) must not stop workers
+        code = 1
+        try:
+            pool(perturbed(aldp, 2))
+        except WorkerError as error:
+            code = 0 if "this is a fork of it" in str(error) else 1
+        finally:
+            pool.close()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    x = perturbed(aldp, 16, seed=7)
+    assert torch.equal(pool(x), serial(x))
+    assert pool.worker_pids() == before  # the same workers: the child did not stop them
+
+
 def test_failing_worker_start_is_reported_and_leaves_nothing(aldp, pool):
     others = set(pool.worker_pids())
     with pytest.raises(WorkerError, match="no platform 'Nope'"):
