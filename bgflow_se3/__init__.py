@@ -1,6 +1,6 @@
 """bgflow_se3: SE(3) x S_n equivariant Boltzmann generators for OpenMM systems, and unbiased free energies."""
 
-from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy
+from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, TorchForceField
 from .errors import (
     BgflowError,
     ConvergenceError,
@@ -23,6 +23,7 @@ __all__ = [
     "LennardJonesEnergy",
     "LowOverlapWarning",
     "NonFiniteInputError",
+    "TorchForceField",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",

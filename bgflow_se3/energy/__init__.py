@@ -2,12 +2,14 @@
 
 from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
+from .torch_forcefield import TorchForceField
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",
     "DoubleWellEnergy",
     "Energy",
     "LennardJonesEnergy",
+    "TorchForceField",
     "kT_in_kJ_per_mol",
     "pair_distances",
 ]
