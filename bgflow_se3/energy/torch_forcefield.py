@@ -66,8 +66,8 @@ class ForceTerm(nn.Module):
         # Devices move with the module; float64 parameters stay float64 (they are cast per call instead).
         def keep_float64(t: Tensor) -> Tensor:
             out = fn(t)
-            if t.dtype == torch.float64 and out.is_floating_point() and out.dtype != torch.float64:
-                out = out.to(torch.float64)
+            if t.dtype == torch.float64 and out.dtype != torch.float64:
+                return t.to(device=out.device)  # the original float64 values, on the new device
             return out
 
         return super()._apply(keep_float64, recurse)
@@ -408,17 +408,6 @@ class TorchForceField(Energy):
                 "the System uses periodic boundary conditions; TorchForceField supports only non-periodic "
                 "Systems (vacuum or implicit solvent with NoCutoff); use OpenMMEnergy for periodic Systems"
             )
-        if system.getNumConstraints() > 0:
-            raise UnsupportedSystemError(
-                f"the System has {system.getNumConstraints()} constraints; TorchForceField evaluates "
-                "unconstrained Systems only: build it with constraints=None and rigidWater=False"
-            )
-        virtual = [p for p in range(n_atoms) if system.isVirtualSite(p)]
-        if virtual:
-            raise UnsupportedSystemError(
-                f"the System has {len(virtual)} virtual sites (first: particle {virtual[0]}); "
-                "TorchForceField does not support virtual sites"
-            )
         terms = []
         for index, force in enumerate(system.getForces()):
             term = compile_force(force, index)
@@ -430,6 +419,17 @@ class TorchForceField(Energy):
                     f"force {index} ({type(force).__name__}) has {n_force} particles, the System {n_atoms}"
                 )
             terms.append(term)
+        if system.getNumConstraints() > 0:
+            raise UnsupportedSystemError(
+                f"the System has {system.getNumConstraints()} constraints; TorchForceField evaluates "
+                "unconstrained Systems only: build it with constraints=None and rigidWater=False"
+            )
+        virtual = [p for p in range(n_atoms) if system.isVirtualSite(p)]
+        if virtual:
+            raise UnsupportedSystemError(
+                f"the System has {len(virtual)} virtual sites (first: particle {virtual[0]}); "
+                "TorchForceField does not support virtual sites"
+            )
         return cls(terms, n_atoms, temperature=temperature, on_error=on_error, compile=compile)
 
     def potential_energy(self, x: Tensor, groups: Iterable[int] | None = None) -> Tensor:
