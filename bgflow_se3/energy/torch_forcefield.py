@@ -419,7 +419,7 @@ class TorchForceField(Energy):
         temperature: float = 300.0,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 256,
+        cpu_chunk_size: int | None = 128,
     ) -> None:
         super().__init__(n_atoms, 3, temperature=temperature, on_error=on_error)
         if cpu_chunk_size is not None and cpu_chunk_size < 1:
@@ -438,7 +438,7 @@ class TorchForceField(Energy):
         *,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 256,
+        cpu_chunk_size: int | None = 128,
         analytic_gradient: bool = True,
     ) -> TorchForceField:
         """Compile ``system`` (an ``openmm.System``) at ``temperature`` (kelvin); parameters come from the System.

@@ -122,9 +122,10 @@ def lennard_jones_coulomb_energy(
     Returns kJ/mol, shape (batch,). Memory: a few tensors of shape (batch, n_pairs, 3).
     """
     r2 = (x[:, pairs[0]] - x[:, pairs[1]]).square().sum(dim=-1)
-    inv_r = torch.rsqrt(r2)
-    s6 = (sigma.square() / r2).pow(3)
-    return (4.0 * epsilon * (s6.square() - s6) + ONE_4PI_EPS0 * charge_prod * inv_r).sum(dim=-1)
+    inv_r2 = r2.reciprocal()
+    s2 = sigma.square() * inv_r2
+    s6 = s2 * s2 * s2
+    return (4.0 * epsilon * (s6.square() - s6) + ONE_4PI_EPS0 * charge_prod * torch.sqrt(inv_r2)).sum(dim=-1)
 
 
 def obc_born_radii(
@@ -224,33 +225,35 @@ def gbsa_obc_energy_and_gradient(
     Memory: about 20 float tensors of shape (batch, n, n) live at once.
     """
     n = x.shape[1]
-    diff = x.unsqueeze(2) - x.unsqueeze(1)
-    r2 = diff.square().sum(dim=-1)
-    del diff
-    eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    inv_r = torch.rsqrt(r2.masked_fill(eye, 1.0))
-    r = r2 * inv_r
+    dtype = x.dtype
+    r2 = squared_distance_matrix(x)
+    # Elementwise work on (batch, n, n) dominates; masks are multiplied in (torch.where is several times slower
+    # on CPU), so every entry, the diagonal included (r := 1 there), must stay finite.
+    eye = torch.eye(n, dtype=dtype, device=x.device)
+    inv_r = torch.rsqrt(r2 + eye)
+    r = r2 * inv_r + eye
     rho = radius - OBC_DIELECTRIC_OFFSET
     rho_i = rho.view(1, n, 1)
     s_j = (scale * rho).view(1, 1, n)
-    upper = 1.0 / (r + s_j)
-    lower = 1.0 / torch.maximum(rho_i, (r - s_j).abs())
+    r_plus_s = r + s_j
+    upper = r_plus_s.reciprocal()
+    lower = torch.maximum(rho_i, (r - s_j).abs()).reciprocal()
     l2_minus_u2 = lower.square() - upper.square()
-    log_ratio = torch.log(upper / lower)
-    s2_inv_r2 = s_j.square() * inv_r.square()
+    log_ratio = torch.log(upper * lower.reciprocal())
+    inv_r2 = inv_r.square()
+    s2_inv_r2 = s_j.square() * inv_r2
     term = lower - upper + 0.25 * r * (s2_inv_r2 - 1.0) * l2_minus_u2 + 0.5 * inv_r * log_ratio
-    term = torch.where(rho_i < s_j - r, term + 2.0 * (1.0 / rho_i - lower), term)
-    active = (rho_i < r + s_j) & ~eye
-    term = torch.where(active, term, 0.0)
-    psi = 0.5 * rho * term.sum(dim=-1)
+    inside = (s_j - r > rho_i).to(dtype)  # atom i inside the scaled sphere of j
+    term = term + inside * (2.0 * (rho_i.reciprocal() - lower))
+    active = (r_plus_s > rho_i).to(dtype) * (1.0 - eye)
+    psi = 0.5 * rho * (term * active).sum(dim=-1)
     tanh_sum = torch.tanh(psi * (OBC_ALPHA + psi * (-OBC_BETA + OBC_GAMMA * psi)))
-    born = 1.0 / (1.0 / rho - tanh_sum / radius)
+    born = (rho.reciprocal() - tanh_sum / radius).reciprocal()
 
     a = born.unsqueeze(2) * born.unsqueeze(1)
-    d = 0.25 * r2 / a
+    d = 0.25 * r2 * a.reciprocal()
     e = torch.exp(-d)
-    f2 = r2 + a * e
-    inv_f = torch.rsqrt(f2)
+    inv_f = torch.rsqrt(r2 + a * e)
     if solute_dielectric == 0.0 or solvent_dielectric == 0.0:
         prefactor = 0.0
     else:
@@ -258,19 +261,20 @@ def gbsa_obc_energy_and_gradient(
     pqq = prefactor * (charge.unsqueeze(1) * charge.unsqueeze(0))
     pq_over_f = pqq * inv_f
     ace_factor = 4.0 * math.pi * surface_area_energy * (radius + OBC_PROBE_RADIUS).square()
-    ace = ace_factor * (radius / born).pow(6)
+    ratio2 = (radius / born).square()
+    ace = ace_factor * (ratio2 * ratio2 * ratio2)
     energy = 0.5 * pq_over_f.sum(dim=(1, 2)) + ace.sum(dim=-1)
     if not with_gradient:
         return energy, None
 
     pq_over_f3 = pq_over_f * inv_f.square()
-    de_dr2 = -0.25 * pq_over_f3 * (1.0 - 0.25 * e)
+    de_dr2 = pq_over_f3 * (0.0625 * e - 0.25)
     de_da = -0.5 * pq_over_f3 * e * (1.0 + d)
-    de_dborn = (de_da * born.unsqueeze(1)).sum(dim=-1) - 6.0 * ace / born
+    de_dborn = torch.bmm(de_da, born.unsqueeze(2)).squeeze(2) - 6.0 * ace / born
     dpsi = OBC_ALPHA + psi * (-2.0 * OBC_BETA + 3.0 * OBC_GAMMA * psi)
     chain = de_dborn * born.square() / radius * (1.0 - tanh_sum.square()) * dpsi * 0.5 * rho
-    di_dr = -0.25 * (1.0 + s2_inv_r2) * l2_minus_u2 - 0.5 * log_ratio * inv_r.square()
-    w = torch.where(active, chain.unsqueeze(2) * di_dr, 0.0)
+    di_dr = -0.25 * (1.0 + s2_inv_r2) * l2_minus_u2 - 0.5 * log_ratio * inv_r2
+    w = (chain.unsqueeze(2) * active) * di_dr
     m = 4.0 * de_dr2 + (w + w.transpose(1, 2)) * inv_r
     grad = x * m.sum(dim=-1, keepdim=True) - torch.bmm(m, x)
     return energy, grad
