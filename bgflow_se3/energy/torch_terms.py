@@ -45,6 +45,15 @@ OBC_ALPHA, OBC_BETA, OBC_GAMMA = 1.0, 0.8, 4.85
 OBC_PROBE_RADIUS = 0.14
 
 
+def _gather(x: Tensor, atoms: Tensor) -> tuple[Tensor, ...]:
+    """Positions of the atoms of each tuple: ``atoms`` (n, k) -> k tensors of shape (batch, n, 3).
+
+    One ``index_select`` (several times faster than advanced indexing on CPU, backward by ``index_add``).
+    """
+    n, k = atoms.shape
+    return x.index_select(1, atoms.reshape(-1)).view(x.shape[0], n, k, 3).unbind(dim=2)
+
+
 def squared_distance_matrix(x: Tensor) -> Tensor:
     """All squared distances ``|x_i - x_j|^2``, shape ``(batch, n_atoms, n_atoms)``, nm^2; zero on the diagonal.
 
@@ -60,7 +69,8 @@ def harmonic_bond_energy(x: Tensor, atoms: Tensor, length: Tensor, k: Tensor) ->
     atoms: long, shape (n_bonds, 2); length: r0 in nm, shape (n_bonds,); k: kJ/mol/nm^2, shape (n_bonds,).
     Returns kJ/mol, shape (batch,).
     """
-    r = (x[:, atoms[:, 0]] - x[:, atoms[:, 1]]).norm(dim=-1)
+    a, b = _gather(x, atoms)
+    r = (a - b).norm(dim=-1)
     return (0.5 * k * (r - length).square()).sum(dim=-1)
 
 
@@ -75,8 +85,8 @@ def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -
     atoms: long, shape (n_angles, 3); theta0: radians, shape (n_angles,); k: kJ/mol/rad^2, shape (n_angles,).
     Returns kJ/mol, shape (batch,). The gradient is undefined for exactly collinear atoms (as in OpenMM).
     """
-    vertex = x[:, atoms[:, 1]]
-    theta = _angle(x[:, atoms[:, 0]] - vertex, x[:, atoms[:, 2]] - vertex)
+    a, vertex, c = _gather(x, atoms)
+    theta = _angle(a - vertex, c - vertex)
     return (0.5 * k * (theta - theta0).square()).sum(dim=-1)
 
 
@@ -85,9 +95,8 @@ def dihedral_angle(x: Tensor, atoms: Tensor) -> Tensor:
 
     atoms: long, shape (n_torsions, 4). The sign convention is OpenMM's (and mdtraj's).
     """
-    b1 = x[:, atoms[:, 1]] - x[:, atoms[:, 0]]
-    b2 = x[:, atoms[:, 2]] - x[:, atoms[:, 1]]
-    b3 = x[:, atoms[:, 3]] - x[:, atoms[:, 2]]
+    p0, p1, p2, p3 = _gather(x, atoms)
+    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
     n1 = torch.linalg.cross(b1, b2)
     n2 = torch.linalg.cross(b2, b3)
     y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
@@ -106,7 +115,7 @@ def periodic_torsion_energy(
     """
     phi = dihedral_angle(x, atoms)
     if dihedral_index is not None:
-        phi = phi[:, dihedral_index]
+        phi = phi.index_select(1, dihedral_index)
     return (k * (1.0 + torch.cos(periodicity * phi - phase))).sum(dim=-1)
 
 
@@ -121,7 +130,7 @@ def lennard_jones_coulomb_energy(
     combined per-pair parameters (Lorentz-Berthelot for ordinary pairs, the exception's own for exceptions).
     Returns kJ/mol, shape (batch,). Memory: a few tensors of shape (batch, n_pairs, 3).
     """
-    r2 = (x[:, pairs[0]] - x[:, pairs[1]]).square().sum(dim=-1)
+    r2 = (x.index_select(1, pairs[0]) - x.index_select(1, pairs[1])).square().sum(dim=-1)
     inv_r2 = r2.reciprocal()
     s2 = sigma.square() * inv_r2
     s6 = s2 * s2 * s2
