@@ -59,8 +59,14 @@ def squared_distance_matrix(x: Tensor) -> Tensor:
 
     Squared distances have a finite gradient everywhere (also at coincident atoms), unlike distances.
     """
-    diff = x.unsqueeze(2) - x.unsqueeze(1)
-    return diff.square().sum(dim=-1)
+    # Coordinate by coordinate: a reduction over a trailing axis of size 3 is several times slower on CPU.
+    xt = x.transpose(1, 2)
+    r2 = x.new_zeros(())
+    for c in range(x.shape[-1]):
+        coordinate = xt[:, c]
+        d = coordinate.unsqueeze(2) - coordinate.unsqueeze(1)
+        r2 = r2 + d * d
+    return r2
 
 
 def harmonic_bond_energy(x: Tensor, atoms: Tensor, length: Tensor, k: Tensor) -> Tensor:
