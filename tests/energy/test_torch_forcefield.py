@@ -181,7 +181,7 @@ def test_other_systems_match_openmm(name):
         test_system = _testsystem(name, constraints=None)
     system = _one_group_per_force(test_system.system)
     start = np.asarray(test_system.positions._value)
-    n = 40 if name.startswith("HostGuest") else 200
+    n = 40 if name.startswith("HostGuest") else 100
     positions = _perturbed_configurations(system, start, n, seed=3)
     _check_against_openmm(TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions))
 
@@ -218,8 +218,9 @@ def test_torsion_sign_convention_with_arbitrary_phases():
     _check_against_openmm(TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions))
 
 
-def test_non_finite_configuration_gets_infinite_energy_and_zero_force():
-    aldp = load_aldp("vacuum")
+@pytest.mark.parametrize("solvent", ["vacuum", "implicit"])
+def test_non_finite_configuration_gets_infinite_energy_and_zero_force(solvent):
+    aldp = load_aldp(solvent)
     ff = TorchForceField.from_system(aldp.system)
     x = torch.tensor(aldp.positions_nm).repeat(2, 1, 1)
     x[1, 3, 0] = float("nan")
@@ -334,3 +335,14 @@ def test_cpu_chunking_gives_the_same_result():
     torch.testing.assert_close(chunked.force(x), whole.force(x), rtol=1e-13, atol=1e-11)
     with pytest.raises(ValueError, match="cpu_chunk_size"):
         TorchForceField.from_system(aldp.system, cpu_chunk_size=0)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    """``compile=True`` (minutes of compilation on CPU) gives the eager energies and forces."""
+    aldp = load_aldp("implicit")
+    x = torch.tensor(aldp.positions_nm) + 0.02 * torch.randn(300, 22, 3, dtype=torch.float64)
+    eager = TorchForceField.from_system(aldp.system)
+    compiled = TorchForceField.from_system(aldp.system, compile=True)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(compiled.force(x), eager.force(x), rtol=1e-10, atol=1e-8)
