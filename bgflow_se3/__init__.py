@@ -1,6 +1,7 @@
 """bgflow_se3: SE(3) x S_n equivariant Boltzmann generators for OpenMM systems, and unbiased free energies."""
 
 from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, OpenMMEnergy, regularize_energy
+from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, TorchForceField
 from .errors import (
     BgflowError,
     ConvergenceError,
@@ -24,6 +25,7 @@ __all__ = [
     "LowOverlapWarning",
     "NonFiniteInputError",
     "OpenMMEnergy",
+    "TorchForceField",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",

@@ -4,6 +4,7 @@ from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
 from .openmm_energy import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
 from .regularize import regularize_energy
+from .torch_forcefield import TorchForceField
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",
@@ -12,6 +13,7 @@ __all__ = [
     "LennardJonesEnergy",
     "OpenMMEnergy",
     "check_system",
+    "TorchForceField",
     "kT_in_kJ_per_mol",
     "pair_distances",
     "regularize_energy",
