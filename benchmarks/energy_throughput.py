@@ -34,7 +34,7 @@ import openmm
 import openmm.unit as unit
 import torch
 
-from bgflow_se3 import OpenMMEnergy
+from bgflow_se3 import OpenMMEnergy, TorchForceField, UnsupportedSystemError
 from bgflow_se3.energy import kT_in_kJ_per_mol
 from bgflow_se3.systems import lennard_jones_system, load_aldp
 
@@ -81,11 +81,30 @@ class OpenMMLoop:
         self.context = None
 
 
+class TorchForceFieldEvaluator:
+    """TorchForceField in a given dtype: u and -du/dx from one forward and one backward pass (on CPU here)."""
+
+    def __init__(self, target: Target, dtype: torch.dtype) -> None:
+        self.ff = TorchForceField.from_system(target.system, target.temperature)
+        self.dtype = dtype
+
+    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.dtype).requires_grad_(True)
+        u = self.ff(x)
+        (grad,) = torch.autograd.grad(u.sum(), x)
+        return u.detach().double(), -grad.double()
+
+    def close(self) -> None:
+        pass
+
+
 BASELINE = Backend("openmm_loop", OpenMMLoop)
 BACKENDS: list[Backend] = [
     BASELINE,
     Backend("OpenMMEnergy(n_workers=1)", lambda t: OpenMMEnergy(t.system, t.temperature, n_workers=1)),
     Backend("OpenMMEnergy(n_workers=2)", lambda t: OpenMMEnergy(t.system, t.temperature, n_workers=2)),
+    Backend("TorchForceField(float64)", lambda t: TorchForceFieldEvaluator(t, torch.float64)),
+    Backend("TorchForceField(float32)", lambda t: TorchForceFieldEvaluator(t, torch.float32)),
 ]
 
 
@@ -126,15 +145,20 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
     in background load (this machine is shared) hits all of them alike. Reports the median of the repeats."""
     rows = []
     for target in make_targets(max(batch_sizes)):
-        evaluators, setup_s = [], []
+        evaluators, setup_s, usable = [], [], []
         try:
             for backend in backends:
                 start = time.perf_counter()
-                evaluators.append(backend.make(target))
+                try:
+                    evaluators.append(backend.make(target))
+                except UnsupportedSystemError as error:  # e.g. TorchForceField on the custom-force LJ System
+                    print(f"skipping {backend.name} on {target.name}: {error}")
+                    continue
+                usable.append(backend)
                 setup_s.append(time.perf_counter() - start)
             for batch in batch_sizes:
                 x = target.positions[:batch]
-                times: list[list[float]] = [[] for _ in backends]
+                times: list[list[float]] = [[] for _ in usable]
                 cpu = [-worker_cpu_seconds(evaluator) for evaluator in evaluators]
                 energies = []
                 for evaluator in evaluators:  # warm-up, and the energies for the agreement check
@@ -147,7 +171,7 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
                         cpu[k] += time.process_time() - start_cpu
                 for k, evaluator in enumerate(evaluators):
                     cpu[k] += worker_cpu_seconds(evaluator)
-                for k, backend in enumerate(backends):
+                for k, backend in enumerate(usable):
                     seconds = statistics.median(times[k])
                     rows.append(
                         dict(

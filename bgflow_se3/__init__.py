@@ -1,7 +1,6 @@
 """bgflow_se3: SE(3) x S_n equivariant Boltzmann generators for OpenMM systems, and unbiased free energies."""
 
-from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, OpenMMEnergy, regularize_energy
-from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, TorchForceField
+from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, OpenMMEnergy, TorchForceField, regularize_energy
 from .errors import (
     BgflowError,
     ConvergenceError,

@@ -16,7 +16,8 @@ def pair_distances(x: Tensor) -> Tensor:
     x: positions, shape (batch, n, dim). Returns shape (batch, n * (n - 1) / 2).
     """
     i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1, device=x.device)
-    return (x[:, i] - x[:, j]).norm(dim=-1)
+    # index_select is several times faster than advanced indexing on CPU
+    return (x.index_select(1, i) - x.index_select(1, j)).norm(dim=-1)
 
 
 class DoubleWellEnergy(Energy):
