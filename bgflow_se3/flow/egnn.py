@@ -15,6 +15,8 @@ from .geometry import safe_norm
 
 __all__ = ["EGNN", "ResidualMLP"]
 
+N_RBF = 8  # radial basis functions per distance in edge inputs
+
 
 class ResidualMLP(nn.Module):
     """Linear, then residual [LayerNorm -> SiLU -> Linear] blocks, then SiLU -> Linear: (*, n_in) -> (*, n_out)."""
@@ -37,11 +39,18 @@ class ResidualMLP(nn.Module):
         return self.out(torch.nn.functional.silu(h))
 
 
+def _rbf(dist2: Tensor, n_rbf: int) -> Tensor:
+    """Gaussian radial basis of distances, centres 0..5 (input length units). dist2: (...,) -> (..., n_rbf)."""
+    centres = torch.linspace(0.0, 5.0, n_rbf, dtype=dist2.dtype, device=dist2.device)
+    d = torch.sqrt(dist2 + 1e-12)
+    return torch.exp(-(((d.unsqueeze(-1) - centres) * (n_rbf / 5.0)) ** 2))
+
+
 class _EGNNLayer(nn.Module):
     def __init__(self, hidden: int, n_mult: int, mlp_blocks: int, coord_scale: float) -> None:
         super().__init__()
         self.n_mult = n_mult
-        self.phi_e = ResidualMLP(2 * hidden + n_mult, hidden, hidden, mlp_blocks)
+        self.phi_e = ResidualMLP(2 * hidden + n_mult * (1 + N_RBF), hidden, hidden, mlp_blocks)
         self.phi_x = ResidualMLP(hidden, n_mult, hidden, mlp_blocks)
         with torch.no_grad():  # small coordinate steps at initialisation (reference implementation: 1e-3)
             self.phi_x.out.weight.mul_(coord_scale)
@@ -56,7 +65,8 @@ class _EGNNLayer(nn.Module):
         dist2 = (diff * diff).sum(-1)
         hi = h[:, :, None].expand(-1, -1, n, -1)
         hj = h[:, None, :].expand(-1, n, -1, -1)
-        m = self.phi_e(torch.cat([hi, hj, dist2], dim=-1)) * mask[..., None]  # (B, N, N, H)
+        rbf = _rbf(dist2, N_RBF).flatten(-2)
+        m = self.phi_e(torch.cat([hi, hj, dist2, rbf], dim=-1)) * mask[..., None]  # (B, N, N, H)
         unit = diff / (safe_norm(diff, keepdim=True) + 1.0)
         shift = (unit * self.phi_x(m)[..., None] * mask[..., None, None]).sum(2) / (n - 1)
         h = h + self.phi_h(torch.cat([self.norm(h), m.sum(2) / (n - 1)], dim=-1))
@@ -93,7 +103,9 @@ class EGNN(nn.Module):
         n_pairs = n_mult * (n_mult - 1) // 2
         self.node_in = nn.Linear(hidden + n_pairs, hidden)
         self.layers = nn.ModuleList(_EGNNLayer(hidden, n_mult, mlp_blocks, coord_scale) for _ in range(n_layers))
-        self.vec_edge = ResidualMLP(hidden, n_vectors * n_mult, hidden, mlp_blocks)
+        # the vector head sees a radial basis of the distances, so that different output vectors weight the
+        # neighbours differently and are not all nearly parallel at initialisation
+        self.vec_edge = ResidualMLP(hidden + n_mult * N_RBF, n_vectors * n_mult, hidden, mlp_blocks)
         self.vec_node = ResidualMLP(hidden, n_vectors * n_mult, hidden, mlp_blocks) if n_mult > 1 else None
         self.norm_out = nn.LayerNorm(hidden)
 
@@ -116,7 +128,13 @@ class EGNN(nn.Module):
             msg = (h[:, :, None] + h[:, None, :]) * mask[..., None]
         diff = x[:, :, None] - x[:, None, :]
         unit = diff / (safe_norm(diff, keepdim=True) + 1.0)  # (B, N, N, M, d)
-        w = self.vec_edge(msg).reshape(b, n, n, self.n_vectors, m) * mask[..., None, None]
+        rbf = _rbf((diff * diff).sum(-1), N_RBF).flatten(-2)
+        w = self.vec_edge(torch.cat([msg, rbf], dim=-1)).reshape(b, n, n, self.n_vectors, m) * mask[..., None, None]
+        # Remove the neighbour-average weight (a weight common to all neighbours gives every output vector the same
+        # direction) and scale to unit root-mean-square over neighbours, so that output vectors have length O(1)
+        # rather than the tiny spread of an MLP's outputs across edges: short vectors make ill-conditioned frames.
+        w = (w - w.sum(2, keepdim=True) / (n - 1)) * mask[..., None, None]
+        w = w * torch.rsqrt(w.pow(2).sum(2, keepdim=True) / (n - 1) + 1e-4)
         vectors = torch.einsum("bijvm,bijmd->bivd", w, unit) / (n - 1)
         if self.vec_node is not None:
             rel = x - x.mean(dim=2, keepdim=True)  # (B, N, M, d), translation invariant
