@@ -47,6 +47,7 @@ class AugmentedCouplingFlow(nn.Module):
         n_bins: spline bins. sigma_aug: std of a | x in the base and in the augmented target (length units).
         length_scale: std of the base Gaussian on x, the unit of spline intervals and EGNN inputs (length units).
         n_vector_transforms: radial transforms per coupling of the "vector" projection.
+        spline_range: half-width of the Cartesian and radial spline intervals, in units of length_scale.
 
     The module follows ``.double()`` and ``.to(device)``; inputs must match its dtype and device.
     """
@@ -66,6 +67,7 @@ class AugmentedCouplingFlow(nn.Module):
         sigma_aug: float = 0.1,
         length_scale: float = 1.0,
         n_vector_transforms: int = 3,
+        spline_range: float = 10.0,
     ) -> None:
         super().__init__()
         if n_atoms < 2:
@@ -92,6 +94,7 @@ class AugmentedCouplingFlow(nn.Module):
             n_bins=n_bins,
             length_scale=length_scale,
             n_vector_transforms=n_vector_transforms,
+            spline_range=spline_range,
         )
         self.couplings_a = nn.ModuleList(
             ProjectionCoupling(projection, n_cond=1, n_trans=n_aug, **kwargs) for _ in range(n_blocks)
