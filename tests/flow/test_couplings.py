@@ -98,3 +98,23 @@ def test_auxiliary_loss_gradient_separates_reference_vectors(generator):
         aux.backward()
         opt.step()
     assert aux.item() < 0.6 * first, (first, aux.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_spherical_and_vector_projections_are_finite_at_the_origin_and_the_poles(dtype, generator):
+    """Points exactly on the origin or on the polar axis (r = 0, theta = 0 or pi) give finite values and grads."""
+    for projection in ("spherical", "vector"):
+        layer = make_coupling(projection, 3, 1, 1).to(dtype)
+        centre = torch.zeros(1, 3, 1, 3, dtype=dtype)
+        vec = torch.randn(1, 3, 1, layer.n_vectors, 3, generator=generator, dtype=torch.float64).to(dtype)
+        params = [0.5 * torch.randn(1, 3, 1, k, generator=generator).to(dtype) for k in layer._splits]
+        axis = vec[..., 1, :] / vec[..., 1, :].norm(dim=-1, keepdim=True)
+        p = torch.stack([vec[0, 0, :, 0], vec[0, 1, :, 0] + 0.7 * axis[0, 1], vec[0, 2, :, 0] - 0.3 * axis[0, 2]])
+        p = p.reshape(1, 3, 1, 3).clone().requires_grad_(True)  # at the origin, on the axis, opposite the axis
+        transform = layer._spherical if projection == "spherical" else layer._vector
+        y, logdet = transform(p, centre, vec, params, False)
+        assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+        (grad,) = torch.autograd.grad(y.sum() + logdet.sum(), p)
+        assert torch.isfinite(grad).all()
+        back, _ = transform(y.detach(), centre, vec, params, True)
+        torch.testing.assert_close(back, p.detach(), atol=1e-4 if dtype == torch.float32 else 1e-9, rtol=0)
