@@ -4,7 +4,7 @@ import torch
 from bgflow_se3.flow.couplings import ProjectionCoupling, reference_vector_loss
 from bgflow_se3.flow.geometry import random_rotation
 
-CASES = [(p, d) for p in ("cartesian", "spherical", "vector") for d in (2, 3)]
+CASES = [(p, d) for p in ("cartesian", "cartesian-affine", "spherical", "vector") for d in (2, 3)]
 
 
 def randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
@@ -17,7 +17,18 @@ def randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
 
 def make_coupling(projection, dim, n_cond, n_trans):
     torch.manual_seed(1)
-    layer = ProjectionCoupling(projection, dim, n_cond, n_trans, n_types=2, hidden=8, egnn_layers=1, n_bins=5)
+    inner = "affine" if projection.endswith("-affine") else "spline"
+    layer = ProjectionCoupling(
+        projection.removesuffix("-affine"),
+        dim,
+        n_cond,
+        n_trans,
+        2,
+        hidden=8,
+        egnn_layers=1,
+        n_bins=5,
+        cartesian_inner=inner,
+    )
     layer = layer.double()
     randomise(layer, 0.3)
     return layer
