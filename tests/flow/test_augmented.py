@@ -184,3 +184,18 @@ def test_for_topology_uses_elements_without_openmm_in_the_flow():
         assert flow.atom_types.tolist() == [order.index(s) for s in symbols]
     fine = AugmentedCouplingFlow.for_topology(aldp.topology, type_by="name", n_blocks=1, hidden=8, egnn_layers=1)
     assert int(fine.atom_types.max()) + 1 > 4
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    flow = tiny_flow("spherical", 3, n_aug=2, scale=0.02)
+    s = flow.sample(64, generator=torch.Generator().manual_seed(0))  # CPU generator, CPU flow
+    cuda_flow = tiny_flow("spherical", 3, n_aug=2, scale=0.02).cuda()
+    s_cuda = cuda_flow.sample(64, generator=torch.Generator().manual_seed(0))  # CPU generator, CUDA flow
+    assert s_cuda.x.device.type == "cuda"
+    torch.testing.assert_close(s_cuda.x.cpu(), s.x, atol=1e-8, rtol=0)
+    torch.testing.assert_close(s_cuda.log_q.cpu(), s.log_q, atol=1e-8, rtol=0)
+    lq = cuda_flow.log_prob(s.x.cuda(), n_samples=4, generator=torch.Generator(device="cuda").manual_seed(1))
+    assert lq.device.type == "cuda" and torch.isfinite(lq).all()
