@@ -4,12 +4,22 @@ from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy
 from .errors import (
     BgflowError,
     ConvergenceError,
+    EmptyStateError,
     EnergyEvaluationError,
     LowOverlapWarning,
     NonFiniteInputError,
     UnsupportedForceError,
     UnsupportedSystemError,
     WorkerError,
+)
+from .reweight import (
+    FreeEnergy,
+    TargetSamples,
+    effective_sample_size,
+    free_energy_difference,
+    free_energy_surface,
+    log_importance_weights,
+    log_partition_ratio,
 )
 
 __version__ = "0.1.0"
@@ -18,13 +28,21 @@ __all__ = [
     "BgflowError",
     "ConvergenceError",
     "DoubleWellEnergy",
+    "EmptyStateError",
     "Energy",
     "EnergyEvaluationError",
+    "FreeEnergy",
     "LennardJonesEnergy",
     "LowOverlapWarning",
     "NonFiniteInputError",
+    "TargetSamples",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
     "__version__",
+    "effective_sample_size",
+    "free_energy_difference",
+    "free_energy_surface",
+    "log_importance_weights",
+    "log_partition_ratio",
 ]
