@@ -2,6 +2,7 @@
 
 from .fes import FreeEnergySurface, free_energy_surface, histogram_fes
 from .free_energy import FreeEnergy, TargetSamples, free_energy_difference
+from .umbrella import UmbrellaResult, periodic_harmonic_bias, umbrella_free_energy, wrap_angle
 from .weights import (
     EffectiveSampleSize,
     Estimate,
@@ -18,6 +19,7 @@ __all__ = [
     "FreeEnergy",
     "FreeEnergySurface",
     "TargetSamples",
+    "UmbrellaResult",
     "effective_sample_size",
     "expectation",
     "forward_effective_sample_size",
@@ -26,4 +28,7 @@ __all__ = [
     "histogram_fes",
     "log_importance_weights",
     "log_partition_ratio",
+    "periodic_harmonic_bias",
+    "umbrella_free_energy",
+    "wrap_angle",
 ]

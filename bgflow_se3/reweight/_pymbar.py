@@ -11,6 +11,8 @@ from scipy.special import logsumexp
 
 from ..errors import ConvergenceError, LowOverlapWarning
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["DEFAULT_MIN_OVERLAP", "checked_bar", "checked_exp", "checked_mbar", "import_pymbar", "overlap_scalar"]
 
 #: Below this MBAR overlap (1 - second eigenvalue of the overlap matrix) BAR/MBAR results are flagged.
@@ -165,12 +167,17 @@ def checked_mbar(u_kn: np.ndarray, N_k: np.ndarray):
     unsampled states. Returns the MBAR object.
     """
     pymbar = import_pymbar()
-    try:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mbar = pymbar.MBAR(u_kn, N_k, solver_protocol="robust" if np.count_nonzero(N_k) > 1 else None)
-    except _pymbar_errors(pymbar) as error:
-        raise ConvergenceError(f"pymbar.MBAR did not converge: {error}") from error
+    errors = _pymbar_errors(pymbar)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            mbar = pymbar.MBAR(u_kn, N_k)
+        except errors as first:
+            logger.info("MBAR with the default solver failed (%s); retrying with the robust protocol", first)
+            try:
+                mbar = pymbar.MBAR(u_kn, N_k, solver_protocol="robust")
+            except errors as error:
+                raise ConvergenceError(f"pymbar.MBAR did not converge: {error}") from error
     if not np.all(np.isfinite(mbar.f_k)):
         raise ConvergenceError(f"pymbar.MBAR returned non-finite free energies {mbar.f_k}; a state has no weight")
     return mbar
