@@ -19,7 +19,7 @@ from scipy.special import logsumexp
 
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning
 from ._pymbar import DEFAULT_MIN_OVERLAP, checked_bar, checked_mbar
-from .weights import DEFAULT_MIN_ESS, Estimate, as_mask, log_importance_weights
+from .weights import DEFAULT_MIN_ESS, Estimate, as_float_array, as_mask, log_importance_weights
 
 __all__ = ["FreeEnergy", "TargetSamples", "free_energy_difference"]
 
@@ -72,8 +72,7 @@ def _make_samples(log_q: Any, u: Any, log_p_aug: Any, in_a: Any, in_b: Any, what
     n = log_w.shape[0]
     if in_a is None or in_b is None:
         raise ValueError(f"{what}: in_a and in_b (boolean masks of shape ({n},)) are required")
-    log_q_array = np.asarray(log_q.detach().cpu().numpy() if hasattr(log_q, "detach") else log_q, dtype=np.float64)
-    u_flow = -log_q_array
+    u_flow = -as_float_array(log_q, "log_q")
     u_target = u_flow - log_w  # +inf where the weight is 0
     return _Samples(u_flow, u_target, as_mask(in_a, f"{what} in_a", n), as_mask(in_b, f"{what} in_b", n))
 
@@ -151,8 +150,7 @@ def _exp(flow: _Samples, diagnostics: bool, min_ess: float) -> tuple[float, floa
     log_s_a = logsumexp(np.where(flow.in_a, log_w, -np.inf))
     log_s_b = logsumexp(np.where(flow.in_b, log_w, -np.inf))
     value = float(log_s_b - log_s_a)
-    shift = np.where(np.isfinite(log_w), log_w, -np.inf)
-    y = flow.in_a * np.exp(shift - log_s_a) - flow.in_b * np.exp(shift - log_s_b)  # sums of each part are 1
+    y = flow.in_a * np.exp(log_w - log_s_a) - flow.in_b * np.exp(log_w - log_s_b)  # each part sums to 1
     stderr = float(math.sqrt(n * np.sum((y - y.mean()) ** 2) / (n - 1))) if n > 1 else math.inf
     if diagnostics:
         for name, mask in (("A", flow.in_a), ("B", flow.in_b)):

@@ -24,6 +24,7 @@ __all__ = [
     "EffectiveSampleSize",
     "Estimate",
     "as_float_array",
+    "as_mask",
     "effective_sample_size",
     "expectation",
     "forward_effective_sample_size",
