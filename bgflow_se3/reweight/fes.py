@@ -92,6 +92,9 @@ def histogram_fes(
     occupied = np.unique(flat[inside & alive])
     if occupied.size == 0:
         raise ConvergenceError("no sample with nonzero target weight lies on the FES grid; widen range or bins")
+    # zero-weight samples (u = +inf) go to an occupied bin, where they change nothing: a bin holding only such
+    # samples would get f = inf inside pymbar and turn its analytical errors into NaN
+    flat[~alive] = occupied[0]
     # pymbar labels bins as a 1-D histogram of the flat index: avoids its label clash for unequal 2-D grids.
     flat_edges = np.arange(np.prod(shape) + 2) - 0.5
     n_elements = cv.shape[0] * (len(n_k) + occupied.size + 1)
@@ -101,9 +104,24 @@ def histogram_fes(
             "use fewer bins or subsample the data"
         )
     mbar = checked_mbar(u_kn, n_k)
+    try:
+        f_occ, df_occ = _pymbar_fes(pymbar, u_kn, n_k, mbar.f_k, u_target, flat, flat_edges, occupied)
+    except (np.linalg.LinAlgError, pymbar.utils.ParameterError, pymbar.utils.DataError) as error:
+        raise ConvergenceError(f"pymbar.FES failed: {error}") from error
+    if not (np.isfinite(f_occ).all() and np.isfinite(df_occ).all()):
+        raise ConvergenceError("pymbar.FES returned non-finite free energies or errors for occupied bins")
+    f = np.full(np.prod(shape), np.inf)
+    df = np.full(np.prod(shape), np.inf)
+    f[occupied], df[occupied] = f_occ, df_occ
+    centers = tuple(0.5 * (e[1:] + e[:-1]) for e in edges)
+    return FreeEnergySurface(centers, tuple(edges), f.reshape(shape), df.reshape(shape), counts)
+
+
+def _pymbar_fes(pymbar, u_kn, n_k, f_k, u_target, flat, flat_edges, occupied) -> tuple[np.ndarray, np.ndarray]:
+    """f and df (relative to the lowest occupied bin) of the occupied flat bins through pymbar.FES."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fes = pymbar.FES(u_kn, n_k, mbar_options={"initial_f_k": mbar.f_k})
+        fes = pymbar.FES(u_kn, n_k, mbar_options={"initial_f_k": f_k})
         fes.generate_fes(
             u_target, flat.astype(np.float64), fes_type="histogram", histogram_parameters={"bin_edges": flat_edges}
         )
@@ -115,14 +133,7 @@ def histogram_fes(
             fes_reference=lowest,
             uncertainty_method="analytical",
         )
-    f_occ, df_occ = np.asarray(result["f_i"]), np.asarray(result["df_i"])
-    if not (np.isfinite(f_occ).all() and np.isfinite(df_occ).all()):
-        raise ConvergenceError("pymbar.FES returned non-finite free energies or errors for occupied bins")
-    f = np.full(np.prod(shape), np.inf)
-    df = np.full(np.prod(shape), np.inf)
-    f[occupied], df[occupied] = f_occ, df_occ
-    centers = tuple(0.5 * (e[1:] + e[:-1]) for e in edges)
-    return FreeEnergySurface(centers, tuple(edges), f.reshape(shape), df.reshape(shape), counts)
+    return np.asarray(result["f_i"]), np.asarray(result["df_i"])
 
 
 def free_energy_surface(

@@ -56,3 +56,19 @@ def test_fes_empty_bins_are_infinite_and_bad_cv_raises(problem):
     log_q[1] = np.inf
     with pytest.raises(NonFiniteInputError):
         free_energy_surface(x[:, 0], log_q, problem.u(x))
+
+
+def test_fes_ignores_zero_weight_samples_in_otherwise_empty_bins(problem):
+    x = problem.flow_samples(3000, np.random.default_rng(3))
+    log_q, u = problem.log_q(x), problem.u(x)
+    edges = np.linspace(-3.0, 9.0, 9)
+    clean = free_energy_surface(x[:, 0], log_q, u, bins=edges)
+    # two failed evaluations (u = +inf): one alone in a bin that no other sample reaches, one off the grid
+    cv = np.concatenate([x[:, 0], [8.0, 50.0]])
+    fes = free_energy_surface(
+        cv, np.concatenate([log_q, [0.0, 0.0]]), np.concatenate([u, [np.inf, np.inf]]), bins=edges
+    )
+    finite = np.isfinite(clean.f)
+    np.testing.assert_allclose(fes.f[finite], clean.f[finite], atol=1e-9)
+    np.testing.assert_allclose(fes.df[finite], clean.df[finite], rtol=1e-3)
+    assert fes.counts[-1] == 1 and np.isinf(fes.f[-1]) and np.isinf(clean.f[-1])
