@@ -37,13 +37,13 @@ def quick_samples(aldp, n: int, sigma_nm: float, seed: int) -> dict[str, np.ndar
     import openmm
 
     from bgflow_se3.systems.simulation import langevin_context
-    from bgflow_se3.systems.umbrella import _phi_atoms, add_torsion_bias
+    from bgflow_se3.systems.umbrella import add_torsion_bias, phi_atom_indices
 
     frames = []
     for pull_to in (None, 1.0):  # one run in the main basin, one pulled to phi = 1 rad, then released
         system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(aldp.system))
         if pull_to is not None:
-            add_torsion_bias(system, _phi_atoms(aldp.topology), 500.0, pull_to)
+            add_torsion_bias(system, phi_atom_indices(aldp.topology), 500.0, pull_to)
         context = langevin_context(system, aldp.positions_nm, timestep_fs=1.0, seed=seed)
         openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
         context.getIntegrator().step(5000)

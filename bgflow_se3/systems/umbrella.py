@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UmbrellaConfig", "add_torsion_bias", "load_windows", "run_umbrella", "window_centers"]
+__all__ = [
+    "UmbrellaConfig",
+    "add_torsion_bias",
+    "load_windows",
+    "phi_atom_indices",
+    "run_umbrella",
+    "window_centers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def add_torsion_bias(system, atoms: Sequence[int], force_constant: float, center
     return system.addForce(force)
 
 
-def _phi_atoms(topology) -> list[int]:
+def phi_atom_indices(topology) -> list[int]:
     """Atom indices (4,) of the first backbone phi, found by mdtraj from the topology."""
     import mdtraj
 
@@ -109,7 +116,7 @@ def _run_window(args: tuple) -> tuple[int, float]:
     system = copy.deepcopy(aldp.system)
     if config.hydrogen_mass_amu is not None:
         system = repartition_hydrogen_mass(system, aldp.topology, config.hydrogen_mass_amu)
-    atoms = _phi_atoms(aldp.topology)
+    atoms = phi_atom_indices(aldp.topology)
     center = float(window_centers(config.n_windows)[k])
     add_torsion_bias(system, atoms, config.force_constant, center)
     steps_per_ns = config.steps_per_ns

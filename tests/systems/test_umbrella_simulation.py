@@ -12,13 +12,13 @@ def test_bias_energy_is_periodic_harmonic():
     import openmm.unit as unit
 
     from bgflow_se3.systems import load_aldp
-    from bgflow_se3.systems.umbrella import _phi_atoms
+    from bgflow_se3.systems.umbrella import phi_atom_indices
 
     aldp = load_aldp("vacuum")
     system = openmm.System()
     for _ in range(22):
         system.addParticle(1.0)
-    add_torsion_bias(system, _phi_atoms(aldp.topology), 100.0, 3.0)
+    add_torsion_bias(system, phi_atom_indices(aldp.topology), 100.0, 3.0)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(aldp.positions_nm)  # the shipped structure has phi = pi: 0.14 rad from 3.0
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
