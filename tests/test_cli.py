@@ -34,8 +34,21 @@ def test_free_energy_subcommand(tmp_path):
     log_q = rng.normal(size=400)
     # u = -log q: every importance weight is equal, so Delta F = -log(n_A / n_B) exactly
     np.savez(tmp_path / "samples.npz", x=x, log_q=log_q, u=-log_q)
-    assert main(["free-energy", str(tmp_path / "samples.npz"), "--out", str(tmp_path / "out")]) == 0
+    centers = np.linspace(-np.pi, np.pi, 37)[:-1] + np.pi / 36
+    np.savez(
+        tmp_path / "profile.npz",
+        centers=centers,
+        f=1 + np.cos(centers),
+        df=np.full(36, 0.1),
+        delta_f=4.1,
+        delta_f_stderr=0.15,
+        block_stderr=0.12,
+        ns_per_window=0.5,
+    )  # an umbrella reference as systems/aldp/umbrella.py writes it
+    args = ["free-energy", str(tmp_path / "samples.npz"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--umbrella-cache", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["umbrella_delta_f_kT"] == 4.1 and summary["umbrella_block_stderr_kT"] == 0.12
     phi, _ = phi_psi(aldp.topology, x)
     n_a = np.sum((phi > 0) & (phi < 2))
     assert n_a == which.sum()
