@@ -4,6 +4,7 @@ from .energy import DoubleWellEnergy, Energy, LennardJonesEnergy, OpenMMEnergy, 
 from .errors import (
     BgflowError,
     ConvergenceError,
+    EmptyStateError,
     EnergyEvaluationError,
     LowOverlapWarning,
     NonFiniteInputError,
@@ -12,6 +13,15 @@ from .errors import (
     WorkerError,
 )
 from .flow import AugmentedCouplingFlow, FlowSample
+from .reweight import (
+    FreeEnergy,
+    TargetSamples,
+    effective_sample_size,
+    free_energy_difference,
+    free_energy_surface,
+    log_importance_weights,
+    log_partition_ratio,
+)
 
 __version__ = "0.1.0"
 
@@ -21,16 +31,24 @@ __all__ = [
     "BgflowError",
     "ConvergenceError",
     "DoubleWellEnergy",
+    "EmptyStateError",
     "Energy",
     "EnergyEvaluationError",
+    "FreeEnergy",
     "LennardJonesEnergy",
     "LowOverlapWarning",
     "NonFiniteInputError",
     "OpenMMEnergy",
     "TorchForceField",
+    "TargetSamples",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
     "__version__",
     "regularize_energy",
+    "effective_sample_size",
+    "free_energy_difference",
+    "free_energy_surface",
+    "log_importance_weights",
+    "log_partition_ratio",
 ]

@@ -3,6 +3,7 @@
 __all__ = [
     "BgflowError",
     "ConvergenceError",
+    "EmptyStateError",
     "EnergyEvaluationError",
     "LowOverlapWarning",
     "NonFiniteInputError",
@@ -42,3 +43,7 @@ class ConvergenceError(BgflowError, RuntimeError):
 
 class LowOverlapWarning(UserWarning):
     """Few effective samples or poor overlap between states: the estimate may be biased or its error too small."""
+
+
+class EmptyStateError(BgflowError, ValueError):
+    """A state (a boolean mask over samples) holds no sample with nonzero weight, so its free energy is undefined."""

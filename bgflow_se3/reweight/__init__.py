@@ -1,3 +1,34 @@
 """Reweighting: importance weights, effective sample sizes and free energies through pymbar."""
 
-__all__: list[str] = []
+from .fes import FreeEnergySurface, free_energy_surface, histogram_fes
+from .free_energy import FreeEnergy, TargetSamples, free_energy_difference
+from .umbrella import UmbrellaResult, periodic_harmonic_bias, umbrella_free_energy, wrap_angle
+from .weights import (
+    EffectiveSampleSize,
+    Estimate,
+    effective_sample_size,
+    expectation,
+    forward_effective_sample_size,
+    log_importance_weights,
+    log_partition_ratio,
+)
+
+__all__ = [
+    "EffectiveSampleSize",
+    "Estimate",
+    "FreeEnergy",
+    "FreeEnergySurface",
+    "TargetSamples",
+    "UmbrellaResult",
+    "effective_sample_size",
+    "expectation",
+    "forward_effective_sample_size",
+    "free_energy_difference",
+    "free_energy_surface",
+    "histogram_fes",
+    "log_importance_weights",
+    "log_partition_ratio",
+    "periodic_harmonic_bias",
+    "umbrella_free_energy",
+    "wrap_angle",
+]

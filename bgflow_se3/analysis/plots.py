@@ -1,0 +1,103 @@
+"""Matplotlib figures for samples and free energies (Agg canvas, no pyplot state, never shown)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["free_energy_profile_figure", "ramachandran_figure"]
+
+
+def _figure(figsize: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def ramachandran_figure(
+    phi: Any,
+    psi: Any,
+    *,
+    weights: Any | None = None,
+    bins: int = 60,
+    title: str | None = None,
+):
+    """Ramachandran plot: 2-D histogram of (phi, psi) in radians on [-pi, pi]^2, colour = -log density (kT).
+
+    phi, psi: shape (n,), radians. weights: optional importance weights (not log), shape (n,), to show the
+    reweighted distribution. Returns a ``matplotlib.figure.Figure`` (save with ``figure.savefig(path)``).
+    """
+    phi, psi = _numpy(phi), _numpy(psi)
+    if phi.shape != psi.shape or phi.ndim != 1:
+        raise ValueError(f"phi and psi must be 1-D of equal length, got {phi.shape} and {psi.shape}")
+    w = None if weights is None else _numpy(weights)
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    density, _, _ = np.histogram2d(phi, psi, bins=[edges, edges], weights=w, density=True)
+    with np.errstate(divide="ignore"):
+        free_energy = -np.log(density)
+    free_energy -= np.min(free_energy[np.isfinite(free_energy)]) if np.isfinite(free_energy).any() else 0.0
+    figure = _figure((5.0, 4.2))
+    ax = figure.add_subplot()
+    masked = np.ma.masked_invalid(free_energy.T)
+    mesh = ax.pcolormesh(edges, edges, masked, cmap="viridis", shading="flat")
+    figure.colorbar(mesh, ax=ax, label=r"$-\log p$ (kT, relative)")
+    ax.set_xlabel(r"$\phi$ (rad)")
+    ax.set_ylabel(r"$\psi$ (rad)")
+    ax.set_xlim(-np.pi, np.pi)
+    ax.set_ylim(-np.pi, np.pi)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def free_energy_profile_figure(
+    centers: Any,
+    f: Any,
+    df: Any | None = None,
+    *,
+    reference: tuple[Any, Any, Any | None] | None = None,
+    label: str = "estimate",
+    reference_label: str = "reference",
+    xlabel: str = r"$\phi$ (rad)",
+    title: str | None = None,
+):
+    """1-D free-energy profile in kT with a one-sigma band; optionally a reference profile overlaid.
+
+    centers: bin centres, shape (m,); f: free energy, kT, shape (m,) (+inf = empty bin, not drawn); df: one sigma.
+    reference: ``(centers, f, df_or_None)`` of a reference profile (e.g. umbrella sampling), drawn as a line.
+    Both are shifted to their minimum. Returns a ``matplotlib.figure.Figure``.
+    """
+    figure = _figure((5.5, 3.8))
+    ax = figure.add_subplot()
+    series = [(centers, f, df, label, "C0")]
+    if reference is not None:
+        series.append((*reference, reference_label, "k"))
+    for x, y, dy, name, colour in series:
+        x, y = _numpy(x), _numpy(y)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(f"centers and f must be 1-D of equal length, got {x.shape} and {y.shape}")
+        finite = np.isfinite(y)
+        if not finite.any():
+            raise ValueError(f"profile {name!r} has no finite value to draw")
+        y = np.where(finite, y - y[finite].min(), np.nan)
+        ax.plot(x, y, color=colour, label=name, marker="." if colour != "k" else None)
+        if dy is not None:
+            dy = _numpy(dy)
+            ax.fill_between(x, y - dy, y + dy, color=colour, alpha=0.25, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("free energy (kT)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return figure

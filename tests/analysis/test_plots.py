@@ -1,0 +1,36 @@
+"""Plots return matplotlib Figures that render, and refuse inconsistent input."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from bgflow_se3.analysis import free_energy_profile_figure, ramachandran_figure
+
+
+def test_ramachandran_figure_renders(tmp_path):
+    rng = np.random.default_rng(0)
+    phi, psi = rng.uniform(-np.pi, np.pi, 500), rng.normal(2.5, 0.3, 500)
+    figure = ramachandran_figure(phi, psi, weights=rng.uniform(0.5, 1.5, 500), bins=30, title="test")
+    assert isinstance(figure, Figure)
+    mesh = figure.axes[0].collections[0]
+    values = np.ma.masked_invalid(mesh.get_array())
+    assert values.min() == 0.0 and values.count() > 0  # -log density shifted to its minimum
+    figure.savefig(tmp_path / "rama.png")
+    assert (tmp_path / "rama.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="equal length"):
+        ramachandran_figure(phi, psi[:-1])
+
+
+def test_profile_figure_with_reference_and_band(tmp_path):
+    x = np.linspace(-3, 3, 20)
+    f = 0.5 * x**2 + 1.0
+    f[0] = np.inf  # an empty bin is not drawn
+    figure = free_energy_profile_figure(x, f, np.full(20, 0.1), reference=(x, 0.5 * x**2, None))
+    assert isinstance(figure, Figure)
+    ax = figure.axes[0]
+    assert len(ax.lines) == 2 and len(ax.collections) == 1
+    y = ax.lines[0].get_ydata()
+    assert np.isnan(y[0]) and np.nanmin(y) == 0.0
+    figure.savefig(tmp_path / "profile.png")
+    with pytest.raises(ValueError, match="finite"):
+        free_energy_profile_figure(x, np.full(20, np.inf))
