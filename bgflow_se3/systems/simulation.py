@@ -72,33 +72,22 @@ def langevin_context(
 
 
 def reduced_energies(system: Any, x_nm: Any, temperature: float = 300.0, platform: str = "Reference") -> np.ndarray:
-    """Reduced energies ``u = E / kT`` of a batch of configurations, one OpenMM evaluation each.
+    """Reduced energies ``u = E / kT`` of a batch of configurations, through :class:`OpenMMEnergy`.
 
-    x_nm: positions, shape (batch, n_atoms, 3), nm (numpy or torch). Returns float64, shape (batch,); a
+    x_nm: positions, shape (batch, n_atoms, 3), nm (numpy or torch). Returns float64 numpy, shape (batch,); a
     configuration whose energy is not finite (or that OpenMM refuses) gets ``+inf``, i.e. weight 0 when
-    reweighting. A simple serial path for analysis scripts; training uses the batched ``Energy`` classes.
+    reweighting. A convenience for analysis scripts; training uses the ``Energy`` classes directly.
     """
-    import openmm
-    import openmm.unit as unit
+    import torch
 
-    from ..energy.base import kT_in_kJ_per_mol
+    from ..energy.openmm_energy import OpenMMEnergy
 
     if hasattr(x_nm, "detach"):
         x_nm = x_nm.detach().cpu().numpy()
-    x = np.asarray(x_nm, dtype=np.float64)
-    if x.ndim != 3 or x.shape[1:] != (system.getNumParticles(), 3):
-        raise ValueError(f"positions must have shape (batch, {system.getNumParticles()}, 3) in nm, got {x.shape}")
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
-    kT = kT_in_kJ_per_mol(temperature)
-    u = np.full(x.shape[0], np.inf)
-    for i, positions in enumerate(x):
-        if not np.isfinite(positions).all():
-            continue
-        context.setPositions(positions)
-        try:
-            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        except openmm.OpenMMException:
-            continue
-        if np.isfinite(energy):
-            u[i] = energy / kT
-    return u
+    x = torch.as_tensor(np.asarray(x_nm, dtype=np.float64))
+    energy = OpenMMEnergy(system, temperature, platform=platform)
+    try:
+        u, _ = energy.energy_and_force(x)
+    finally:
+        energy.close()
+    return u.numpy()
