@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("systems", nargs="+", choices=sorted(PARTICLE_SYSTEMS))
     parser.add_argument("--cache", type=Path, default=None, help=f"cache folder (default {default_cache_dir()})")
     parser.add_argument("--force", action="store_true", help="regenerate even if cached data exist")
+    parser.add_argument("--device", default="cpu", help="where the chains run, e.g. cuda (LJ55)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.systems:
@@ -28,7 +29,7 @@ def main() -> None:
         if (folder / "meta.json").exists() and not args.force:
             print(f"{name}: cached at {folder} (use --force to regenerate)")
             continue
-        out = make_particle_data(name, cache_dir=args.cache)
+        out = make_particle_data(name, cache_dir=args.cache, device=args.device)
         meta = json.loads((out / "meta.json").read_text())
         check = meta["check"]
         print(

@@ -75,6 +75,7 @@ class KernelFlow(ContinuousFlow):
     """CNF with Köhler et al.'s radial-kernel dynamics and its closed-form divergence.
 
     n_atoms, dim: system size; r_max: largest distance the kernels cover (reduced units; 8 suits DW4, 4 LJ13).
+    length_scale: std of the CoM-free Gaussian base (see ``ContinuousFlow``).
     Exposes ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)`` like every flow baseline.
     """
 
@@ -86,7 +87,11 @@ class KernelFlow(ContinuousFlow):
         r_max: float | None = None,
         n_time: int = 8,
         n_steps: int = 20,
+        length_scale: float = 1.0,
     ) -> None:
         if r_max is None:
             r_max = 8.0 if dim == 2 else 2.0 * math.ceil(n_atoms ** (1 / 3))
-        super().__init__(KernelDynamics(n_kernels, r_max, n_time), n_atoms, dim, n_steps=n_steps, trace="analytic")
+        super().__init__(
+            KernelDynamics(n_kernels, r_max, n_time), n_atoms, dim, n_steps=n_steps, trace="analytic",
+            length_scale=length_scale,
+        )  # fmt: skip

@@ -81,11 +81,19 @@ class NonEquivariantFlow(nn.Module):
     n_layers affine couplings alternate between the two halves of a fixed random permutation per layer (seeded by
     ``seed``), followed by a learned per-coordinate scale and shift on the data side. Exposes ``n_atoms``, ``dim``,
     ``sample(n, generator) -> (x, log_q)``, ``log_prob(x)`` and the bijection ``forward`` / ``inverse`` on
-    subspace coordinates with log-dets.
+    subspace coordinates with log-dets. length_scale: initial value of the learned data-side scale (the data's RMS
+    coordinate trains faster than 1).
     """
 
     def __init__(
-        self, n_atoms: int, dim: int, n_layers: int = 8, hidden: int = 64, n_hidden: int = 2, seed: int = 0
+        self,
+        n_atoms: int,
+        dim: int,
+        n_layers: int = 8,
+        hidden: int = 64,
+        n_hidden: int = 2,
+        seed: int = 0,
+        length_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if n_atoms < 2:
@@ -102,7 +110,9 @@ class NonEquivariantFlow(nn.Module):
             mask[order[: d // 2] if k % 2 == 0 else order[d // 2 :]] = True
             layers.append(_AffineCoupling(mask, hidden, n_hidden))
         self.layers = nn.ModuleList(layers)
-        self.log_scale = nn.Parameter(torch.zeros(d))
+        if not length_scale > 0:
+            raise ValueError(f"length_scale must be positive, got {length_scale}")
+        self.log_scale = nn.Parameter(torch.full((d,), math.log(length_scale)))
         self.shift = nn.Parameter(torch.zeros(d))
 
     def to_subspace(self, x: Tensor) -> Tensor:

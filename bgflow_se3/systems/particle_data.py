@@ -301,14 +301,16 @@ def make_particle_data(
     config: ParticleDataConfig | None = None,
     progress: bool = True,
     strict: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Generate, check and cache train/val/test data of a particle system; returns the folder.
 
     Writes ``train.npy``, ``val.npy``, ``test.npy`` (float64, shape (n, n_atoms, dim), CoM-free) and
     ``meta.json`` (settings, tau_int, acceptance, checks, wall time) to ``<cache_dir>/<name>/``.
-    Raises ``ConvergenceError`` when the equilibrium checks fail and ``strict`` is True.
+    Raises ``ConvergenceError`` when the equilibrium checks fail and ``strict`` is True. ``device``: where the
+    chains run (``"cuda"`` speeds up LJ55); random numbers come from a seeded CPU generator either way.
     """
-    energy = particle_energy(name).double()
+    energy = particle_energy(name).double().to(device)
     config = config if config is not None else PARTICLE_SYSTEMS[name]
     out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = out / name
@@ -342,11 +344,11 @@ def make_particle_data(
         logger.warning(message)
     flat = remove_com(run.samples.reshape(-1, energy.n_atoms, energy.dim))
     perm = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(config.seed + 1))
-    flat = flat[perm][:n_total]
+    flat = flat[perm.to(flat.device)][:n_total]
     out.mkdir(parents=True, exist_ok=True)
     bounds = np.cumsum([0, config.n_train, config.n_val, config.n_test])
     for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        np.save(out / f"{split}.npy", flat[lo:hi].numpy())
+        np.save(out / f"{split}.npy", flat[lo:hi].cpu().numpy())
     meta = {
         "system": name,
         "config": asdict(config),

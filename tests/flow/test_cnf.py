@@ -28,6 +28,15 @@ def test_com_free_gaussian_is_normalised_on_the_subspace(generator):
     assert z.pow(2).sum(dim=(1, 2)).mean().item() == pytest.approx(12.0, rel=0.02)
 
 
+def test_identity_flow_with_length_scale_is_the_scaled_subspace_gaussian(generator):
+    flow = KernelFlow(3, 2, length_scale=2.5).double()  # zero kernel weights: the identity map
+    x, log_q = flow.sample(2000, generator=generator)
+    assert x.pow(2).sum(dim=(1, 2)).mean().item() == pytest.approx(4 * 2.5**2, rel=0.05)
+    expected = com_free_gaussian_log_prob(x / 2.5) - 4 * math.log(2.5)
+    torch.testing.assert_close(log_q, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(flow.log_prob(x), expected, atol=1e-12, rtol=0)
+
+
 def test_rk4_is_fourth_order_on_linear_ode():
     x0 = torch.ones(1, 1, 1, dtype=torch.float64)
 
