@@ -28,7 +28,8 @@ def plot_training_curves(
     it = np.array([r["iteration"] for r in history], dtype=float)
     n_cols = min(3, len(keys))
     n_rows = math.ceil(len(keys) / n_cols)
-    fig = Figure(figsize=(4.0 * n_cols, 3.0 * n_rows), layout="constrained")
+    fig = Figure(figsize=(4.0 * n_cols, 3.0 * n_rows))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.93, wspace=0.3, hspace=0.5)
     FigureCanvasAgg(fig)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(n_rows, n_cols, i + 1)

@@ -49,7 +49,8 @@ class TrainConfig:
     to ``final_lr_fraction * lr`` at ``n_iterations``. Gradient guards: see the module docstring.
     eval_every: every this many iterations, the reverse ESS of ``n_eval`` fresh flow samples is logged (needs an
     evaluation target; 0 = never). checkpoint_every: also checkpoint every this many iterations (0: only at the end
-    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it).
+    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it). progress: tqdm bar;
+    plot: write the training-curve PNG at the end of ``run`` (with an out_dir).
     """
 
     n_iterations: int = 1000
@@ -67,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
     progress: bool = True
+    plot: bool = True
 
     def __post_init__(self) -> None:
         if self.n_iterations < 1 or not self.lr > 0 or self.warmup_iterations < 0:
@@ -282,7 +284,7 @@ class Trainer:
                     self.save_checkpoint()
         checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
         plot_path = None
-        if self.out_dir is not None and self.history:
+        if self.out_dir is not None and self.history and cfg.plot:
             plot_path = plot_training_curves(self.history, self._path(PLOT_NAME))
         return TrainResult(
             history=list(self.history),

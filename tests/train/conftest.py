@@ -90,12 +90,13 @@ class GaussianAugmentedFlow(nn.Module):
 class GaussianMixtureEnergy(Energy):
     """u(x) = -log Z - log sum_k pi_k N_sub(x_c; m_k, s_k^2): a mixture on the CoM-free subspace, normaliser Z."""
 
-    def __init__(self, means: Tensor, sigmas: Tensor, weights: Tensor, log_z: float):
+    def __init__(self, means: Tensor, sigmas: list[float], weights: list[float], log_z: float):
         n_atoms, dim = means.shape[1:]
         super().__init__(n_atoms, dim)
         self.means = centre(means.double())
-        self.sigmas = sigmas.double()
-        self.log_weights = torch.log(weights.double() / weights.sum())
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.log_weights = torch.log(weights / weights.sum())
         self.log_z = float(log_z)
 
     def _reduced_energy(self, x: Tensor) -> Tensor:
@@ -116,4 +117,4 @@ def flow() -> GaussianAugmentedFlow:
 def mixture() -> GaussianMixtureEnergy:
     g = torch.Generator().manual_seed(7)
     means = 1.2 * torch.randn(3, 3, 2, generator=g, dtype=torch.float64)
-    return GaussianMixtureEnergy(means, torch.tensor([0.5, 0.6, 0.7]), torch.tensor([0.5, 0.3, 0.2]), log_z=2.3)
+    return GaussianMixtureEnergy(means, [0.5, 0.6, 0.7], [0.5, 0.3, 0.2], log_z=2.3)

@@ -91,7 +91,7 @@ def test_ais_towards_p_squared_over_q_is_unbiased(flow, generator):
     """alpha = 2: E[w_AIS] = int p~^2 pi^2 / q, in closed form for a Gaussian target and the Gaussian flow."""
     n_atoms, dim, k = 3, 2, 4
     m_p = centre(torch.tensor([[0.3, 0.0], [-0.2, 0.5], [0.1, -0.4]], dtype=torch.float64))
-    target = GaussianMixtureEnergy(m_p[None], torch.tensor([0.7]), torch.tensor([1.0]), log_z=1.1)
+    target = GaussianMixtureEnergy(m_p[None], [0.7], [1.0], log_z=1.1)
     model = broad_flow(flow, sigma_x=1.0, sigma_a=0.12)
     m_q = centre(flow.mu_x.detach())
     log_zg = 2 * target.log_z
