@@ -76,25 +76,44 @@ class JointFlow:
         x, log_q = out
         return self.pack(x, None), log_q
 
+    @staticmethod
+    def _guarded(fn, z: Tensor) -> tuple[Tensor, ...]:
+        """Evaluate fn(z) -> tensors of shape (batch,) on the finite rows only; other rows get -inf (first output)
+        and 0 (the rest). Flows may refuse non-finite input; HMC proposals can be non-finite."""
+        finite = torch.isfinite(z).flatten(1).all(1)
+        if bool(finite.all()):
+            return fn(z)
+        safe = torch.where(finite.reshape(-1, *([1] * (z.ndim - 1))), z, torch.zeros_like(z))
+        out = fn(safe)
+        first = torch.where(finite, out[0], torch.full_like(out[0], -math.inf))
+        return (first, *(torch.where(finite, o, torch.zeros_like(o)) for o in out[1:]))
+
     def log_prob(self, z: Tensor) -> Tensor:
-        """log q(z) in nats, shape (batch,)."""
-        x, a = self.unpack(z)
-        return self.flow.log_prob_joint(x, a) if self.augmented else self.flow.log_prob(x)
+        """log q(z) in nats, shape (batch,); -inf for rows with non-finite entries."""
+        return self.log_prob_and_aux(z)[0]
 
     def log_prob_and_aux(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """log q(z) and the flow's auxiliary loss (>= 0), both shape (batch,); aux is 0 where the flow has none."""
-        x, a = self.unpack(z)
-        if self.augmented and hasattr(self.flow, "log_prob_joint_and_aux"):
-            return self.flow.log_prob_joint_and_aux(x, a)
-        log_q = self.log_prob(z)
-        return log_q, torch.zeros_like(log_q)
+
+        def fn(zz: Tensor) -> tuple[Tensor, Tensor]:
+            x, a = self.unpack(zz)
+            if self.augmented and hasattr(self.flow, "log_prob_joint_and_aux"):
+                return tuple(self.flow.log_prob_joint_and_aux(x, a))
+            log_q = self.flow.log_prob_joint(x, a) if self.augmented else self.flow.log_prob(x)
+            return log_q, torch.zeros_like(log_q)
+
+        return self._guarded(fn, z)
 
     def log_pi(self, z: Tensor) -> Tensor:
-        """log pi(a | x) of the augmented target, shape (batch,); 0 for non-augmented flows."""
-        x, a = self.unpack(z)
+        """log pi(a | x) of the augmented target, shape (batch,); 0 for non-augmented flows, -inf for non-finite z."""
         if not self.augmented:
             return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        return self.flow.log_prob_aug_target(a, x)
+
+        def fn(zz: Tensor) -> tuple[Tensor]:
+            x, a = self.unpack(zz)
+            return (self.flow.log_prob_aug_target(a, x),)
+
+        return self._guarded(fn, z)[0]
 
     def augment(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """z with a ~ pi(a | x) drawn fresh; x (batch, n_atoms, dim) is moved to its CoM-free version."""

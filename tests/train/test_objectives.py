@@ -76,3 +76,13 @@ def test_fab_objective_adds_the_aux_loss_and_retargets_the_buffer(generator):
         objective.buffer.log_w[idx], batches[0].log_w - (log_q_new.detach() - batches[0].log_q_old)
     )
     torch.testing.assert_close(objective.buffer.log_q_old[idx], log_q_new.detach())
+
+
+def test_joint_view_guards_non_finite_rows(flow):
+    model = JointFlow(flow)
+    z, _ = model.sample(4)
+    z = z.detach().clone()
+    z[1, 0, 0, 0] = math.nan
+    log_q, aux = model.log_prob_and_aux(z)
+    assert log_q[1] == -math.inf and torch.isfinite(log_q[[0, 2, 3]]).all() and aux[1] == 0
+    assert model.log_pi(z)[1] == -math.inf
