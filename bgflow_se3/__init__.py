@@ -11,10 +11,13 @@ from .errors import (
     UnsupportedSystemError,
     WorkerError,
 )
+from .flow import AugmentedCouplingFlow, FlowSample
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AugmentedCouplingFlow",
+    "FlowSample",
     "BgflowError",
     "ConvergenceError",
     "DoubleWellEnergy",
