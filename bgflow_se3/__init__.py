@@ -12,6 +12,7 @@ from .errors import (
     WorkerError,
 )
 from .flow import AugmentedCouplingFlow, FlowSample
+from .train import fit_fab, fit_kl, fit_ml
 
 __version__ = "0.1.0"
 
@@ -29,5 +30,8 @@ __all__ = [
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
+    "fit_fab",
+    "fit_kl",
+    "fit_ml",
     "__version__",
 ]

@@ -29,11 +29,18 @@ from bgflow_se3.train import (
 )
 
 QUICK = dict(
-    flow=dict(n_blocks=4, hidden=32, egnn_layers=2),
-    fab=dict(batch_size=64, n_intermediate=4, n_updates=4, buffer_max_length=64 * 64, buffer_min_length=64 * 8),
+    flow=dict(n_blocks=2, hidden=32, egnn_layers=1),
+    fab=dict(
+        batch_size=128,
+        n_intermediate=2,
+        n_leapfrog=3,
+        n_updates=4,
+        buffer_max_length=128 * 32,
+        buffer_min_length=128 * 4,
+    ),
     n_iterations=150,
     lr=1e-3,
-    n_eval=2048,
+    n_eval=4096,
 )
 FULL = dict(
     flow=dict(n_blocks=12, hidden=128, egnn_layers=3),
@@ -70,12 +77,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--float64", action="store_true", help="train in float64 (default float32)")
     args = parser.parse_args()
     setup = QUICK if args.quick else FULL
     out = args.out or Path("runs") / ("dw4_fab_quick" if args.quick else "dw4_fab")
     torch.manual_seed(args.seed)
 
-    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, **setup["flow"]).double().to(args.device)
+    dtype = torch.float64 if args.float64 else torch.float32  # float32 trains faster; evaluation is in float64
+    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, **setup["flow"]).to(args.device, dtype)
     objective = FABObjective(DoubleWellEnergy(), step_size=0.05, **setup["fab"])
     config = TrainConfig(
         n_iterations=args.iterations or setup["n_iterations"],
@@ -87,6 +96,7 @@ def main() -> None:
     trainer = Trainer(flow, objective, config, out_dir=out)
     start = time.perf_counter()
     result = trainer.run(resume=args.resume)
+    flow.double()
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     scores = evaluate(trainer, objective, setup["n_eval"], generator)
     summary = {
