@@ -138,15 +138,16 @@ class TargetDensity:
     """The unnormalised target log p~(x) = -u_reg(x) of an ``Energy``, with energy regularisation and a counter.
 
     energy: any ``Energy``; ``energy(x)`` gives reduced u (kT), shape (batch,), differentiable in x.
-    energy_cut: reduced energies above this (kT) grow only logarithmically (``_lin_log``); ``math.inf`` disables.
+    energy_cut: reduced energies above this (kT) grow only logarithmically (``_lin_log``); ``math.inf`` disables
+    (then also pass ``energy_max=math.inf`` for exact, unregularised weights).
     energy_max: finite reduced energies are capped here (kT); NaN and +inf energies (failed evaluations) give
     log p~ = -inf, i.e. zero weight.
     ``n_evaluations`` counts configurations passed to the energy so far.
     """
 
     def __init__(self, energy: Energy, energy_cut: float = 1e3, energy_max: float = 1e9) -> None:
-        if not energy_cut < energy_max:
-            raise ValueError(f"energy_cut ({energy_cut}) must be below energy_max ({energy_max})")
+        if energy_cut > energy_max:
+            raise ValueError(f"energy_cut ({energy_cut}) must not exceed energy_max ({energy_max})")
         self.energy = energy
         self.energy_cut = float(energy_cut)
         self.energy_max = float(energy_max)
