@@ -281,8 +281,18 @@ class FABObjective(Objective):
         }
 
     def setup(self, model: JointFlow, generator: torch.Generator) -> None:
-        while not self.buffer.ready:
+        needed = -(-self.buffer.min_length // self.batch_size)
+        for _ in range(3 * needed + 10):
+            if self.buffer.ready:
+                return
             self._ais_into_buffer(model, generator)
+        if not self.buffer.ready:
+            raise RuntimeError(
+                f"after {3 * needed + 10} AIS batches the replay buffer holds only {len(self.buffer)} samples with a "
+                f"finite weight ({self.buffer.n_dropped} dropped): the target energy is non-finite (or the flow's "
+                "log q is) almost everywhere the flow samples; check the energy, the units of the flow's length_scale, "
+                "or lower buffer_min_length"
+            )
 
     def batches(self, model: JointFlow, generator: torch.Generator) -> list[BufferBatch]:
         self._ais_into_buffer(model, generator)

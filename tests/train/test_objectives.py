@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from conftest import GaussianAugmentedFlow, GaussianMixtureEnergy, centre, log_normal_subspace
 
@@ -86,3 +87,16 @@ def test_joint_view_guards_non_finite_rows(flow):
     log_q, aux = model.log_prob_and_aux(z)
     assert log_q[1] == -math.inf and torch.isfinite(log_q[[0, 2, 3]]).all() and aux[1] == 0
     assert model.log_pi(z)[1] == -math.inf
+
+
+def test_fab_setup_fails_clearly_when_the_target_is_never_finite(flow, generator):
+    class Broken(GaussianMixtureEnergy):
+        def _reduced_energy(self, x):
+            return super()._reduced_energy(x) * math.nan
+
+    target = Broken(MEAN[None], [0.7], [1.0], log_z=0.0)
+    objective = FABObjective(
+        target, batch_size=8, n_intermediate=1, n_updates=1, buffer_max_length=16, buffer_min_length=8
+    )
+    with pytest.raises(RuntimeError, match="finite weight"):
+        objective.setup(JointFlow(flow), generator)
