@@ -138,6 +138,7 @@ def ramachandran_plot(phi: np.ndarray, psi: np.ndarray, weights: np.ndarray, pat
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.6))
+    fig.subplots_adjust(bottom=0.15, wspace=0.3)
     FigureCanvasAgg(fig)
     for i, (w, title) in enumerate([(None, "flow samples"), (weights, "reweighted to p")]):
         ax = fig.add_subplot(1, 2, i + 1)
