@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,8 @@ class AugmentedCouplingFlow(nn.Module):
         n_bins: spline bins. sigma_aug: std of a | x in the base and in the augmented target (length units).
         length_scale: std of the base Gaussian on x, the unit of spline intervals and EGNN inputs (length units).
         n_vector_transforms: radial transforms per coupling of the "vector" projection.
+        spline_range: half-width of the Cartesian and radial spline intervals, in units of length_scale.
+        cartesian_inner: "spline" or "affine" transform of the local coordinates of the "cartesian" projection.
 
     The module follows ``.double()`` and ``.to(device)``; inputs must match its dtype and device.
     """
@@ -66,6 +68,8 @@ class AugmentedCouplingFlow(nn.Module):
         sigma_aug: float = 0.1,
         length_scale: float = 1.0,
         n_vector_transforms: int = 3,
+        spline_range: float = 10.0,
+        cartesian_inner: Literal["spline", "affine"] = "spline",
     ) -> None:
         super().__init__()
         if n_atoms < 2:
@@ -92,6 +96,8 @@ class AugmentedCouplingFlow(nn.Module):
             n_bins=n_bins,
             length_scale=length_scale,
             n_vector_transforms=n_vector_transforms,
+            spline_range=spline_range,
+            cartesian_inner=cartesian_inner,
         )
         self.couplings_a = nn.ModuleList(
             ProjectionCoupling(projection, n_cond=1, n_trans=n_aug, **kwargs) for _ in range(n_blocks)

@@ -8,13 +8,15 @@ back. Because the reference vectors rotate, translate and permute with ``cond``,
 equivariant; the log-determinant is exact.
 
 - ``"cartesian"``: origin ``c + v0``, Gram-Schmidt frame from ``v1, v2`` (2D: ``v1`` and its +90 degree turn);
-  one spline per local coordinate on ``[-10 L, 10 L]`` with linear tails. SE(3) (not reflection) equivariant.
-- ``"spherical"``: origin ``c + v0``; radius spline on ``[0, 10 L]``, polar angle on ``[0, pi]``, torsion circular
+  one spline per local coordinate on ``[-S L, S L]`` with linear tails (or, with ``cartesian_inner="affine"``, a
+  softplus-scale affine map). SE(3) (not reflection) equivariant.
+- ``"spherical"``: origin ``c + v0``; radius spline on ``[0, S L]``, polar angle on ``[0, pi]``, torsion circular
   (2D: radius and angle). log|det| gains ``(dim - 1) log(r'/r) + log(sin theta' / sin theta)``. SE(3) equivariant.
 - ``"vector"``: ``n_vector_transforms`` radial splines in turn, each about the point ``c + v_k``. No frame and no
   cross product, so the coupling is E(3) (reflection) equivariant.
 
-Here ``c`` is the mean over the conditioning multiplicities at the atom and ``L`` the ``length_scale``.
+Here ``c`` is the mean over the conditioning multiplicities at the atom, ``L`` the ``length_scale`` and ``S`` the
+``spline_range`` (10 in the reference implementation); splines are the identity beyond ``S L``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,6 @@ __all__ = ["PROJECTIONS", "Projection", "ProjectionCoupling", "reference_vector_
 Projection = Literal["cartesian", "spherical", "vector"]
 PROJECTIONS: tuple[str, ...] = ("cartesian", "spherical", "vector")
 
-_CARTESIAN_BOUND = 10.0
-_RADIUS_BOUND = 10.0
-
 
 def reference_vector_loss(v1: Tensor, v2: Tensor) -> Tensor:
     """Auxiliary loss -log(1 - |cos(v1, v2)|) that keeps two reference vectors from becoming collinear.
@@ -47,6 +46,18 @@ def reference_vector_loss(v1: Tensor, v2: Tensor) -> Tensor:
     return -torch.log(torch.clamp_min(1.0 - cos.abs(), 1e-6))
 
 
+_SOFTPLUS_ONE = math.log(math.expm1(1.0))  # softplus(_SOFTPLUS_ONE) == 1
+
+
+def _affine(q: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """q' = softplus(params[..., 0] + c) * q + params[..., 1], identity at zero params; returns (value, log-det)."""
+    scale = torch.nn.functional.softplus(params[..., 0] + _SOFTPLUS_ONE) + 1e-4
+    shift = params[..., 1]
+    if inverse:
+        return (q - shift) / scale, -torch.log(scale)
+    return q * scale + shift, torch.log(scale)
+
+
 class ProjectionCoupling(nn.Module):
     """One equivariant coupling layer with a projection type; see the module docstring.
 
@@ -55,6 +66,8 @@ class ProjectionCoupling(nn.Module):
         dim: 2 or 3. n_cond, n_trans: conditioning and transformed multiplicities per atom.
         n_types: number of atom types. hidden, egnn_layers, mlp_blocks: EGNN size.
         n_bins: spline bins. length_scale: L, the unit of the spline intervals and of the EGNN inputs.
+        spline_range: S, the half-width of the Cartesian and the radial spline intervals in units of L.
+        cartesian_inner: "spline" (default) or "affine", the transform of the Cartesian projection's local coordinates.
         n_vector_transforms: radial transforms of the vector projection.
 
     ``forward(z, cond, types)`` and ``inverse(y, cond, types)`` return (points, log|det J| of shape (batch,),
@@ -74,17 +87,23 @@ class ProjectionCoupling(nn.Module):
         n_bins: int = 8,
         length_scale: float = 1.0,
         n_vector_transforms: int = 3,
+        spline_range: float = 10.0,
+        cartesian_inner: Literal["spline", "affine"] = "spline",
     ) -> None:
         super().__init__()
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        if cartesian_inner not in ("spline", "affine"):
+            raise ValueError(f"cartesian_inner must be 'spline' or 'affine', got {cartesian_inner!r}")
+        self.affine = projection == "cartesian" and cartesian_inner == "affine"
         if dim not in (2, 3):
             raise ValueError(f"projection couplings support dim 2 or 3, got {dim}")
         self.projection, self.dim, self.n_trans, self.n_bins = projection, dim, n_trans, n_bins
         self.length_scale = float(length_scale)
+        self.bound = float(spline_range) * self.length_scale
         lin, bounded, circ = (n_spline_params(n_bins, b) for b in ("linear", "bounded", "circular"))
         if projection == "cartesian":
-            self.n_vectors, self._splits = dim, [lin] * dim
+            self.n_vectors, self._splits = dim, ([2] if self.affine else [lin]) * dim
         elif projection == "spherical":
             self.n_vectors, self._splits = dim, ([lin, bounded, circ] if dim == 3 else [lin, circ])
         else:
@@ -130,10 +149,13 @@ class ProjectionCoupling(nn.Module):
         origin = centre + vec[..., 0, :]
         frame = orthonormal_frame(vec[..., 1, :], vec[..., 2, :] if self.dim == 3 else None)
         local = torch.einsum("...ij,...j->...i", frame, p - origin)
-        bound = _CARTESIAN_BOUND * self.length_scale
+        bound = self.bound
         coords, logdet = [], 0.0
         for i in range(self.dim):
-            c, ld = rational_quadratic_spline(local[..., i], params[i], -bound, bound, "linear", inverse)
+            if self.affine:
+                c, ld = _affine(local[..., i], params[i], inverse)
+            else:
+                c, ld = rational_quadratic_spline(local[..., i], params[i], -bound, bound, "linear", inverse)
             coords.append(c)
             logdet = logdet + ld
         out = origin + torch.einsum("...ij,...i->...j", frame, torch.stack(coords, dim=-1))
@@ -143,9 +165,7 @@ class ProjectionCoupling(nn.Module):
         origin = centre + vec[..., 0, :]
         frame = orthonormal_frame(vec[..., 1, :], vec[..., 2, :] if self.dim == 3 else None)
         r, angle, phi = spherical_from_cartesian(p - origin, frame)
-        r_new, logdet = rational_quadratic_spline(
-            r, params[0], 0.0, _RADIUS_BOUND * self.length_scale, "linear", inverse
-        )
+        r_new, logdet = rational_quadratic_spline(r, params[0], 0.0, self.bound, "linear", inverse)
         tiny = torch.finfo(p.dtype).tiny
         logdet = logdet + (self.dim - 1) * (torch.log(r_new) - torch.log(r))
         if self.dim == 3:
@@ -161,7 +181,7 @@ class ProjectionCoupling(nn.Module):
         return out, logdet
 
     def _vector(self, p, centre, vec, params, inverse):
-        bound = _RADIUS_BOUND * self.length_scale
+        bound = self.bound
         logdet = 0.0
         order = range(self.n_vectors - 1, -1, -1) if inverse else range(self.n_vectors)
         for k in order:

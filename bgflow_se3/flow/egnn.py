@@ -33,7 +33,10 @@ class ResidualMLP(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.inp(x)
+        return self.forward_hidden(self.inp(x))
+
+    def forward_hidden(self, h: Tensor) -> Tensor:
+        """The network after its input layer: h = inp(x) of shape (*, hidden) -> (*, n_out)."""
         for block in self.blocks:
             h = h + block(h)
         return self.out(torch.nn.functional.silu(h))
@@ -63,10 +66,15 @@ class _EGNNLayer(nn.Module):
         n = h.shape[1]
         diff = pos[:, :, None] - pos[:, None, :]  # (B, N, N, M, d): x_i - x_j
         dist2 = (diff * diff).sum(-1)
-        hi = h[:, :, None].expand(-1, -1, n, -1)
-        hj = h[:, None, :].expand(-1, n, -1, -1)
         rbf = _rbf(dist2, N_RBF).flatten(-2)
-        m = self.phi_e(torch.cat([hi, hj, dist2, rbf], dim=-1)) * mask[..., None]  # (B, N, N, H)
+        # phi_e(cat[h_i, h_j, edge]) with its input layer split, so no (B, N, N, 2H) tensor is built
+        w = self.phi_e.inp.weight
+        hdim = h.shape[-1]
+        node_i = h @ w[:, :hdim].T + self.phi_e.inp.bias
+        node_j = h @ w[:, hdim : 2 * hdim].T
+        edge = torch.cat([dist2, rbf], dim=-1) @ w[:, 2 * hdim :].T
+        pre = node_i[:, :, None] + node_j[:, None, :] + edge
+        m = self.phi_e.forward_hidden(pre) * mask[..., None]  # (B, N, N, H)
         unit = diff / (safe_norm(diff, keepdim=True) + 1.0)
         shift = (unit * self.phi_x(m)[..., None] * mask[..., None, None]).sum(2) / (n - 1)
         h = h + self.phi_h(torch.cat([self.norm(h), m.sum(2) / (n - 1)], dim=-1))

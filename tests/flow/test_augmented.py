@@ -49,17 +49,17 @@ def _com_free_basis(n, dim):
     return torch.linalg.svd(constraint)[2][dim:].T  # (n * dim, (n - 1) * dim), orthonormal columns
 
 
-@pytest.mark.parametrize("projection", PROJECTIONS)
-def test_block_logdet_matches_autograd_on_the_joint_state(projection, generator):
+@pytest.mark.parametrize("projection,n_aug", [(p, 1) for p in PROJECTIONS] + [("spherical", 2)])
+def test_block_logdet_matches_autograd_on_the_joint_state(projection, n_aug, generator):
     """Whole blocks, including shift-CoM: x on its (n - 1) * dim subspace and a flattened jointly."""
-    flow = tiny_flow(projection, 3, n_aug=1, n_blocks=1, types=[0, 1, 0, 1])
+    flow = tiny_flow(projection, 3, n_aug=n_aug, n_blocks=1, types=[0, 1, 0, 1])
     zx, za = data(flow, 2, generator)
     x, a, ld, _ = flow.forward_with_log_det(zx, za)
     q = _com_free_basis(4, 3)
 
     def f(v):
         u, av = v[: q.shape[1]], v[q.shape[1] :]
-        xo, ao, _, _ = flow.forward_with_log_det((q @ u).reshape(1, 4, 3), av.reshape(1, 1, 4, 3))
+        xo, ao, _, _ = flow.forward_with_log_det((q @ u).reshape(1, 4, 3), av.reshape(1, n_aug, 4, 3))
         return torch.cat([q.T @ xo.reshape(-1), ao.reshape(-1)])
 
     for b in range(2):
@@ -184,3 +184,18 @@ def test_for_topology_uses_elements_without_openmm_in_the_flow():
         assert flow.atom_types.tolist() == [order.index(s) for s in symbols]
     fine = AugmentedCouplingFlow.for_topology(aldp.topology, type_by="name", n_blocks=1, hidden=8, egnn_layers=1)
     assert int(fine.atom_types.max()) + 1 > 4
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    flow = tiny_flow("spherical", 3, n_aug=2, scale=0.02)
+    s = flow.sample(64, generator=torch.Generator().manual_seed(0))  # CPU generator, CPU flow
+    cuda_flow = tiny_flow("spherical", 3, n_aug=2, scale=0.02).cuda()
+    s_cuda = cuda_flow.sample(64, generator=torch.Generator().manual_seed(0))  # CPU generator, CUDA flow
+    assert s_cuda.x.device.type == "cuda"
+    torch.testing.assert_close(s_cuda.x.cpu(), s.x, atol=1e-8, rtol=0)
+    torch.testing.assert_close(s_cuda.log_q.cpu(), s.log_q, atol=1e-8, rtol=0)
+    lq = cuda_flow.log_prob(s.x.cuda(), n_samples=4, generator=torch.Generator(device="cuda").manual_seed(1))
+    assert lq.device.type == "cuda" and torch.isfinite(lq).all()

@@ -4,7 +4,7 @@ import torch
 from bgflow_se3.flow.couplings import ProjectionCoupling, reference_vector_loss
 from bgflow_se3.flow.geometry import random_rotation
 
-CASES = [(p, d) for p in ("cartesian", "spherical", "vector") for d in (2, 3)]
+CASES = [(p, d) for p in ("cartesian", "cartesian-affine", "spherical", "vector") for d in (2, 3)]
 
 
 def randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
@@ -17,7 +17,18 @@ def randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:
 
 def make_coupling(projection, dim, n_cond, n_trans):
     torch.manual_seed(1)
-    layer = ProjectionCoupling(projection, dim, n_cond, n_trans, n_types=2, hidden=8, egnn_layers=1, n_bins=5)
+    inner = "affine" if projection.endswith("-affine") else "spline"
+    layer = ProjectionCoupling(
+        projection.removesuffix("-affine"),
+        dim,
+        n_cond,
+        n_trans,
+        2,
+        hidden=8,
+        egnn_layers=1,
+        n_bins=5,
+        cartesian_inner=inner,
+    )
     layer = layer.double()
     randomise(layer, 0.3)
     return layer
@@ -81,3 +92,40 @@ def test_reference_vector_loss():
     assert torch.isfinite(reference_vector_loss(e[0], -e[0]))
     with pytest.raises(ValueError, match="projection"):
         ProjectionCoupling("polar", 3, 1, 1, n_types=1)
+
+
+def test_auxiliary_loss_gradient_separates_reference_vectors(generator):
+    """A few Adam steps on the auxiliary loss alone move the EGNN reference vectors apart."""
+    torch.manual_seed(3)
+    layer = ProjectionCoupling("spherical", 3, 1, 1, n_types=1, hidden=16, egnn_layers=1).double()
+    cond = torch.randn(16, 6, 1, 3, generator=generator, dtype=torch.float64)
+    z = torch.randn(16, 6, 1, 3, generator=generator, dtype=torch.float64)
+    types = torch.zeros(6, dtype=torch.long)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    first = layer(z, cond, types)[2].mean().item()
+    for _ in range(30):
+        aux = layer(z, cond, types)[2].mean()
+        opt.zero_grad()
+        aux.backward()
+        opt.step()
+    assert aux.item() < 0.6 * first, (first, aux.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_spherical_and_vector_projections_are_finite_at_the_origin_and_the_poles(dtype, generator):
+    """Points exactly on the origin or on the polar axis (r = 0, theta = 0 or pi) give finite values and grads."""
+    for projection in ("spherical", "vector"):
+        layer = make_coupling(projection, 3, 1, 1).to(dtype)
+        centre = torch.zeros(1, 3, 1, 3, dtype=dtype)
+        vec = torch.randn(1, 3, 1, layer.n_vectors, 3, generator=generator, dtype=torch.float64).to(dtype)
+        params = [0.5 * torch.randn(1, 3, 1, k, generator=generator).to(dtype) for k in layer._splits]
+        axis = vec[..., 1, :] / vec[..., 1, :].norm(dim=-1, keepdim=True)
+        p = torch.stack([vec[0, 0, :, 0], vec[0, 1, :, 0] + 0.7 * axis[0, 1], vec[0, 2, :, 0] - 0.3 * axis[0, 2]])
+        p = p.reshape(1, 3, 1, 3).clone().requires_grad_(True)  # at the origin, on the axis, opposite the axis
+        transform = layer._spherical if projection == "spherical" else layer._vector
+        y, logdet = transform(p, centre, vec, params, False)
+        assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+        (grad,) = torch.autograd.grad(y.sum() + logdet.sum(), p)
+        assert torch.isfinite(grad).all()
+        back, _ = transform(y.detach(), centre, vec, params, True)
+        torch.testing.assert_close(back, p.detach(), atol=1e-4 if dtype == torch.float32 else 1e-9, rtol=0)
