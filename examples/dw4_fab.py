@@ -84,7 +84,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     dtype = torch.float64 if args.float64 else torch.float32  # float32 trains faster; evaluation is in float64
-    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, **setup["flow"]).to(args.device, dtype)
+    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **setup["flow"]).to(
+        args.device, dtype
+    )
     objective = FABObjective(DoubleWellEnergy(), step_size=0.05, **setup["fab"])
     config = TrainConfig(
         n_iterations=args.iterations or setup["n_iterations"],

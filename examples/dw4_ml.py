@@ -73,7 +73,9 @@ def main() -> None:
         torch.save(data, data_path)
     train, test = data[:-1000], data[-1000:]
 
-    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, **setup["flow"]).to(args.device, torch.float32)
+    flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **setup["flow"]).to(
+        args.device, torch.float32
+    )
     result = fit_ml(
         flow,
         train.float(),
