@@ -289,7 +289,7 @@ class Trainer:
         return TrainResult(
             history=list(self.history),
             iterations=self.iteration,
-            n_target_evaluations=self.objective.n_target_evaluations,
+            n_target_evaluations=self.n_target_evaluations,
             wall_time_s=self.counters.wall_time_s,
             n_skipped_nonfinite=self.counters.n_skipped_nonfinite,
             n_skipped_outlier=self.counters.n_skipped_outlier,
@@ -300,10 +300,21 @@ class Trainer:
             plot_path=plot_path,
         )
 
+    @property
+    def _separate_eval_target(self) -> TargetDensity | None:
+        target = self.eval_target
+        return None if target is None or target is self.objective.target else target
+
+    @property
+    def n_target_evaluations(self) -> int:
+        """Configurations passed to the target energy so far: by the objective and by the ESS evaluations."""
+        extra = self._separate_eval_target
+        return self.objective.n_target_evaluations + (0 if extra is None else extra.n_evaluations)
+
     def _counter_record(self) -> dict[str, float]:
         c = self.counters
         return {
-            "n_target_evaluations": float(self.objective.n_target_evaluations),
+            "n_target_evaluations": float(self.n_target_evaluations),
             "wall_time_s": c.wall_time_s,
             "n_skipped_nonfinite": float(c.n_skipped_nonfinite),
             "n_skipped_outlier": float(c.n_skipped_outlier),
@@ -342,6 +353,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "objective": self.objective.state_dict(),
+            "eval_target_evaluations": 0
+            if self._separate_eval_target is None
+            else self._separate_eval_target.n_evaluations,
             "counters": asdict(self.counters),
             "history": self.history,
             "rng": {
@@ -366,6 +380,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.objective.load_state_dict(state["objective"])
+        if self._separate_eval_target is not None:
+            self._separate_eval_target.n_evaluations = int(state["eval_target_evaluations"])
         self.counters = _Counters(**state["counters"])
         self.grad_norms = deque(self.counters.grad_norms, maxlen=self.config.grad_history)
         self.history = list(state["history"])

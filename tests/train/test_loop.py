@@ -102,7 +102,20 @@ def test_learning_rate_warms_up_then_decays():
 def test_fit_ml_learns_the_data_distribution(generator):
     flow = GaussianAugmentedFlow().double()
     data = centre(MEAN + 0.4 * torch.randn(4096, 3, 2, generator=generator, dtype=torch.float64))
-    result = fit_ml(flow, data, batch_size=256, n_iterations=300, lr=0.03, warmup_iterations=10, progress=False)
+    result = fit_ml(
+        flow,
+        data,
+        batch_size=256,
+        n_iterations=300,
+        lr=0.03,
+        warmup_iterations=10,
+        progress=False,
+        target=gaussian_target(sigma=0.4),
+        eval_every=100,
+        n_eval=256,
+    )
+    assert result.n_target_evaluations == 3 * 256  # only the ESS evaluations touch the energy
+    assert result.last("ess") > 0.5
     torch.testing.assert_close(centre(flow.mu_x.detach()), MEAN, atol=0.05, rtol=0)
     assert abs(flow.log_sigma_x.exp().item() - 0.4) < 0.03
     assert result.series("loss")[-20:].mean() < result.series("loss")[:5].mean() - 1.0
