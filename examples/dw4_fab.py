@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/dw4_fab[_quick])")
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
@@ -90,7 +91,7 @@ def main() -> None:
     objective = FABObjective(DoubleWellEnergy(), step_size=0.05, **setup["fab"])
     config = TrainConfig(
         n_iterations=args.iterations or setup["n_iterations"],
-        lr=setup["lr"],
+        lr=args.lr or setup["lr"],
         warmup_iterations=min(50, (args.iterations or setup["n_iterations"]) // 10),
         seed=args.seed,
         progress=not args.no_progress,
