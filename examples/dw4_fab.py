@@ -29,7 +29,7 @@ from bgflow_se3.train import (
 )
 
 QUICK = dict(
-    flow=dict(n_blocks=2, hidden=32, egnn_layers=1),
+    flow=dict(n_blocks=2, hidden=32, egnn_layers=1, projection="vector", spline_range=2.0),
     fab=dict(
         batch_size=128,
         n_intermediate=2,
