@@ -22,6 +22,7 @@ from .reweight import (
     log_importance_weights,
     log_partition_ratio,
 )
+from .train import fit_fab, fit_kl, fit_ml
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,9 @@ __all__ = [
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
+    "fit_fab",
+    "fit_kl",
+    "fit_ml",
     "__version__",
     "regularize_energy",
     "effective_sample_size",

@@ -1,3 +1,52 @@
 """Training: maximum likelihood, reverse KL and FAB, with one training loop."""
 
-__all__: list[str] = []
+from .ais import AISResult, AnnealedImportanceSampler
+from .buffer import BufferBatch, PrioritisedReplayBuffer
+from .curves import plot_training_curves
+from .fit import fit_fab, fit_kl, fit_ml
+from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
+from .joint import JointFlow, TargetDensity
+from .loop import TrainConfig, Trainer, TrainResult
+from .metrics import effective_sample_size, log_normalizer
+from .objectives import (
+    FABObjective,
+    LossTerms,
+    MaximumLikelihoodObjective,
+    MLKLObjective,
+    Objective,
+    ReverseKLObjective,
+    fab_loss,
+    maximum_likelihood_loss,
+    reverse_kl_loss,
+)
+
+__all__ = [
+    "AISResult",
+    "AnnealedImportanceSampler",
+    "BufferBatch",
+    "FABObjective",
+    "HMCPoint",
+    "HamiltonianMonteCarlo",
+    "JointFlow",
+    "LogDensityFn",
+    "LossTerms",
+    "MLKLObjective",
+    "MaximumLikelihoodObjective",
+    "Objective",
+    "PrioritisedReplayBuffer",
+    "ReverseKLObjective",
+    "TargetDensity",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "autograd_log_density",
+    "effective_sample_size",
+    "fab_loss",
+    "fit_fab",
+    "fit_kl",
+    "fit_ml",
+    "log_normalizer",
+    "maximum_likelihood_loss",
+    "plot_training_curves",
+    "reverse_kl_loss",
+]

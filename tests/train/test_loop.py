@@ -1,0 +1,158 @@
+import json
+import math
+from dataclasses import replace
+
+import torch
+from conftest import GaussianAugmentedFlow, GaussianMixtureEnergy, centre
+
+from bgflow_se3.train import (
+    FABObjective,
+    MaximumLikelihoodObjective,
+    TrainConfig,
+    Trainer,
+    fit_fab,
+    fit_kl,
+    fit_ml,
+)
+
+MEAN = centre(torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.2, -0.6]], dtype=torch.float64))
+
+
+def gaussian_target(log_z=0.5, sigma=0.6):
+    return GaussianMixtureEnergy(MEAN[None], [sigma], [1.0], log_z=log_z)
+
+
+def fab_objective(target):
+    return FABObjective(
+        target, batch_size=16, n_intermediate=2, n_updates=2, buffer_max_length=128, buffer_min_length=32
+    )
+
+
+def params(flow):
+    return torch.cat([p.detach().flatten().clone() for p in flow.parameters()])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, mixture):
+    config = TrainConfig(n_iterations=6, lr=1e-2, warmup_iterations=2, seed=3, progress=False, min_grad_history=2)
+    straight_flow = GaussianAugmentedFlow().double()
+    straight = Trainer(straight_flow, fab_objective(mixture), replace(config, plot=False)).run()
+
+    first_flow = GaussianAugmentedFlow().double()
+    Trainer(first_flow, fab_objective(mixture), replace(config, plot=False), out_dir=tmp_path / "b").run(until=3)
+    resumed_flow = GaussianAugmentedFlow().double()  # a fresh process: new flow, objective and trainer
+    resumed = Trainer(resumed_flow, fab_objective(mixture), config, out_dir=tmp_path / "b").run(resume=True)
+
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert resumed.history[3]["loss"] == straight.history[3]["loss"]  # the next loss after the stop
+    assert torch.equal(params(resumed_flow), params(straight_flow))
+    assert resumed.n_target_evaluations == straight.n_target_evaluations > 0
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "b" / "training_curves.png").stat().st_size > 1000
+    assert {"ess_flow", "ess_ais", "n_target_evaluations", "wall_time_s"} <= set(resumed.history[-1])
+
+
+class Injecting(MaximumLikelihoodObjective):
+    """ML with faults injected at chosen calls: NaN samples, a NaN gradient, an outlier, all samples NaN."""
+
+    def __init__(self, data, flow):
+        super().__init__(data, batch_size=16, aux_weight=0.0)
+        self.flow, self.calls = flow, 0
+
+    def losses(self, model, batch, generator):
+        ((w, t),) = super().losses(model, batch, generator)
+        self.calls += 1
+        loss = t.loss
+        if self.calls == 13:  # half the samples non-finite: masked, the step still happens
+            loss = torch.where(torch.arange(16) % 2 == 0, loss, torch.full_like(loss, math.nan))
+        elif self.calls == 14:  # finite loss, NaN gradient
+            loss = loss + torch.sqrt(self.flow.mu_x.sum() * 0.0)
+        elif self.calls == 15:  # gradient norm far above the median
+            loss = loss * 1e6
+        elif self.calls == 16:  # nothing left after masking
+            loss = torch.full_like(loss, math.inf)
+        return [(w, t._replace(loss=loss))]
+
+
+def test_non_finite_masking_and_skip_counting(generator):
+    flow = GaussianAugmentedFlow().double()
+    data = MEAN + 0.5 * torch.randn(256, 3, 2, generator=generator, dtype=torch.float64)
+    trainer = Trainer(flow, Injecting(data, flow), TrainConfig(n_iterations=20, lr=1e-2, progress=False))
+    result = trainer.run(until=13)
+    assert result.n_masked_samples == 8 and result.n_skipped_nonfinite == 0
+    before = params(flow)
+    result = trainer.run(until=16)
+    assert torch.equal(params(flow), before)  # three skipped steps left the flow alone
+    assert (result.n_skipped_nonfinite, result.n_skipped_outlier, result.n_skipped_masked) == (1, 1, 1)
+    assert result.n_masked_samples == 8 + 16
+    result = trainer.run()
+    assert not torch.equal(params(flow), before) and result.iterations == 20
+
+
+def test_learning_rate_warms_up_then_decays():
+    flow = GaussianAugmentedFlow().double()
+    data = MEAN + torch.zeros(8, 3, 2, dtype=torch.float64)
+    config = TrainConfig(n_iterations=10, lr=0.1, warmup_iterations=4, final_lr_fraction=0.1, progress=False)
+    lrs = Trainer(flow, MaximumLikelihoodObjective(data, 4), config).run().series("lr")
+    decay = [0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 6))) for k in range(6)]
+    expected = [0.025, 0.05, 0.075, 0.1] + decay
+    assert max(abs(a - b) for a, b in zip(lrs, expected, strict=True)) < 1e-12
+
+
+def test_fit_ml_learns_the_data_distribution(generator):
+    flow = GaussianAugmentedFlow().double()
+    data = centre(MEAN + 0.4 * torch.randn(4096, 3, 2, generator=generator, dtype=torch.float64))
+    result = fit_ml(
+        flow,
+        data,
+        batch_size=256,
+        n_iterations=300,
+        lr=0.03,
+        warmup_iterations=10,
+        progress=False,
+        target=gaussian_target(sigma=0.4),
+        eval_every=100,
+        n_eval=256,
+    )
+    assert result.n_target_evaluations == 3 * 256  # only the ESS evaluations touch the energy
+    assert result.last("ess") > 0.5
+    torch.testing.assert_close(centre(flow.mu_x.detach()), MEAN, atol=0.05, rtol=0)
+    assert abs(flow.log_sigma_x.exp().item() - 0.4) < 0.03
+    assert result.series("loss")[-20:].mean() < result.series("loss")[:5].mean() - 1.0
+
+
+def test_fit_kl_matches_a_gaussian_target():
+    flow = GaussianAugmentedFlow().double()
+    result = fit_kl(
+        flow,
+        gaussian_target(),
+        batch_size=128,
+        n_iterations=200,
+        lr=0.03,
+        warmup_iterations=10,
+        eval_every=50,
+        n_eval=512,
+        progress=False,
+    )
+    assert result.last("ess") > 0.9
+    assert result.n_target_evaluations == 200 * 128 + 4 * 512
+
+
+def test_fit_fab_matches_a_gaussian_target_from_the_energy_alone():
+    flow = GaussianAugmentedFlow().double()
+    result = fit_fab(
+        flow,
+        gaussian_target(),
+        batch_size=64,
+        n_intermediate=2,
+        n_updates=4,
+        buffer_max_length=1024,
+        buffer_min_length=256,
+        step_size=0.05,
+        n_iterations=60,
+        lr=0.03,
+        warmup_iterations=5,
+        progress=False,
+    )
+    assert result.last("ess_flow", 10) > 0.8
+    assert result.series("ess_flow")[0] < 0.5  # it started far off
