@@ -89,7 +89,7 @@ class TorchForceFieldEvaluator:
         self.dtype = dtype
 
     def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.dtype).requires_grad_(True)
+        x = x.detach().to(self.dtype).requires_grad_(True)  # never mark the shared input
         u = self.ff(x)
         (grad,) = torch.autograd.grad(u.sum(), x)
         return u.detach().double(), -grad.double()

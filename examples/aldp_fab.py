@@ -21,16 +21,17 @@ import argparse
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bgflow_se3 import Energy
+from bgflow_se3 import ConvergenceError, EmptyStateError, Energy
+from bgflow_se3.analysis import phi_psi, ramachandran_figure
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from bgflow_se3.systems import load_aldp
-from bgflow_se3.train import FABObjective, JointFlow, TargetDensity, TrainConfig, Trainer, effective_sample_size
+from bgflow_se3.train import FABObjective, JointFlow, TargetDensity, TrainConfig, Trainer
 
 TEMPERATURE = 300.0
 QUICK = dict(
@@ -58,95 +59,19 @@ FULL = dict(
 )
 
 
-class _ContextEnergy(Energy):
-    """Fallback: reduced energy of an openmm.System from one Context, serially; forces give the gradient."""
-
-    def __init__(self, system, temperature: float, platform: str = "Reference") -> None:
-        import openmm
-
-        super().__init__(system.getNumParticles(), 3, temperature=temperature)
-        integrator = openmm.VerletIntegrator(0.001)
-        self._context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
-        self._integrator = integrator
-
-    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        import openmm.unit as unit
-
-        xs = x.detach().cpu().double().numpy()
-        u, f = np.empty(len(xs)), np.zeros_like(xs)
-        for i, pos in enumerate(xs):
-            self._context.setPositions(pos)
-            state = self._context.getState(getEnergy=True, getForces=True)
-            u[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / self.kT
-            f[i] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer) / self.kT
-        bad = ~np.isfinite(u) | ~np.isfinite(f).all(axis=(1, 2))
-        u[bad], f[bad] = np.inf, 0.0
-        return torch.as_tensor(u).to(x), torch.as_tensor(f).to(x)
-
-    def _reduced_energy(self, x: torch.Tensor) -> torch.Tensor:
-        return _ForceFunction.apply(x, self._evaluate)
-
-
-class _ForceFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, evaluate):
-        u, force = evaluate(x)
-        ctx.save_for_backward(force)
-        return u
-
-    @staticmethod
-    def backward(ctx, grad_u):
-        (force,) = ctx.saved_tensors
-        return -force * grad_u[:, None, None], None
-
-
 def make_energy(system, device: str, n_workers: int) -> tuple[Energy, str]:
     """The fastest available reduced-energy backend for the system at 300 K, and its name."""
     import bgflow_se3.energy as energies
 
-    if device.startswith("cuda") and hasattr(energies, "TorchForceField"):
+    if device.startswith("cuda"):
         return energies.TorchForceField.from_system(system, TEMPERATURE).to(device), "TorchForceField"
-    if hasattr(energies, "OpenMMEnergy"):
-        return energies.OpenMMEnergy(system, TEMPERATURE, n_workers=n_workers), f"OpenMMEnergy({n_workers} workers)"
-    return _ContextEnergy(system, TEMPERATURE), "single OpenMM Context (fallback)"
+    return energies.OpenMMEnergy(system, TEMPERATURE, n_workers=n_workers), f"OpenMMEnergy({n_workers} workers)"
 
 
 def chirality_sign(x: np.ndarray, n: int, ca: int, c: int, cb: int) -> np.ndarray:
     """Sign of the signed volume (N - CA) . ((C - CA) x (CB - CA)), shape (batch,); x in nm (batch, atoms, 3)."""
     v1, v2, v3 = x[:, n] - x[:, ca], x[:, c] - x[:, ca], x[:, cb] - x[:, ca]
     return np.sign(np.einsum("bi,bi->b", v1, np.cross(v2, v3)))
-
-
-def phi_free_energy(phi: np.ndarray, log_w: np.ndarray, rng: np.random.Generator, n_boot: int = 200):
-    """dF = F(phi > 0) - F(phi < 0) in kT by self-normalised importance weights, with a bootstrap one-sigma error."""
-
-    def estimate(idx: np.ndarray) -> float:
-        lw, positive = log_w[idx], phi[idx] > 0
-        if not positive.any() or positive.all():
-            return math.nan
-        lse = lambda a: np.logaddexp.reduce(a)  # noqa: E731
-        return float(-(lse(lw[positive]) - lse(lw[~positive])))
-
-    value = estimate(np.arange(len(phi)))
-    boot = np.array([estimate(rng.integers(0, len(phi), len(phi))) for _ in range(n_boot)])
-    boot = boot[np.isfinite(boot)]
-    return value, float(boot.std()) if len(boot) > 1 else math.nan
-
-
-def ramachandran_plot(phi: np.ndarray, psi: np.ndarray, weights: np.ndarray, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.6))
-    fig.subplots_adjust(bottom=0.15, wspace=0.3)
-    FigureCanvasAgg(fig)
-    for i, (w, title) in enumerate([(None, "flow samples"), (weights, "reweighted to p")]):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.hist2d(phi, psi, bins=64, range=[[-np.pi, np.pi], [-np.pi, np.pi]], weights=w, cmap="viridis")
-        ax.set_xlabel("phi (rad)")
-        ax.set_ylabel("psi (rad)")
-        ax.set_title(title)
-    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -188,35 +113,39 @@ def main() -> None:
     # sample, weight and save
     import mdtraj
 
-    model, target = JointFlow(flow.double()), TargetDensity(energy, energy_cut=math.inf, energy_max=math.inf)
+    model = JointFlow(flow.double())
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
-    xs, log_ws = [], []
+    xs, log_qs, us, log_p_augs = [], [], [], []
     with torch.no_grad():
         for n in [min(1024, setup["n_samples"] - i) for i in range(0, setup["n_samples"], 1024)]:
             z, log_q = model.sample(n, generator)
-            log_ws.append((target.joint(model, z) - log_q).cpu())
-            xs.append(z[:, 0].cpu())
-    x, log_w = torch.cat(xs).numpy(), torch.cat(log_ws).double().numpy()
+            x_batch, _ = model.unpack(z)
+            us.append(energy(x_batch).cpu())
+            log_p_augs.append(model.log_pi(z).cpu())
+            log_qs.append(log_q.cpu())
+            xs.append(x_batch.cpu())
+    x = torch.cat(xs).numpy()
+    log_q, u, log_p_aug = (torch.cat(v).double().numpy() for v in (log_qs, us, log_p_augs))
+    log_w = log_importance_weights(log_q, u, log_p_aug=log_p_aug)
     top = aldp.mdtraj_topology
     traj = mdtraj.Trajectory(x.astype(np.float32), top)
     traj.save_dcd(str(out / "samples.dcd"))
     traj[0].save_pdb(str(out / "topology.pdb"))
-    np.save(out / "log_weights.npy", log_w)
+    np.savez(out / "samples.npz", x=x, log_q=log_q, u=u, log_p_aug=log_p_aug)  # input of free_energy_aldp.py
 
     # analysis: chirality, Ramachandran, phi-state free energy
     atom = {a.name: a.index for a in top.residue(1).atoms}
     reference = chirality_sign(aldp.positions_nm[None], atom["N"], atom["CA"], atom["C"], atom["CB"])[0]
     d_fraction = float(np.mean(chirality_sign(x, atom["N"], atom["CA"], atom["C"], atom["CB"]) != reference))
-    phi = mdtraj.compute_phi(traj)[1][:, 0]
-    psi = mdtraj.compute_psi(traj)[1][:, 0]
-    finite = np.isfinite(log_w)
-    weights = np.zeros_like(log_w)
-    if finite.any():
-        weights[finite] = np.exp(log_w[finite] - log_w[finite].max())
-    ramachandran_plot(phi, psi, weights, out / "ramachandran.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        dF, ddF = phi_free_energy(phi, np.where(finite, log_w, -np.inf), np.random.default_rng(args.seed))
+    phi, psi = phi_psi(top, x)
+    weights = np.exp(log_w - log_w.max()) if np.isfinite(log_w).any() else np.zeros_like(log_w)
+    ramachandran_figure(phi, psi, weights=weights, title="flow samples, reweighted").savefig(out / "ramachandran.png")
+    try:  # pymbar through the checked reweighting API: a clear failure, never a silent number
+        estimate = free_energy_difference(log_q, u, phi > 0, phi <= 0, log_p_aug=log_p_aug, method="mbar")
+        dF, ddF = estimate.value, estimate.stderr
+    except (EmptyStateError, ConvergenceError) as error:
+        print(f"no phi-state free energy: {error}")
+        dF = ddF = math.nan
     summary = {
         "mode": "quick" if args.quick else "full",
         "energy_backend": backend,
@@ -225,7 +154,7 @@ def main() -> None:
         "wall_time_s_training": result.wall_time_s,
         "wall_time_s_total": time.perf_counter() - start,
         "n_target_evaluations": result.n_target_evaluations,
-        "reverse_ess": effective_sample_size(torch.as_tensor(log_w)),
+        "reverse_ess": float(effective_sample_size(log_w).fraction),
         "ess_ais_last": result.last("ess_ais"),
         "d_chirality_fraction": d_fraction,
         "dF_phi_positive_minus_negative_kT": dF,
