@@ -1,5 +1,6 @@
 """Benchmark systems shipped with the library (OpenMM-native files) and the recipes that rebuild them."""
 
 from .aldp import AlanineDipeptide, load_aldp
+from .particle_data import load_particle_data, make_particle_data
 
-__all__ = ["AlanineDipeptide", "load_aldp"]
+__all__ = ["AlanineDipeptide", "load_aldp", "load_particle_data", "make_particle_data"]
