@@ -4,3 +4,6 @@ from .aldp import AlanineDipeptide, load_aldp
 from .particles import LennardJonesSystem, lennard_jones_system
 
 __all__ = ["AlanineDipeptide", "LennardJonesSystem", "lennard_jones_system", "load_aldp"]
+from .particle_data import load_particle_data, make_particle_data
+
+__all__ = ["AlanineDipeptide", "load_aldp", "load_particle_data", "make_particle_data"]
