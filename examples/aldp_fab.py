@@ -4,11 +4,11 @@ python examples/aldp_fab.py --quick        # the whole pipeline on 2 CPU cores i
                                            # a smoke test of train -> sample -> save -> analyse, not a good model)
 python examples/aldp_fab.py                # the real run for one GPU (see FULL below for its budget)
 
-Energies: TorchForceField on the GPU when it exists and CUDA is present; otherwise OpenMMEnergy (worker pool);
-otherwise a small single-Context OpenMM energy defined here. Everything lands in --out: checkpoint.pt,
-metrics.jsonl, training_curves.png, samples.dcd + topology.pdb (mdtraj-readable), ramachandran.png, results.json
-(reverse ESS, D-chirality fraction, phi-state free-energy difference with a bootstrap error, target evaluations,
-wall time). --resume continues training from the checkpoint.
+Energies: TorchForceField on the GPU when CUDA is present; otherwise OpenMMEnergy (--workers processes).
+Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, samples.dcd + topology.pdb
+(mdtraj-readable), samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png,
+results.json (reverse ESS, D-chirality fraction, phi-state free-energy difference through pymbar MBAR with its
+error, or NaN with the reason when a state is empty, target evaluations, wall time). --resume continues training from the checkpoint.
 
 Budget of the default mode: 12,000 iterations x 512 samples x (1 + 8 intermediates x 4 leapfrog steps) = 2.0e8
 target evaluations (as fab-torch's alanine dipeptide run) plus 8 flow updates per iteration; its wall time on one
@@ -39,7 +39,7 @@ QUICK = dict(
     fab=dict(
         batch_size=32, n_intermediate=1, n_leapfrog=2, n_updates=2, buffer_max_length=32 * 16, buffer_min_length=64
     ),
-    n_iterations=20,
+    n_iterations=200,
     lr=1e-3,
     n_samples=2048,
 )
