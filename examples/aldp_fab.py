@@ -8,7 +8,8 @@ Energies: TorchForceField on the GPU when CUDA is present; otherwise OpenMMEnerg
 Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, samples.dcd + topology.pdb
 (mdtraj-readable), samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png,
 results.json (reverse ESS, D-chirality fraction, phi-state free-energy difference through pymbar MBAR with its
-error, or NaN with the reason when a state is empty, target evaluations, wall time). --resume continues training from the checkpoint.
+error, or NaN with the reason when a state is empty, target evaluations, wall time).
+--resume continues training from the checkpoint.
 
 Budget of the default mode: 12,000 iterations x 512 samples x (1 + 8 intermediates x 4 leapfrog steps) = 2.0e8
 target evaluations (as fab-torch's alanine dipeptide run) plus 8 flow updates per iteration; its wall time on one
