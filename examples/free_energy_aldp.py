@@ -19,15 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from bgflow_se3.analysis import free_energy_profile_figure, phi_psi, ramachandran_figure
-from bgflow_se3.reweight import (
-    effective_sample_size,
-    free_energy_difference,
-    free_energy_surface,
-    log_importance_weights,
-)
+from bgflow_se3.cli import run_free_energy
 from bgflow_se3.systems import load_aldp
-from bgflow_se3.systems.simulation import reduced_energies
 
 DEFAULT_UMBRELLA = Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / "implicit"
 
@@ -77,51 +70,23 @@ def main() -> None:
 
     aldp = load_aldp(args.solvent)
     samples = quick_samples(aldp, 2000, 0.002, args.seed) if args.quick else dict(np.load(args.samples))
-    x, log_q, log_p_aug = samples["x"], samples["log_q"], samples.get("log_p_aug")
-
-    # 1. reduced energies u = E / kT of the samples (+inf where OpenMM fails: weight 0), importance weights, ESS
-    u = samples["u"] if "u" in samples else reduced_energies(aldp.system, x, temperature=300.0)
-    log_w = log_importance_weights(log_q, u, log_p_aug)
-    ess = effective_sample_size(log_w)
-    print(
-        f"{len(x)} samples, {np.sum(~np.isfinite(u))} with infinite energy; Kish ESS {ess.count:.1f} "
-        f"({100 * ess.fraction:.2f}%)"
+    # energies, weights, ESS, the phi-state Delta F (pymbar MBAR), the phi profile against the umbrella reference
+    # and the figures: the same analysis as `bgflow-se3 free-energy`
+    summary = run_free_energy(
+        samples,
+        aldp.system,
+        aldp.topology,
+        temperature=300.0,
+        out=args.out,
+        umbrella_cache=args.umbrella_cache,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
     )
-
-    # 2. the phi state: phi in (0, 2) rad versus the rest, F_A - F_B in kT through pymbar (MBAR)
-    phi, psi = phi_psi(aldp.topology, x)
-    in_a = (phi > 0.0) & (phi < 2.0)
-    delta_f = free_energy_difference(log_q, u, in_a, ~in_a, log_p_aug=log_p_aug, n_bootstrap=args.n_bootstrap)
-    print(f"Delta F(phi in (0, 2) vs rest) = {delta_f.value:.3f} +/- {delta_f.stderr:.3f} kT ({delta_f.method})")
-
-    # 3. phi profile, with the umbrella-sampling reference if systems/aldp/umbrella.py has been run
-    profile = free_energy_surface(phi, log_q, u, log_p_aug=log_p_aug, bins=np.linspace(-np.pi, np.pi, 37))
-    reference = None
-    if (args.umbrella_cache / "profile.npz").exists():
-        ref = np.load(args.umbrella_cache / "profile.npz")
-        reference = (ref["centers"], ref["f"], ref["df"])
-        print(
-            f"umbrella reference: {float(ref['delta_f']):.3f} +/- {float(ref['block_stderr']):.3f} kT "
-            f"({float(ref['ns_per_window']):.2f} ns per window)"
-        )
-    else:
+    for key, value in summary.items():
+        print(f"{key:>36}: {value:.4g}" if isinstance(value, float) else f"{key:>36}: {value}")
+    if "umbrella_delta_f_kT" not in summary:
         print(f"no umbrella reference in {args.umbrella_cache}: run systems/aldp/umbrella.py to overlay one")
-
-    # 4. figures
-    args.out.mkdir(parents=True, exist_ok=True)
-    free_energy_profile_figure(
-        profile.centers[0],
-        profile.f,
-        profile.df,
-        reference=reference,
-        label="flow, reweighted",
-        reference_label="umbrella sampling",
-    ).savefig(args.out / "phi_profile.png", dpi=120)
-    ramachandran_figure(phi, psi, title="flow samples").savefig(args.out / "ramachandran_flow.png", dpi=120)
-    ramachandran_figure(phi, psi, weights=np.exp(log_w - log_w.max()), title="reweighted").savefig(
-        args.out / "ramachandran_reweighted.png", dpi=120
-    )
-    print(f"figures in {args.out}")
+    print(f"figures and summary.json in {args.out}")
 
 
 if __name__ == "__main__":
