@@ -138,10 +138,11 @@ class EGNN(nn.Module):
         unit = diff / (safe_norm(diff, keepdim=True) + 1.0)  # (B, N, N, M, d)
         rbf = _rbf((diff * diff).sum(-1), N_RBF).flatten(-2)
         w = self.vec_edge(torch.cat([msg, rbf], dim=-1)).reshape(b, n, n, self.n_vectors, m) * mask[..., None, None]
-        # Remove the neighbour-average weight (a weight common to all neighbours gives every output vector the same
-        # direction) and scale to unit root-mean-square over neighbours, so that output vectors have length O(1)
-        # rather than the tiny spread of an MLP's outputs across edges: short vectors make ill-conditioned frames.
-        w = (w - w.sum(2, keepdim=True) / (n - 1)) * mask[..., None, None]
+        # Scale the weights to unit root-mean-square over neighbours, so that output vectors have length O(1).
+        # The neighbour-average weight is kept: it gives the direction away from (or towards) the neighbours, the
+        # only equivariant direction where the neighbours are equidistant, and the one that changes pair distances.
+        # (Subtracting it made such vectors vanish and, near equidistance, blew tiny weight differences up 100-fold
+        # into erratic directions: maximum likelihood on DW4 then stalled near the Gaussian NLL.)
         w = w * torch.rsqrt(w.pow(2).sum(2, keepdim=True) / (n - 1) + 1e-4)
         vectors = torch.einsum("bijvm,bijmd->bivd", w, unit) / (n - 1)
         if self.vec_node is not None:

@@ -95,7 +95,11 @@ def test_reference_vector_loss():
 
 
 def test_auxiliary_loss_gradient_separates_reference_vectors(generator):
-    """A few Adam steps on the auxiliary loss alone move the EGNN reference vectors apart."""
+    """Adam steps on the auxiliary loss alone move the EGNN reference vectors apart.
+
+    100 steps: since the EGNN keeps the neighbour-average vector weight (a component common to all output vectors),
+    separating them takes more steps than the 30 that sufficed when that weight was subtracted.
+    """
     torch.manual_seed(3)
     layer = ProjectionCoupling("spherical", 3, 1, 1, n_types=1, hidden=16, egnn_layers=1).double()
     cond = torch.randn(16, 6, 1, 3, generator=generator, dtype=torch.float64)
@@ -103,7 +107,7 @@ def test_auxiliary_loss_gradient_separates_reference_vectors(generator):
     types = torch.zeros(6, dtype=torch.long)
     opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
     first = layer(z, cond, types)[2].mean().item()
-    for _ in range(30):
+    for _ in range(100):
         aux = layer(z, cond, types)[2].mean()
         opt.zero_grad()
         aux.backward()

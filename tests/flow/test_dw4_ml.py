@@ -67,11 +67,11 @@ def test_dw4_maximum_likelihood_lowers_test_nll():
     before, after = _run("vector", 100)
     # at initialisation the flow is its base (a CoM-free Gaussian, NLL 12.8); the equivariant flow must learn
     # the pair-distance structure of DW4 to do clearly better
-    assert after < before - 0.8, (before, after)
+    assert after < before - 1.8, (before, after)  # measured 12.81 -> 10.29 (11.70 before the EGNN fix)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("projection", ["cartesian", "spherical", "vector"])
 def test_dw4_maximum_likelihood_longer_run(projection):
     before, after = _run(projection, 600)
-    assert after < before - 1.0, (before, after)  # measured: spherical 12.81 -> 11.63; the others lower still
+    assert after < before - 2.0, (before, after)  # measured: spherical 12.81 -> 9.91 (11.63 before the EGNN fix)

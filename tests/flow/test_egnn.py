@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -30,3 +32,22 @@ def test_egnn_rejects_wrong_multiplicity():
     net = EGNN(n_types=1, n_mult=2, n_vectors=1, hidden=8, n_layers=1)
     with pytest.raises(ValueError, match="multiplicities"):
         net(torch.randn(1, 3, 1, 3), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_egnn_vectors_do_not_vanish_when_neighbours_are_equidistant(dim):
+    # equilateral triangle (2D) / regular tetrahedron (3D), equal types: by symmetry each node's output vectors
+    # must be radial; they must still have length O(1), or the couplings cannot move atoms apart (DW4 stalls)
+    torch.manual_seed(0)
+    if dim == 2:
+        angles = torch.arange(3, dtype=torch.float64) * 2 * math.pi / 3
+        pos = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    else:
+        pos = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    n = len(pos)
+    net = EGNN(n_types=1, n_mult=1, n_vectors=3, hidden=16, n_layers=1).double()
+    vec, _ = net(pos[None, :, None], torch.zeros(n, dtype=torch.long))  # (1, n, 3, dim)
+    radial = pos / pos.norm(dim=-1, keepdim=True)
+    along = (vec[0] * radial[:, None]).sum(-1)  # (n, 3)
+    torch.testing.assert_close(vec[0], along[..., None] * radial[:, None], atol=1e-8, rtol=0)  # radial only
+    assert (along.abs() > 0.1).all(), along
