@@ -126,8 +126,9 @@ class JointFlow:
 def _lin_log(u: Tensor, cut: float, u_max: float) -> Tensor:
     """Reduced energy, linear below ``cut`` and logarithmic above: cut + log(1 + u - cut), capped at u_max.
 
-    Smooth and monotone, so HMC and the loss never see the 1e10-kT energies of clashing atoms. (Private: helper
-    "openmm" ships ``bgflow_se3/energy/regularize.py``; this stays until that lands on main.)
+    Smooth and monotone, so HMC and the loss never see the 1e10-kT energies of clashing atoms. Unlike
+    ``bgflow_se3.energy.regularize_energy`` (which maps +inf and energies above its hard cap to one finite value),
+    +inf stays +inf here, so a failed evaluation gets zero importance weight in AIS and the replay buffer.
     """
     above = torch.clamp(u - cut, min=0.0)
     reg = torch.where(u <= cut, u, cut + torch.log1p(above))
