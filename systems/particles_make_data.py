@@ -13,7 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from bgflow_se3.systems.particle_data import PARTICLE_SYSTEMS, default_cache_dir, make_particle_data
+from bgflow_se3.systems.particle_data import (
+    PARTICLE_SYSTEMS,
+    default_cache_dir,
+    make_particle_data,
+    stale_cache_reason,
+)
 
 
 def main() -> None:
@@ -26,7 +31,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.systems:
         folder = (args.cache or default_cache_dir()) / name
-        if (folder / "meta.json").exists() and not args.force:
+        stale = stale_cache_reason(name, args.cache)
+        if stale:
+            print(f"{name}: {stale}; regenerating")
+        if (folder / "meta.json").exists() and not args.force and not stale:
             print(f"{name}: cached at {folder} (use --force to regenerate)")
             continue
         out = make_particle_data(name, cache_dir=args.cache, device=args.device)

@@ -41,6 +41,8 @@ __all__ = [
     "metropolis_chains",
     "particle_energy",
     "remove_com",
+    "stale_cache_reason",
+    "target_signature",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,14 +99,40 @@ PARTICLE_SYSTEMS: dict[str, ParticleDataConfig] = {
 
 
 def particle_energy(name: str) -> Energy:
-    """The benchmark target of a particle system: ``"dw4"``, ``"lj13"`` or ``"lj55"``."""
+    """The benchmark target of a particle system: ``"dw4"``, ``"lj13"`` or ``"lj55"``.
+
+    LJ13 and LJ55 sum the pair potential over ordered pairs (bgflow's ``LennardJonesPotential``; the LJ13 and
+    LJ55 sets of equivariant flow matching and DEM). E-NF eq. 21 writes the unique-pair sum
+    (``LennardJonesEnergy(pair_sum="unique")``), a different ensemble; see ``systems/lj13/README.md`` for why
+    neither reproduces the ~30-nat NLLs reported on the public E-NF LJ13 set.
+    """
     if name == "dw4":
         return DoubleWellEnergy()
     if name == "lj13":
-        return LennardJonesEnergy(13, 3)
+        return LennardJonesEnergy(13, 3, pair_sum="ordered")
     if name == "lj55":
-        return LennardJonesEnergy(55, 3)
+        return LennardJonesEnergy(55, 3, pair_sum="ordered")
     raise ValueError(f"unknown particle system {name!r}; choose one of {sorted(PARTICLE_SYSTEMS)}")
+
+
+def target_signature(energy: Energy) -> dict[str, object]:
+    """The parameters that define a particle target, as stored in ``meta.json`` (to detect stale caches)."""
+    if isinstance(energy, DoubleWellEnergy):
+        keys = ("a", "b", "c", "d0", "tau")
+    elif isinstance(energy, LennardJonesEnergy):
+        keys = ("eps", "rm", "oscillator_scale", "tau", "pair_sum")
+    else:
+        raise TypeError(f"no signature for {type(energy).__name__}; expected a DW or LJ particle target")
+    described = {k: getattr(energy, k) for k in keys}
+    return {"class": type(energy).__name__, "n_atoms": energy.n_atoms, "dim": energy.dim, **described}
+
+
+def _cached_signature(meta: dict, name: str) -> dict[str, object]:
+    """The target a cache was made for; caches from before ``meta["target"]`` existed used these defaults."""
+    if "target" in meta:
+        return meta["target"]
+    legacy = {"dw4": DoubleWellEnergy(), "lj13": LennardJonesEnergy(13, 3), "lj55": LennardJonesEnergy(55, 3)}
+    return target_signature(legacy[name])
 
 
 def remove_com(x: Tensor) -> Tensor:
@@ -351,6 +379,7 @@ def make_particle_data(
         np.save(out / f"{split}.npy", flat[lo:hi].cpu().numpy())
     meta = {
         "system": name,
+        "target": target_signature(energy),
         "config": asdict(config),
         "step_size": step,
         "acceptance": run.acceptance,
@@ -365,6 +394,22 @@ def make_particle_data(
     return out
 
 
+def stale_cache_reason(name: str, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Why the cached data of ``name`` do not fit the current target (``particle_energy(name)``), or None.
+
+    None also when there is no ``meta.json`` to judge by. Caches written before the target was recorded count as
+    made with the default targets of that time (DW4, ordered-pair LJ).
+    """
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / name
+    if not (folder / "meta.json").exists():
+        return None
+    cached = _cached_signature(json.loads((folder / "meta.json").read_text()), name)
+    wanted = target_signature(particle_energy(name))
+    if cached == wanted:
+        return None
+    return f"the cached {name} data at {folder} were made for the target {cached}, not {wanted}"
+
+
 def load_particle_data(
     name: str,
     split: str = "train",
@@ -375,7 +420,8 @@ def load_particle_data(
     """Equilibrium samples of ``"dw4"``, ``"lj13"`` or ``"lj55"``: shape (n, n_atoms, dim), CoM-free, reduced units.
 
     split: ``"train"``, ``"val"`` or ``"test"``. Generates the data with ``make_particle_data`` (with a progress
-    bar) when the cache has none and ``make_if_missing`` is True; otherwise raises ``FileNotFoundError``.
+    bar) when the cache has none, or has data made for another target (``stale_cache_reason``), and
+    ``make_if_missing`` is True; otherwise raises ``FileNotFoundError``.
     """
     if name not in PARTICLE_SYSTEMS:
         raise ValueError(f"unknown particle system {name!r}; choose one of {sorted(PARTICLE_SYSTEMS)}")
@@ -383,12 +429,13 @@ def load_particle_data(
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / name
     path = folder / f"{split}.npy"
-    if not path.exists():
+    stale = stale_cache_reason(name, cache_dir) if path.exists() else None
+    if not path.exists() or stale:
         if not make_if_missing:
+            reason = stale or f"no {name} data at {path}"
             raise FileNotFoundError(
-                f"no {name} data at {path}; run `python systems/particles_make_data.py {name}` or pass "
-                "make_if_missing=True"
+                f"{reason}; run `python systems/particles_make_data.py {name} --force` or pass make_if_missing=True"
             )
-        logger.warning("no cached %s data at %s: generating it (LJ55 takes long)", name, folder)
+        logger.warning("%s: generating it (LJ55 takes long)", stale or f"no cached {name} data at {folder}")
         make_particle_data(name, cache_dir=cache_dir)
     return torch.from_numpy(np.load(path)).to(dtype)

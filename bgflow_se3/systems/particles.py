@@ -29,12 +29,14 @@ def lennard_jones_system(
     rm: float = 1.0,
     oscillator_scale: float = 1.0,
     tau: float = 1.0,
+    pair_sum: str = "ordered",
 ) -> LennardJonesSystem:
     """Build the benchmark LJ cluster (the convention of ``LennardJonesEnergy``) as an openmm.System.
 
-    E(x) = eps * sum over ordered pairs i != j of ((rm/d)^12 - 2 (rm/d)^6) + 0.5 * k * sum_i |x_i - x_com|^2,
-    with k = ``oscillator_scale``. The pair sum is a CustomNonbondedForce over all unique pairs (no cutoff, no
-    exclusions) with a factor 2, which is the ordered-pair sum of the benchmark data sets; the restraint is a
+    E(x) = c * eps * sum over ordered pairs i != j of ((rm/d)^12 - 2 (rm/d)^6) + 0.5 * k * sum_i |x_i - x_com|^2,
+    with k = ``oscillator_scale`` and c = 1 (``pair_sum="ordered"``) or 1/2 (``"unique"``), as in
+    ``LennardJonesEnergy``. The pair sum is a CustomNonbondedForce over all unique pairs (no cutoff, no
+    exclusions) with a factor 2 for the ordered-pair sum; the restraint is a
     CustomCentroidBondForce between each particle and the unweighted centroid of all particles (x_com is the
     plain mean, not mass-weighted).
 
@@ -48,11 +50,14 @@ def lennard_jones_system(
         raise ValueError(f"an LJ cluster needs at least 2 particles, got {n_particles}")
     if not (eps > 0 and rm > 0 and tau > 0 and oscillator_scale >= 0):
         raise ValueError("need eps, rm, tau > 0 and oscillator_scale >= 0")
+    if pair_sum not in ("ordered", "unique"):
+        raise ValueError(f"pair_sum must be 'ordered' or 'unique', got {pair_sum!r}")
     system = openmm.System()
     for _ in range(n_particles):
         system.addParticle(1.0)
 
-    pairs = openmm.CustomNonbondedForce("2*eps*((rm/r)^12 - 2*(rm/r)^6)")  # x2: unique pairs -> ordered pairs
+    factor = 2 if pair_sum == "ordered" else 1  # x2: unique pairs -> ordered pairs
+    pairs = openmm.CustomNonbondedForce(f"{factor}*eps*((rm/r)^12 - 2*(rm/r)^6)")
     pairs.addGlobalParameter("eps", eps)
     pairs.addGlobalParameter("rm", rm)
     pairs.setNonbondedMethod(openmm.CustomNonbondedForce.NoCutoff)
