@@ -77,8 +77,8 @@ def training_plan(name: str, system: str, quick: bool) -> Plan:
     if name == "kernel":
         return Plan(100 if big else 200, 100, lr)
     if name == "enf":
-        return Plan(40 if big else 100, 50 if big else 100, 2e-3)
-    return Plan(60 if big else 150, 32 if big else 64, 1e-3)  # augmented
+        return Plan(40 if big else 200, 50 if big else 100, 2e-3)
+    return Plan(80 if big else 150, 32 if big else 64, 1e-3)  # augmented
 
 
 def build_model(name: str, n_atoms: int, dim: int, quick: bool, scale: float = 1.0) -> nn.Module:
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=None, help="optimiser iterations of every model (overrides)")
     parser.add_argument("--n-test", type=int, default=None, help="test configurations (default all; 200 quick)")
+    parser.add_argument("--n-train-eval", type=int, default=None, help="train NLL configurations (n-test; 100 quick)")
     parser.add_argument("--test-file", type=Path, action="append", default=[])
     parser.add_argument("--cache", type=Path, default=None, help="data cache folder")
     parser.add_argument("--device", default="cpu")
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nll_table.json"))
     args = parser.parse_args()
     n_test = args.n_test or (200 if args.quick else None)
+    n_train_eval = args.n_train_eval or (100 if args.quick else n_test)
     wanted = args.models or list(MODELS)
     models = [m for m in MODELS if m in wanted or (m.startswith("augmented_") and "augmented" in wanted)]
     unknown = set(wanted) - set(MODELS) - {"augmented"}
@@ -222,7 +224,7 @@ def main() -> None:
             print(f"{system} {name}: training ({plan.iterations} iterations of {plan.batch})", flush=True)
             seconds = train(model, name, train_x, plan, args.seed, not args.no_progress)
             start = time.perf_counter()
-            train_nll, _ = evaluate_nll(model, name, train_x[:n_test], args.quick)
+            train_nll, _ = evaluate_nll(model, name, train_x[:n_train_eval], args.quick)
             for label, x in test_sets:
                 nll, err = evaluate_nll(model, name, x, args.quick)
                 if name == "enf":
@@ -252,6 +254,7 @@ def main() -> None:
         "benchmark": "nll_table",
         "quick": args.quick,
         "n_train": args.n_train,
+        "n_train_eval": n_train_eval,
         "n_aug_samples": N_AUG_SAMPLES,
         "enf_eval_trace": "hutchinson" if args.quick else "exact",
         "device": args.device,
