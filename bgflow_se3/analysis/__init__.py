@@ -2,7 +2,8 @@
 
 from .chirality import L_CHIRALITY_SIGN, chiral_centres, chirality_signs, d_chirality_fraction
 from .dihedrals import BackboneDihedrals, as_mdtraj_topology, backbone_dihedrals, dihedral_angles, phi_psi
-from .plots import free_energy_profile_figure, ramachandran_figure
+from .dipeptide import evaluate_dipeptide
+from .plots import free_energy_profile_figure, ramachandran_figure, ramachandran_panels_figure
 from .ramachandran import histogram_kl, periodic_histogram, phi_profile_kl, ramachandran_kl
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "chirality_signs",
     "d_chirality_fraction",
     "dihedral_angles",
+    "evaluate_dipeptide",
     "free_energy_profile_figure",
     "histogram_kl",
     "periodic_histogram",
@@ -21,4 +23,5 @@ __all__ = [
     "phi_psi",
     "ramachandran_figure",
     "ramachandran_kl",
+    "ramachandran_panels_figure",
 ]

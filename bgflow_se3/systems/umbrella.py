@@ -23,6 +23,8 @@ import numpy as np
 __all__ = [
     "UmbrellaConfig",
     "add_torsion_bias",
+    "default_umbrella_dir",
+    "load_profile",
     "load_windows",
     "phi_atom_indices",
     "run_umbrella",
@@ -225,3 +227,20 @@ def load_windows(cache: Path) -> tuple[UmbrellaConfig, list[np.ndarray], float]:
         series.append(np.asarray(stored["phi"], dtype=np.float64))
         steps.append(int(stored["steps"]))
     return config, series, min(steps) / config.steps_per_ns
+
+
+def default_umbrella_dir(solvent: str = "implicit") -> Path:
+    """The umbrella cache of ``systems/aldp/umbrella.py``: ``~/.cache/bgflow_se3/aldp_umbrella/<solvent>``."""
+    return Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / solvent
+
+
+def load_profile(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The phi free-energy profile written by ``systems/aldp/umbrella.py``: bin centres (radians) and f (kT), (m,) each.
+
+    Raises ``FileNotFoundError`` naming the recipe when the cache has no ``profile.npz``.
+    """
+    path = Path(cache) / "profile.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"no umbrella profile at {path}; run `PYTHONPATH=. python systems/aldp/umbrella.py`")
+    stored = np.load(path)
+    return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
