@@ -25,7 +25,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
@@ -33,7 +32,7 @@ from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
-from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer
+from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
 
 TEMPERATURE = 300.0
 QUICK = dict(
@@ -60,21 +59,6 @@ FULL = dict(
     lr=2e-4,
     n_samples=100_000,
 )
-
-
-def load_references(md_dir: Path, umbrella_dir: Path) -> tuple[np.ndarray | None, tuple | None]:
-    """MD frames and the umbrella phi profile for the KL divergences, each None (with a note) when not cached."""
-    try:
-        md = load_aldp_md(folder=md_dir)
-    except FileNotFoundError as error:
-        print(f"no MD reference, kl_md is NaN: {error}")
-        md = None
-    try:
-        profile = load_profile(umbrella_dir)
-    except FileNotFoundError as error:
-        print(f"no umbrella reference, kl_phi_umbrella is NaN: {error}")
-        profile = None
-    return md, profile
 
 
 def main() -> None:
@@ -118,7 +102,6 @@ def main() -> None:
     result = trainer.run(resume=args.resume)
 
     # sample, weight, save and analyse (in float64): chirality, Ramachandran KL, phi-state free energy
-    reference_md, profile = load_references(args.md_data, args.umbrella)
     scores = evaluate_dipeptide(
         flow.double(),
         energy,
@@ -126,22 +109,17 @@ def main() -> None:
         setup["n_samples"],
         out,
         generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
-        reference_md=reference_md,
-        umbrella_profile=profile,
+        reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
+        umbrella_profile=load_profile(args.umbrella, missing_ok=True),
     )
     summary = {
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "energy_backend": backend,
         "device": args.device,
-        "iterations": result.iterations,
-        "wall_time_s_training": result.wall_time_s,
-        "wall_time_s_total": time.perf_counter() - start,
-        "n_target_evaluations": result.n_target_evaluations,
+        **training_summary(result),
         "ess_ais_last": result.last("ess_ais"),
         **scores,
-        "n_skipped_nonfinite": result.n_skipped_nonfinite,
-        "n_skipped_outlier": result.n_skipped_outlier,
-        "n_masked_samples": result.n_masked_samples,
+        "wall_time_s_total": time.perf_counter() - start,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for key, value in summary.items():

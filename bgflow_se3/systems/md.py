@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,22 @@ def run_aldp_md(
     return out
 
 
-def load_aldp_md(solvent: str = "implicit", folder: str | Path | None = None) -> np.ndarray:
-    """The cached MD frames, shape (frames, 22, 3), float32, nm; ``FileNotFoundError`` names the recipe."""
+def load_aldp_md(
+    solvent: str = "implicit", folder: str | Path | None = None, missing_ok: bool = False
+) -> np.ndarray | None:
+    """The cached MD frames, shape (frames, 22, 3), float32, nm.
+
+    When there are none: ``FileNotFoundError`` naming the recipe, or with ``missing_ok`` a warning and None.
+    """
     folder = Path(folder) if folder is not None else default_md_dir(solvent)
     path = folder / "positions.npy"
     if not path.exists():
-        raise FileNotFoundError(
+        message = (
             f"no MD data at {path}; make it with `PYTHONPATH=. python systems/aldp/md.py --solvent {solvent} "
             f"--ns 10 --out {folder}` (about 30 s per ns on one CPU core)"
         )
+        if missing_ok:
+            warnings.warn(message, stacklevel=2)
+            return None
+        raise FileNotFoundError(message)
     return np.load(path)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -234,13 +235,18 @@ def default_umbrella_dir(solvent: str = "implicit") -> Path:
     return Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / solvent
 
 
-def load_profile(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_profile(cache: Path, missing_ok: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """The phi free-energy profile written by ``systems/aldp/umbrella.py``: bin centres (radians) and f (kT), (m,) each.
 
-    Raises ``FileNotFoundError`` naming the recipe when the cache has no ``profile.npz``.
+    When the cache has no ``profile.npz``: ``FileNotFoundError`` naming the recipe, or with ``missing_ok`` a
+    warning and None.
     """
     path = Path(cache) / "profile.npz"
     if not path.exists():
-        raise FileNotFoundError(f"no umbrella profile at {path}; run `PYTHONPATH=. python systems/aldp/umbrella.py`")
+        message = f"no umbrella profile at {path}; run `PYTHONPATH=. python systems/aldp/umbrella.py`"
+        if missing_ok:
+            warnings.warn(message, stacklevel=2)
+            return None
+        raise FileNotFoundError(message)
     stored = np.load(path)
     return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)

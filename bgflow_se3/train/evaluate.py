@@ -13,10 +13,11 @@ from torch import nn
 from ..energy.base import Energy
 from .ais import AnnealedImportanceSampler
 from .joint import JointFlow
+from .loop import TrainResult
 from .metrics import effective_sample_size
 from .objectives import FABObjective
 
-__all__ = ["EnergySamples", "fab_scores", "sample_with_energies"]
+__all__ = ["EnergySamples", "fab_scores", "sample_with_energies", "training_summary"]
 
 
 class EnergySamples(NamedTuple):
@@ -83,3 +84,22 @@ def fab_scores(
         result = ais.run(z, model.log_prob, lambda zz: target.joint(model, zz), generator)
         scores["ais_ess_towards_p"] = effective_sample_size(result.log_w)
     return scores
+
+
+def training_summary(result: TrainResult) -> dict[str, float]:
+    """The numbers of a training run that every results.json reports: iterations, wall time (s), target evaluations,
+    ESS of the last 10 iterations where logged (``ess_flow``, ``ess_ais``: FAB) and the guards' counters."""
+    summary = {
+        "iterations": result.iterations,
+        "wall_time_s_training": result.wall_time_s,
+        "n_target_evaluations": result.n_target_evaluations,
+    }
+    for key in ("ess_flow", "ess_ais"):
+        if math.isfinite(result.last(key)):
+            summary[f"{key}_last10"] = result.last(key, 10)
+    summary.update(
+        n_skipped_nonfinite=result.n_skipped_nonfinite,
+        n_skipped_outlier=result.n_skipped_outlier,
+        n_masked_samples=result.n_masked_samples,
+    )
+    return summary

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from bgflow_se3 import AugmentedCouplingFlow, Energy
-from bgflow_se3.train import FABObjective, JointFlow, fab_scores, sample_with_energies
+from bgflow_se3.train import FABObjective, JointFlow, TrainResult, fab_scores, sample_with_energies, training_summary
 
 
 class CentredGaussian(Energy):
@@ -56,3 +56,14 @@ def test_fab_scores_are_one_when_q_is_the_target_and_less_otherwise():
     assert 0.0 < scores["ais_ess_towards_p"] <= 1.0
     plain = FABObjective(CentredGaussian(4, 2, 1.0), batch_size=8, n_intermediate=0, buffer_min_length=64)
     assert set(fab_scores(model, plain, 16, generator)) == {"reverse_ess"}
+
+
+def test_training_summary_reports_counters_and_logged_ess():
+    history = [{"iteration": i + 1, "ess_flow": 0.1 * (i + 1)} for i in range(12)]
+    result = TrainResult(history, 12, 345, 6.5, 1, 2, 0, 3)
+    summary = training_summary(result)
+    assert summary["iterations"] == 12 and summary["n_target_evaluations"] == 345
+    assert summary["wall_time_s_training"] == 6.5
+    assert abs(summary["ess_flow_last10"] - np.mean([0.1 * i for i in range(3, 13)])) < 1e-12
+    assert "ess_ais_last10" not in summary  # not logged: not reported
+    assert (summary["n_skipped_nonfinite"], summary["n_skipped_outlier"], summary["n_masked_samples"]) == (1, 2, 3)
