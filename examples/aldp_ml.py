@@ -35,7 +35,14 @@ from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
 from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
-from bgflow_se3.train import MaximumLikelihoodObjective, TrainConfig, Trainer, plot_training_curves, training_summary
+from bgflow_se3.train import (
+    MaximumLikelihoodObjective,
+    TrainConfig,
+    Trainer,
+    marginal_nll,
+    plot_training_curves,
+    training_summary,
+)
 
 TEMPERATURE = 300.0
 QUICK = dict(
@@ -77,13 +84,6 @@ def md_frames(mode: str, setup: dict, folder: Path | None) -> tuple[np.ndarray, 
         print(f"no MD data in {folder}: simulating {setup['md']['ns']} ns now (the systems/aldp/md.py code path)")
         run_aldp_md("implicit", out=folder, **setup["md"])
     return load_aldp_md(folder=folder), folder
-
-
-def nll(flow: AugmentedCouplingFlow, x: torch.Tensor, generator: torch.Generator, batch_size: int = 256) -> float:
-    """Mean negative marginal log-likelihood -log q(x) in nats per configuration (20 draws of a per x)."""
-    with torch.no_grad():
-        values = [flow.log_prob(b, n_samples=20, generator=generator) for b in torch.split(x, batch_size)]
-    return float(-torch.cat(values).mean())
 
 
 def main() -> None:
@@ -142,8 +142,8 @@ def main() -> None:
             continue
         record = {
             "iteration": result.iterations,
-            "val_nll": nll(flow, val[:n_nll], generator),
-            "train_nll": nll(flow, train[:n_nll], generator),
+            "val_nll": marginal_nll(flow, val[:n_nll], generator),
+            "train_nll": marginal_nll(flow, train[:n_nll], generator),
         }
         curve.append(record)
         with curve_path.open("a") as f:

@@ -36,6 +36,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     fab_scores,
+    marginal_nll,
     sample_with_energies,
     training_summary,
 )
@@ -53,12 +54,14 @@ QUICK = dict(
     n_iterations=100,
     lr=1e-3,
     n_eval=2048,
+    n_nll=1000,
 )
 SMOKE = dict(
     QUICK,
     fab=dict(batch_size=16, n_intermediate=1, n_leapfrog=2, n_updates=2, buffer_max_length=64, buffer_min_length=32),
     n_iterations=3,
     n_eval=64,
+    n_nll=8,
 )
 FULL = dict(
     flow=dict(n_blocks=12, hidden=128, egnn_layers=3),
@@ -73,15 +76,21 @@ FULL = dict(
     n_iterations=10000,
     lr=2e-4,
     n_eval=10000,
+    n_nll=1000,
 )
 
 
 def energy_scores(
-    flow: AugmentedCouplingFlow, energy: LennardJonesEnergy, n: int, generator: torch.Generator, device: str
+    flow: AugmentedCouplingFlow,
+    energy: LennardJonesEnergy,
+    n: int,
+    n_nll: int,
+    generator: torch.Generator,
+    device: str,
 ) -> dict[str, float]:
     """Mean reduced energy of n flow samples (raw, median, reweighted), of the reference data, and its NLL (nats).
 
-    The NLL is the flow's marginal -log q on up to min(n, 1000) reference samples (20 draws of a each).
+    The NLL is the flow's marginal -log q on the first n_nll reference (test) samples, 20 draws of a each.
     """
     samples = sample_with_energies(flow, energy, n, generator)
     log_w = log_importance_weights(samples.log_q, samples.u, log_p_aug=samples.log_p_aug)
@@ -104,10 +113,10 @@ def energy_scores(
         return scores
     with torch.no_grad():
         u_ref = energy(reference).cpu().numpy()
-        nll = -flow.log_prob(reference[: min(n, 1000)], n_samples=20, generator=generator).mean()
+        nll = marginal_nll(flow, reference[:n_nll], generator)
     scores["mean_energy_reference"] = float(u_ref.mean())
     scores["mean_energy_reference_stderr"] = float(u_ref.std(ddof=1) / math.sqrt(len(u_ref)))
-    scores["reference_nll_nats"] = float(nll)
+    scores["reference_nll_nats"] = nll
     return scores
 
 
@@ -150,7 +159,7 @@ def main() -> None:
     flow.double()
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     scores = fab_scores(JointFlow(flow), objective, setup["n_eval"], generator)
-    scores.update(energy_scores(flow, energy, setup["n_eval"], generator, args.device))
+    scores.update(energy_scores(flow, energy, setup["n_eval"], setup["n_nll"], generator, args.device))
     summary = {
         "mode": mode,
         "device": str(args.device),

@@ -3,7 +3,7 @@
 from .ais import AISResult, AnnealedImportanceSampler
 from .buffer import BufferBatch, PrioritisedReplayBuffer
 from .curves import plot_training_curves
-from .evaluate import EnergySamples, fab_scores, sample_with_energies, training_summary
+from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
 from .fit import fit_fab, fit_kl, fit_ml
 from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from .joint import JointFlow, TargetDensity
@@ -49,6 +49,7 @@ __all__ = [
     "fit_kl",
     "fit_ml",
     "log_normalizer",
+    "marginal_nll",
     "maximum_likelihood_loss",
     "plot_training_curves",
     "reverse_kl_loss",

@@ -17,7 +17,7 @@ from .loop import TrainResult
 from .metrics import effective_sample_size
 from .objectives import FABObjective
 
-__all__ = ["EnergySamples", "fab_scores", "sample_with_energies", "training_summary"]
+__all__ = ["EnergySamples", "fab_scores", "marginal_nll", "sample_with_energies", "training_summary"]
 
 
 class EnergySamples(NamedTuple):
@@ -62,6 +62,26 @@ def sample_with_energies(
             xs.append(x.cpu())
     x, log_q, u, log_p_aug = (torch.cat(v).double().numpy() for v in (xs, log_qs, us, log_ps))
     return EnergySamples(x, log_q, u, log_p_aug)
+
+
+def marginal_nll(
+    flow: nn.Module,
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    n_samples: int = 20,
+    batch_size: int = 32,
+) -> float:
+    """Mean negative log-likelihood -log q(x) in nats per configuration of data x (n, n_atoms, dim).
+
+    The marginal log q(x) of an augmented flow is estimated by importance sampling with ``n_samples`` draws of
+    a ~ pi(a | x) (``flow.log_prob``), ``batch_size`` configurations at a time (memory grows with
+    batch_size * n_samples * n_atoms^2). x must have the flow's dtype and device.
+    """
+    if len(x) == 0:
+        raise ValueError("x is empty: pass at least one configuration")
+    with torch.no_grad():
+        values = [flow.log_prob(b, n_samples=n_samples, generator=generator) for b in torch.split(x, batch_size)]
+    return float(-torch.cat(values).mean())
 
 
 def fab_scores(

@@ -6,7 +6,15 @@ import numpy as np
 import torch
 
 from bgflow_se3 import AugmentedCouplingFlow, Energy
-from bgflow_se3.train import FABObjective, JointFlow, TrainResult, fab_scores, sample_with_energies, training_summary
+from bgflow_se3.train import (
+    FABObjective,
+    JointFlow,
+    TrainResult,
+    fab_scores,
+    marginal_nll,
+    sample_with_energies,
+    training_summary,
+)
 
 
 class CentredGaussian(Energy):
@@ -67,3 +75,12 @@ def test_training_summary_reports_counters_and_logged_ess():
     assert abs(summary["ess_flow_last10"] - np.mean([0.1 * i for i in range(3, 13)])) < 1e-12
     assert "ess_ais_last10" not in summary  # not logged: not reported
     assert (summary["n_skipped_nonfinite"], summary["n_skipped_outlier"], summary["n_masked_samples"]) == (1, 2, 3)
+
+
+def test_marginal_nll_is_exact_for_the_base_distribution():
+    flow, generator = untrained_flow(length_scale=0.7), torch.Generator().manual_seed(3)
+    x = torch.randn(10, 4, 2, generator=generator, dtype=torch.float64)
+    centred = x - x.mean(dim=1, keepdim=True)
+    exact = -0.5 * 6 * math.log(2 * math.pi * 0.7**2) - centred.pow(2).sum((1, 2)) / (2 * 0.7**2)
+    # q(x, a) = N_sub(x) pi(a | x), so every importance weight q(x, a) / pi(a | x) is N_sub(x): exact for any draws
+    assert abs(marginal_nll(flow, x, generator, batch_size=3) + float(exact.mean())) < 1e-9
