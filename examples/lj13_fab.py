@@ -44,12 +44,12 @@ from bgflow_se3.train import (
 QUICK = dict(
     flow=dict(n_blocks=2, hidden=32, egnn_layers=1, projection="vector", spline_range=3.0),
     fab=dict(
-        batch_size=128,
+        batch_size=64,
         n_intermediate=2,
         n_leapfrog=3,
         n_updates=4,
-        buffer_max_length=128 * 32,
-        buffer_min_length=128 * 4,
+        buffer_max_length=64 * 32,
+        buffer_min_length=64 * 4,
     ),
     n_iterations=100,
     lr=1e-3,

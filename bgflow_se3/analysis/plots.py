@@ -72,15 +72,18 @@ def ramachandran_panels_figure(panels: Sequence[tuple[Any, Any, Any | None, str]
     """Ramachandran plots side by side, e.g. flow samples, reweighted flow samples and reference data.
 
     panels: ``(phi, psi, weights_or_None, title)`` per panel; phi, psi radians, shape (n,); weights not log.
-    Each panel shows -log density in kT relative to its own minimum. Returns a ``matplotlib.figure.Figure``.
+    Each panel shows -log density in kT relative to its own minimum, on one colour scale shared by all panels.
+    Returns a ``matplotlib.figure.Figure``.
     """
     if not panels:
         raise ValueError("panels is empty: pass at least one (phi, psi, weights, title)")
     figure = _figure((4.2 * len(panels) + 0.8, 4.2))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (phi, psi, weights, title) in zip(axes, panels):
-        mesh = _ramachandran_axes(ax, phi, psi, weights, bins, title)
-    figure.colorbar(mesh, ax=list(axes), label=r"$-\log p$ (kT, relative)")
+    meshes = [_ramachandran_axes(ax, phi, psi, w, bins, title) for ax, (phi, psi, w, title) in zip(axes, panels)]
+    top = max((float(m.get_array().max()) for m in meshes if m.get_array().count()), default=1.0)
+    for mesh in meshes:  # one colour scale for all panels, so that the shared colour bar reads on each
+        mesh.set_clim(0.0, max(top, 1e-9))
+    figure.colorbar(meshes[-1], ax=list(axes), label=r"$-\log p$ (kT, relative)")
     return figure
 
 

@@ -43,5 +43,7 @@ def test_ramachandran_panels_side_by_side(tmp_path):
     figure = ramachandran_panels_figure(panels, bins=20)
     assert [ax.get_title() for ax in figure.axes[:3]] == ["flow", "reweighted", "md"]
     figure.savefig(tmp_path / "panels.png")
+    limits = {tuple(mesh.get_clim()) for ax in figure.axes[:3] for mesh in ax.collections}
+    assert len(limits) == 1  # one colour scale for every panel
     with pytest.raises(ValueError, match="empty"):
         ramachandran_panels_figure([])
