@@ -117,7 +117,6 @@ def main() -> None:
         "energy_backend": backend,
         "device": args.device,
         **training_summary(result),
-        "ess_ais_last": result.last("ess_ais"),
         **scores,
         "wall_time_s_total": time.perf_counter() - start,
     }

@@ -44,14 +44,14 @@ from bgflow_se3.train import (
 QUICK = dict(
     flow=dict(n_blocks=2, hidden=32, egnn_layers=1, projection="vector", spline_range=3.0),
     fab=dict(
-        batch_size=64,
+        batch_size=32,
         n_intermediate=2,
         n_leapfrog=3,
         n_updates=4,
-        buffer_max_length=64 * 32,
-        buffer_min_length=64 * 4,
+        buffer_max_length=32 * 32,
+        buffer_min_length=32 * 4,
     ),
-    n_iterations=100,
+    n_iterations=80,
     lr=1e-3,
     n_eval=2048,
     n_nll=1000,
