@@ -53,8 +53,8 @@ QUICK = dict(
     ),
     n_iterations=80,
     lr=1e-3,
-    n_eval=2048,
-    n_nll=1000,
+    n_eval=1024,
+    n_nll=500,
 )
 SMOKE = dict(
     QUICK,
