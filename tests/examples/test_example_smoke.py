@@ -32,7 +32,10 @@ def references(tmp_path_factory):
     return md, umbrella
 
 
-def check_dipeptide_results(out: Path) -> dict:
+def run_dipeptide_example(name: str, out: Path, references, monkeypatch) -> dict:
+    """Run an alanine dipeptide example against the small references; check and return its results."""
+    md, umbrella = references
+    run_example(name, ["--smoke", "--out", str(out), "--md-data", str(md), "--umbrella", str(umbrella)], monkeypatch)
     results = json.loads((out / "results.json").read_text())
     for name in ("samples.dcd", "topology.pdb", "samples.npz", "ramachandran.png", "checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
@@ -48,12 +51,8 @@ def check_dipeptide_results(out: Path) -> dict:
 
 
 def test_aldp_ml_smoke(tmp_path, references, monkeypatch):
-    md, umbrella = references
     out = tmp_path / "out"
-    run_example(
-        "aldp_ml.py", ["--smoke", "--out", str(out), "--md-data", str(md), "--umbrella", str(umbrella)], monkeypatch
-    )
-    results = check_dipeptide_results(out)
+    results = run_dipeptide_example("aldp_ml.py", out, references, monkeypatch)
     assert results["mode"] == "smoke" and results["iterations"] == 4
     assert math.isfinite(results["val_nll_nats"]) and math.isfinite(results["train_nll_nats"])
     curve = [json.loads(line) for line in (out / "validation_nll.jsonl").read_text().splitlines()]
@@ -62,12 +61,7 @@ def test_aldp_ml_smoke(tmp_path, references, monkeypatch):
 
 
 def test_aldp_fab_smoke(tmp_path, references, monkeypatch):
-    md, umbrella = references
-    out = tmp_path / "out"
-    run_example(
-        "aldp_fab.py", ["--smoke", "--out", str(out), "--md-data", str(md), "--umbrella", str(umbrella)], monkeypatch
-    )
-    results = check_dipeptide_results(out)
+    results = run_dipeptide_example("aldp_fab.py", tmp_path / "out", references, monkeypatch)
     assert results["mode"] == "smoke" and results["iterations"] == 3 and results["n_target_evaluations"] > 0
 
 
