@@ -7,9 +7,11 @@ python examples/aldp_fab.py                # the real run for one GPU (see FULL 
 Energies: TorchForceField on the GPU when CUDA is present; otherwise OpenMMEnergy (--workers processes).
 Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, samples.dcd + topology.pdb
 (mdtraj-readable), samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png,
-results.json (reverse ESS, D-chirality fraction, phi-state free-energy difference through pymbar MBAR with its
-error, or NaN with the reason when a state is empty, target evaluations, wall time).
---resume continues training from the checkpoint.
+results.json (reverse ESS, D-chirality fraction, Ramachandran KL(MD || flow) on 64 x 64 periodic bins and
+KL(umbrella || flow) along phi, in nats, unweighted and reweighted (NaN when the reference is not cached: MD from
+systems/aldp/md.py, umbrella from systems/aldp/umbrella.py), phi-state free-energy difference through pymbar MBAR
+with its error, or NaN with the reason when a state is empty, target evaluations, wall time).
+--resume continues training from the checkpoint; --smoke runs the quick sizes for 3 iterations (tests).
 
 Budget of the default mode: 12,000 iterations x 512 samples x (1 + 8 intermediates x 4 leapfrog steps) = 2.0e8
 target evaluations (as fab-torch's alanine dipeptide run) plus 8 flow updates per iteration; its wall time on one
@@ -20,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bgflow_se3 import ConvergenceError, EmptyStateError, Energy
-from bgflow_se3.analysis import phi_psi, ramachandran_figure
+from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
-from bgflow_se3.reweight import effective_sample_size, free_energy_difference, log_importance_weights
-from bgflow_se3.systems import load_aldp
-from bgflow_se3.train import FABObjective, JointFlow, TargetDensity, TrainConfig, Trainer
+from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
+from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
+from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
 
 TEMPERATURE = 300.0
 QUICK = dict(
@@ -44,6 +44,7 @@ QUICK = dict(
     lr=1e-3,
     n_samples=2048,
 )
+SMOKE = dict(QUICK, n_iterations=3, n_samples=128)
 FULL = dict(
     flow=dict(n_blocks=20, hidden=128, egnn_layers=3, mlp_blocks=1),
     fab=dict(
@@ -60,24 +61,10 @@ FULL = dict(
 )
 
 
-def make_energy(system, device: str, n_workers: int) -> tuple[Energy, str]:
-    """The fastest available reduced-energy backend for the system at 300 K, and its name."""
-    import bgflow_se3.energy as energies
-
-    if device.startswith("cuda"):
-        return energies.TorchForceField.from_system(system, TEMPERATURE).to(device), "TorchForceField"
-    return energies.OpenMMEnergy(system, TEMPERATURE, n_workers=n_workers), f"OpenMMEnergy({n_workers} workers)"
-
-
-def chirality_sign(x: np.ndarray, n: int, ca: int, c: int, cb: int) -> np.ndarray:
-    """Sign of the signed volume (N - CA) . ((C - CA) x (CB - CA)), shape (batch,); x in nm (batch, atoms, 3)."""
-    v1, v2, v3 = x[:, n] - x[:, ca], x[:, c] - x[:, ca], x[:, cb] - x[:, ca]
-    return np.sign(np.einsum("bi,bi->b", v1, np.cross(v2, v3)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the pipeline in < 5 min on 2 CPU cores")
+    parser.add_argument("--smoke", action="store_true", help="3 iterations, 128 samples: checks the pipeline")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab[_quick])")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
@@ -85,15 +72,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=1, help="OpenMM worker processes (CPU backends)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
+    parser.add_argument("--umbrella", type=Path, default=default_umbrella_dir("implicit"), help="umbrella cache")
     args = parser.parse_args()
-    setup = QUICK if args.quick else FULL
+    args.quick = args.quick or args.smoke
+    setup = SMOKE if args.smoke else QUICK if args.quick else FULL
     out = args.out or Path("runs") / ("aldp_fab_quick" if args.quick else "aldp_fab")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
 
     aldp = load_aldp("implicit")
-    energy, backend = make_energy(aldp.system, args.device, args.workers)
+    energy, backend = energy_for_device(aldp.system, TEMPERATURE, args.device, args.workers)
     dtype = torch.float32  # training; sampling and weights for the analysis are in float64
     flow = AugmentedCouplingFlow.for_topology(
         aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"]
@@ -111,64 +101,29 @@ def main() -> None:
     trainer = Trainer(flow, objective, config, out_dir=out)
     result = trainer.run(resume=args.resume)
 
-    # sample, weight and save
-    import mdtraj
-
-    model = JointFlow(flow.double())
-    generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
-    xs, log_qs, us, log_p_augs = [], [], [], []
-    with torch.no_grad():
-        for n in [min(1024, setup["n_samples"] - i) for i in range(0, setup["n_samples"], 1024)]:
-            z, log_q = model.sample(n, generator)
-            x_batch, _ = model.unpack(z)
-            us.append(energy(x_batch).cpu())
-            log_p_augs.append(model.log_pi(z).cpu())
-            log_qs.append(log_q.cpu())
-            xs.append(x_batch.cpu())
-    x = torch.cat(xs).numpy()
-    log_q, u, log_p_aug = (torch.cat(v).double().numpy() for v in (log_qs, us, log_p_augs))
-    log_w = log_importance_weights(log_q, u, log_p_aug=log_p_aug)
-    top = aldp.mdtraj_topology
-    traj = mdtraj.Trajectory(x.astype(np.float32), top)
-    traj.save_dcd(str(out / "samples.dcd"))
-    traj[0].save_pdb(str(out / "topology.pdb"))
-    np.savez(out / "samples.npz", x=x, log_q=log_q, u=u, log_p_aug=log_p_aug)  # input of free_energy_aldp.py
-
-    # analysis: chirality, Ramachandran, phi-state free energy
-    atom = {a.name: a.index for a in top.residue(1).atoms}
-    reference = chirality_sign(aldp.positions_nm[None], atom["N"], atom["CA"], atom["C"], atom["CB"])[0]
-    d_fraction = float(np.mean(chirality_sign(x, atom["N"], atom["CA"], atom["C"], atom["CB"]) != reference))
-    phi, psi = phi_psi(top, x)
-    weights = np.exp(log_w - log_w.max()) if np.isfinite(log_w).any() else np.zeros_like(log_w)
-    ramachandran_figure(phi, psi, weights=weights, title="flow samples, reweighted").savefig(out / "ramachandran.png")
-    try:  # pymbar through the checked reweighting API: a clear failure, never a silent number
-        estimate = free_energy_difference(log_q, u, phi > 0, phi <= 0, log_p_aug=log_p_aug, method="mbar")
-        dF, ddF = estimate.value, estimate.stderr
-    except (EmptyStateError, ConvergenceError) as error:
-        print(f"no phi-state free energy: {error}")
-        dF = ddF = math.nan
+    # sample, weight, save and analyse (in float64): chirality, Ramachandran KL, phi-state free energy
+    scores = evaluate_dipeptide(
+        flow.double(),
+        energy,
+        aldp.topology,
+        setup["n_samples"],
+        out,
+        generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
+        reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
+        umbrella_profile=load_profile(args.umbrella, missing_ok=True),
+    )
     summary = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "energy_backend": backend,
         "device": args.device,
-        "iterations": result.iterations,
-        "wall_time_s_training": result.wall_time_s,
+        **training_summary(result),
+        **scores,
         "wall_time_s_total": time.perf_counter() - start,
-        "n_target_evaluations": result.n_target_evaluations,
-        "reverse_ess": float(effective_sample_size(log_w).fraction),
-        "ess_ais_last": result.last("ess_ais"),
-        "d_chirality_fraction": d_fraction,
-        "dF_phi_positive_minus_negative_kT": dF,
-        "dF_stderr_kT": ddF,
-        "n_samples": len(x),
-        "n_skipped_nonfinite": result.n_skipped_nonfinite,
-        "n_skipped_outlier": result.n_skipped_outlier,
-        "n_masked_samples": result.n_masked_samples,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for key, value in summary.items():
         print(f"{key:>34}: {value:.4g}" if isinstance(value, float) else f"{key:>34}: {value}")
-    if summary["reverse_ess"] * len(x) < 50:
+    if summary["reverse_ess"] * summary["n_samples"] < 50:
         print(
             "WARNING: fewer than 50 effective samples: the free-energy difference and reweighted plot are not reliable"
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["free_energy_profile_figure", "ramachandran_figure"]
+__all__ = ["free_energy_profile_figure", "ramachandran_figure", "ramachandran_panels_figure"]
 
 
 def _figure(figsize: tuple[float, float]):
@@ -24,6 +25,29 @@ def _numpy(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _ramachandran_axes(ax, phi: Any, psi: Any, weights: Any | None, bins: int, title: str | None):
+    """Draw the -log density of (phi, psi) (kT, relative) into ``ax``; returns the mesh."""
+    phi, psi = _numpy(phi), _numpy(psi)
+    if phi.shape != psi.shape or phi.ndim != 1:
+        raise ValueError(f"phi and psi must be 1-D of equal length, got {phi.shape} and {psi.shape}")
+    w = None if weights is None else _numpy(weights)
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    density, _, _ = np.histogram2d(phi, psi, bins=[edges, edges], weights=w, density=True)
+    with np.errstate(divide="ignore"):
+        free_energy = -np.log(density)
+    free_energy -= np.min(free_energy[np.isfinite(free_energy)]) if np.isfinite(free_energy).any() else 0.0
+    masked = np.ma.masked_invalid(free_energy.T)
+    mesh = ax.pcolormesh(edges, edges, masked, cmap="viridis", shading="flat")
+    ax.set_xlabel(r"$\phi$ (rad)")
+    ax.set_ylabel(r"$\psi$ (rad)")
+    ax.set_xlim(-np.pi, np.pi)
+    ax.set_ylim(-np.pi, np.pi)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return mesh
+
+
 def ramachandran_figure(
     phi: Any,
     psi: Any,
@@ -37,27 +61,29 @@ def ramachandran_figure(
     phi, psi: shape (n,), radians. weights: optional importance weights (not log), shape (n,), to show the
     reweighted distribution. Returns a ``matplotlib.figure.Figure`` (save with ``figure.savefig(path)``).
     """
-    phi, psi = _numpy(phi), _numpy(psi)
-    if phi.shape != psi.shape or phi.ndim != 1:
-        raise ValueError(f"phi and psi must be 1-D of equal length, got {phi.shape} and {psi.shape}")
-    w = None if weights is None else _numpy(weights)
-    edges = np.linspace(-np.pi, np.pi, bins + 1)
-    density, _, _ = np.histogram2d(phi, psi, bins=[edges, edges], weights=w, density=True)
-    with np.errstate(divide="ignore"):
-        free_energy = -np.log(density)
-    free_energy -= np.min(free_energy[np.isfinite(free_energy)]) if np.isfinite(free_energy).any() else 0.0
     figure = _figure((5.0, 4.2))
     ax = figure.add_subplot()
-    masked = np.ma.masked_invalid(free_energy.T)
-    mesh = ax.pcolormesh(edges, edges, masked, cmap="viridis", shading="flat")
+    mesh = _ramachandran_axes(ax, phi, psi, weights, bins, title)
     figure.colorbar(mesh, ax=ax, label=r"$-\log p$ (kT, relative)")
-    ax.set_xlabel(r"$\phi$ (rad)")
-    ax.set_ylabel(r"$\psi$ (rad)")
-    ax.set_xlim(-np.pi, np.pi)
-    ax.set_ylim(-np.pi, np.pi)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
+    return figure
+
+
+def ramachandran_panels_figure(panels: Sequence[tuple[Any, Any, Any | None, str]], *, bins: int = 60):
+    """Ramachandran plots side by side, e.g. flow samples, reweighted flow samples and reference data.
+
+    panels: ``(phi, psi, weights_or_None, title)`` per panel; phi, psi radians, shape (n,); weights not log.
+    Each panel shows -log density in kT relative to its own minimum, on one colour scale shared by all panels.
+    Returns a ``matplotlib.figure.Figure``.
+    """
+    if not panels:
+        raise ValueError("panels is empty: pass at least one (phi, psi, weights, title)")
+    figure = _figure((4.2 * len(panels) + 0.8, 4.2))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    meshes = [_ramachandran_axes(ax, phi, psi, w, bins, title) for ax, (phi, psi, w, title) in zip(axes, panels)]
+    top = max((float(m.get_array().max()) for m in meshes if m.get_array().count()), default=1.0)
+    for mesh in meshes:  # one colour scale for all panels, so that the shared colour bar reads on each
+        mesh.set_clim(0.0, max(top, 1e-9))
+    figure.colorbar(meshes[-1], ax=list(axes), label=r"$-\log p$ (kT, relative)")
     return figure
 
 

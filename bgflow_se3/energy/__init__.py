@@ -1,5 +1,6 @@
 """Energy targets: batched reduced energies u(x) = E(x)/kT with forces, from OpenMM systems or pure torch."""
 
+from .backend import energy_for_device
 from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
 from .openmm_energy import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
@@ -13,6 +14,7 @@ __all__ = [
     "LennardJonesEnergy",
     "OpenMMEnergy",
     "check_system",
+    "energy_for_device",
     "TorchForceField",
     "kT_in_kJ_per_mol",
     "pair_distances",

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ import numpy as np
 __all__ = [
     "UmbrellaConfig",
     "add_torsion_bias",
+    "default_umbrella_dir",
+    "load_profile",
     "load_windows",
     "phi_atom_indices",
     "run_umbrella",
@@ -225,3 +228,25 @@ def load_windows(cache: Path) -> tuple[UmbrellaConfig, list[np.ndarray], float]:
         series.append(np.asarray(stored["phi"], dtype=np.float64))
         steps.append(int(stored["steps"]))
     return config, series, min(steps) / config.steps_per_ns
+
+
+def default_umbrella_dir(solvent: str = "implicit") -> Path:
+    """The umbrella cache of ``systems/aldp/umbrella.py``: ``~/.cache/bgflow_se3/aldp_umbrella/<solvent>``."""
+    return Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / solvent
+
+
+def load_profile(cache: Path, missing_ok: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """The phi free-energy profile written by ``systems/aldp/umbrella.py``: bin centres (radians) and f (kT), (m,) each.
+
+    When the cache has no ``profile.npz``: ``FileNotFoundError`` naming the recipe, or with ``missing_ok`` a
+    warning and None.
+    """
+    path = Path(cache) / "profile.npz"
+    if not path.exists():
+        message = f"no umbrella profile at {path}; run `PYTHONPATH=. python systems/aldp/umbrella.py`"
+        if missing_ok:
+            warnings.warn(message, stacklevel=2)
+            return None
+        raise FileNotFoundError(message)
+    stored = np.load(path)
+    return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)

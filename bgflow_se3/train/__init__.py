@@ -3,6 +3,7 @@
 from .ais import AISResult, AnnealedImportanceSampler
 from .buffer import BufferBatch, PrioritisedReplayBuffer
 from .curves import plot_training_curves
+from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
 from .fit import fit_fab, fit_kl, fit_ml
 from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from .joint import JointFlow, TargetDensity
@@ -24,6 +25,7 @@ __all__ = [
     "AISResult",
     "AnnealedImportanceSampler",
     "BufferBatch",
+    "EnergySamples",
     "FABObjective",
     "HMCPoint",
     "HamiltonianMonteCarlo",
@@ -41,12 +43,16 @@ __all__ = [
     "Trainer",
     "autograd_log_density",
     "effective_sample_size",
+    "fab_scores",
     "fab_loss",
     "fit_fab",
     "fit_kl",
     "fit_ml",
     "log_normalizer",
+    "marginal_nll",
     "maximum_likelihood_loss",
     "plot_training_curves",
     "reverse_kl_loss",
+    "sample_with_energies",
+    "training_summary",
 ]

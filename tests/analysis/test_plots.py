@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from bgflow_se3.analysis import free_energy_profile_figure, ramachandran_figure
+from bgflow_se3.analysis import free_energy_profile_figure, ramachandran_figure, ramachandran_panels_figure
 
 
 def test_ramachandran_figure_renders(tmp_path):
@@ -34,3 +34,16 @@ def test_profile_figure_with_reference_and_band(tmp_path):
     figure.savefig(tmp_path / "profile.png")
     with pytest.raises(ValueError, match="finite"):
         free_energy_profile_figure(x, np.full(20, np.inf))
+
+
+def test_ramachandran_panels_side_by_side(tmp_path):
+    rng = np.random.default_rng(1)
+    phi, psi = rng.uniform(-np.pi, np.pi, 300), rng.normal(-1.0, 0.5, 300)
+    panels = [(phi, psi, None, "flow"), (phi, psi, rng.uniform(0, 1, 300), "reweighted"), (psi, phi, None, "md")]
+    figure = ramachandran_panels_figure(panels, bins=20)
+    assert [ax.get_title() for ax in figure.axes[:3]] == ["flow", "reweighted", "md"]
+    figure.savefig(tmp_path / "panels.png")
+    limits = {tuple(mesh.get_clim()) for ax in figure.axes[:3] for mesh in ax.collections}
+    assert len(limits) == 1  # one colour scale for every panel
+    with pytest.raises(ValueError, match="empty"):
+        ramachandran_panels_figure([])

@@ -1,0 +1,53 @@
+"""Chirality of amino-acid alpha carbons in coordinate batches: the fraction of samples with D residues.
+
+A flow that is only E(3) invariant, or a poorly trained SE(3) flow, can put mass on the mirror image of a
+molecule, which a force field without chirality terms scores the same; such samples are D amino acids and must be
+counted (or filtered) before comparing with L reference data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .dihedrals import as_mdtraj_topology
+
+__all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_signs", "d_chirality_fraction"]
+
+#: Sign of the signed volume (N - CA) . ((C - CA) x (CB - CA)) of an L amino acid (the "CORN" rule).
+L_CHIRALITY_SIGN = 1.0
+
+
+def chiral_centres(topology: Any) -> np.ndarray:
+    """Atom indices (N, CA, C, CB) of every residue that has all four (glycine has no CB), shape (n_centres, 4)."""
+    top = as_mdtraj_topology(topology)
+    centres = []
+    for residue in top.residues:
+        names = {atom.name: atom.index for atom in residue.atoms}
+        if all(name in names for name in ("N", "CA", "C", "CB")):
+            centres.append([names["N"], names["CA"], names["C"], names["CB"]])
+    return np.asarray(centres, dtype=np.int64).reshape(-1, 4)
+
+
+def chirality_signs(topology: Any, x: Any) -> np.ndarray:
+    """Sign of (N - CA) . ((C - CA) x (CB - CA)) at every chiral alpha carbon, shape (batch, n_centres).
+
+    x: positions in nm, shape (batch, n_atoms, 3) (numpy or torch). +1 is L (``L_CHIRALITY_SIGN``), -1 is D.
+    """
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    centres = chiral_centres(topology)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"x must have shape (batch, n_atoms, 3) in nm, got {x.shape}")
+    if len(centres) == 0:
+        raise ValueError("the topology has no residue with N, CA, C and CB atoms: no chirality to report")
+    n, ca, c, cb = (x[:, centres[:, i]] for i in range(4))
+    return np.sign(np.einsum("bki,bki->bk", n - ca, np.cross(c - ca, cb - ca)))
+
+
+def d_chirality_fraction(topology: Any, x: Any) -> float:
+    """Fraction of configurations x (batch, n_atoms, 3), nm, with at least one D alpha carbon, in [0, 1]."""
+    signs = chirality_signs(topology, x)
+    return float(np.mean((signs != L_CHIRALITY_SIGN).any(axis=1)))

@@ -1,0 +1,77 @@
+"""The examples run end to end with their tiniest settings (--smoke) and write finite, in-range results."""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import pytest
+
+from bgflow_se3.systems import run_aldp_md
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(name: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *args, "--no-progress", "--device", "cpu"])
+    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """A few frames of MD and a flat umbrella phi profile, so both KL paths run."""
+    folder = tmp_path_factory.mktemp("references")
+    md = run_aldp_md("implicit", 0.005, folder / "md", save_every_ps=0.1, equilibration_ps=0.2)
+    umbrella = folder / "umbrella"
+    umbrella.mkdir()
+    centers = -np.pi + (np.arange(36) + 0.5) * 2 * np.pi / 36
+    np.savez(umbrella / "profile.npz", centers=centers, f=np.zeros(36))
+    return md, umbrella
+
+
+def run_dipeptide_example(name: str, out: Path, references, monkeypatch) -> dict:
+    """Run an alanine dipeptide example against the small references; check and return its results."""
+    md, umbrella = references
+    run_example(name, ["--smoke", "--out", str(out), "--md-data", str(md), "--umbrella", str(umbrella)], monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    for name in ("samples.dcd", "topology.pdb", "samples.npz", "ramachandran.png", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name
+    trajectory = mdtraj.load(str(out / "samples.dcd"), top=str(out / "topology.pdb"))
+    assert trajectory.n_frames == results["n_samples"] - results["n_nonfinite_samples"] and trajectory.n_atoms == 22
+    assert 0.0 < results["reverse_ess"] <= 1.0
+    assert 0.0 <= results["d_chirality_fraction"] <= 1.0
+    for key in ("kl_md", "kl_phi_umbrella"):
+        assert 0.0 <= results[key] < 30.0, key  # finite: the pseudo-count bounds it by about log(1 / 1e-6)
+        reweighted = results[f"{key}_reweighted"]
+        assert math.isnan(reweighted) or 0.0 <= reweighted < 30.0
+    return results
+
+
+def test_aldp_ml_smoke(tmp_path, references, monkeypatch):
+    out = tmp_path / "out"
+    results = run_dipeptide_example("aldp_ml.py", out, references, monkeypatch)
+    assert results["mode"] == "smoke" and results["iterations"] == 4
+    assert math.isfinite(results["val_nll_nats"]) and math.isfinite(results["train_nll_nats"])
+    curve = [json.loads(line) for line in (out / "validation_nll.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in curve] == [1, 2, 3, 4]
+    assert (out / "validation_nll.png").stat().st_size > 0
+
+
+def test_aldp_fab_smoke(tmp_path, references, monkeypatch):
+    results = run_dipeptide_example("aldp_fab.py", tmp_path / "out", references, monkeypatch)
+    assert results["mode"] == "smoke" and results["iterations"] == 3 and results["n_target_evaluations"] > 0
+
+
+def test_lj13_fab_smoke(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_example("lj13_fab.py", ["--smoke", "--out", str(out)], monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "checkpoint.pt").exists() and (out / "metrics.jsonl").exists()
+    assert results["iterations"] == 3 and results["n_target_evaluations"] > 0
+    assert 0.0 < results["reverse_ess"] <= 1.0 and 0.0 < results["ais_ess_towards_p"] <= 1.0
+    assert math.isfinite(results["mean_energy_flow_reweighted"]) and math.isfinite(results["median_energy_flow"])
+    if math.isfinite(results["mean_energy_reference"]):  # only when the LJ13 reference data are cached
+        assert -60.0 < results["mean_energy_reference"] < -30.0 and math.isfinite(results["reference_nll_nats"])

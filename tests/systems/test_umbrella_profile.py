@@ -1,0 +1,21 @@
+"""The cached umbrella profile loads back, and a missing one is an error naming the recipe (or None on request)."""
+
+import numpy as np
+import pytest
+
+from bgflow_se3.systems import load_aldp_md
+from bgflow_se3.systems.umbrella import load_profile
+
+
+def test_load_profile_round_trip_and_missing(tmp_path):
+    centers, f = np.linspace(-3.0, 3.0, 6), np.arange(6.0)
+    np.savez(tmp_path / "profile.npz", centers=centers, f=f, delta_f=4.0)
+    loaded = load_profile(tmp_path)
+    np.testing.assert_array_equal(loaded[0], centers)
+    np.testing.assert_array_equal(loaded[1], f)
+    with pytest.raises(FileNotFoundError, match="umbrella.py"):
+        load_profile(tmp_path / "missing")
+    with pytest.warns(UserWarning, match="umbrella.py"):
+        assert load_profile(tmp_path / "missing", missing_ok=True) is None
+    with pytest.warns(UserWarning, match="md.py"):
+        assert load_aldp_md(folder=tmp_path / "missing", missing_ok=True) is None
