@@ -41,33 +41,35 @@ class KernelDynamics(nn.Module):
         time_basis = torch.exp(-0.5 * ((t - self.c) / self.time_width) ** 2)  # (n_time,)
         coeff = self.weights @ time_basis  # (n_kernels,)
         d = (r[..., None] - self.mu) / self.width
-        basis = torch.exp(-0.5 * d**2)
-        psi = (basis * coeff).sum(-1)
-        dpsi = (-d / self.width * basis * coeff).sum(-1)
+        weighted = torch.exp(-0.5 * d * d) * coeff
+        psi = weighted.sum(-1)
+        dpsi = (d * weighted).sum(-1) * (-1.0 / self.width)
         return psi, dpsi
 
     def _pairs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Unique pairs i < j: the incidence matrix (n_atoms, n_pairs), x_i - x_j (batch, n_pairs, dim), r_ij."""
         n = x.shape[1]
-        diff = x[:, :, None, :] - x[:, None, :, :]  # (batch, n, n, dim), x_i - x_j
-        off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-        # the diagonal gets distance 1 (then masked) so no gradient meets sqrt(0)
-        sq = torch.where(off, diff.pow(2).sum(-1), torch.ones((), dtype=x.dtype, device=x.device))
-        return diff, sq.sqrt(), off
+        i, j = torch.triu_indices(n, n, offset=1, device=x.device)
+        incidence = torch.zeros(n, len(i), dtype=x.dtype, device=x.device)
+        pair = torch.arange(len(i), device=x.device)
+        incidence[i, pair] = 1.0
+        incidence[j, pair] = -1.0
+        diff = torch.einsum("np,bnd->bpd", incidence, x)
+        return incidence, diff, diff.pow(2).sum(-1).clamp_min(1e-30).sqrt()  # no inf gradient at r = 0
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """dx/dt, shape (batch, n_atoms, dim), for x of shape (batch, n_atoms, dim) and a 0-d time t."""
-        diff, r, off = self._pairs(x)
+        incidence, diff, r = self._pairs(x)
         psi, _ = self._psi_and_derivative(r, t.to(x.dtype))
-        psi = psi * off
-        return (psi[..., None] * diff).sum(dim=2)
+        # psi is symmetric in (i, j): pair p adds psi (x_i - x_j) to atom i and its negative to atom j
+        return torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
 
     def divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """dx/dt and its exact divergence (Köhler et al. eq. 4): shapes (batch, n_atoms, dim) and (batch,)."""
-        diff, r, off = self._pairs(x)
+        incidence, diff, r = self._pairs(x)
         psi, dpsi = self._psi_and_derivative(r, t.to(x.dtype))
-        psi, dpsi = psi * off, dpsi * off
-        f = (psi[..., None] * diff).sum(dim=2)
-        div = (dpsi * r + x.shape[-1] * psi).sum(dim=(1, 2))
+        f = torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
+        div = 2.0 * (dpsi * r + x.shape[-1] * psi).sum(-1)  # each unique pair counts for (i, j) and (j, i)
         return f, div
 
 

@@ -1,8 +1,8 @@
-"""FAB on DW4 from the energy alone with the real augmented coupling flow: an integration test.
+"""FAB on DW4 from the energy alone.
 
-It checks the wiring with the real flow (exact target-evaluation count, finite losses and weights, no skipped steps,
-an exact resume). It does not check learning: at the budget of a unit test on 2 CPU cores the small flow barely
-moves (see the report of examples/dw4_fab.py --quick).
+With the real augmented coupling flow: the wiring (exact target-evaluation count, finite losses and weights, no
+skipped steps, an exact resume); at the budget of a unit test on 2 CPU cores that flow barely learns. With
+Köhler et al.'s radial-kernel CNF: learning, a cheaper version of ``examples/dw4_fab.py --quick``.
 """
 
 import math
@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
-from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.flow import AugmentedCouplingFlow, KernelFlow
 from bgflow_se3.train import FABObjective, TrainConfig, Trainer
 
 
@@ -49,3 +49,29 @@ def test_fab_on_dw4_with_the_real_flow(tmp_path):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
     for p, q in zip(resumed_flow.parameters(), flow.parameters()):
         assert torch.equal(p, q)
+
+
+def test_fab_on_dw4_raises_the_reverse_ess_of_the_kernel_flow():
+    """15 FAB iterations from the energy alone lift the reverse ESS of the identity-initialised kernel CNF (a Gaussian,
+    0.2-0.4 % on seeds 0-2) past 4 % (7.6 % measured on seeds 0-2); a broken loss, buffer or AIS weight stays near
+    the start (or collapses)."""
+    torch.manual_seed(0)
+    flow = KernelFlow(4, 2, n_kernels=32, n_time=8, n_steps=6, length_scale=1.85).double()
+    objective = FABObjective(
+        DoubleWellEnergy(),
+        batch_size=128,
+        n_intermediate=2,
+        n_leapfrog=2,
+        n_updates=4,
+        buffer_max_length=128 * 16,
+        buffer_min_length=128 * 4,
+        step_size=0.1,
+    )
+    config = TrainConfig(n_iterations=15, lr=3e-3, warmup_iterations=2, seed=0, progress=False, plot=False)
+    trainer = Trainer(flow, objective, config)
+    before = trainer.reverse_ess(4096)
+    result = trainer.run()
+    after = trainer.reverse_ess(4096)
+    assert before < 0.02
+    assert after > 0.04, f"reverse ESS {before:.3f} -> {after:.3f}"
+    assert result.n_skipped_nonfinite == 0 and result.n_masked_samples == 0
