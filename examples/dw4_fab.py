@@ -16,7 +16,6 @@ Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, re
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -26,13 +25,11 @@ import torch
 from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.flow import AugmentedCouplingFlow, KernelFlow
 from bgflow_se3.train import (
-    AnnealedImportanceSampler,
     FABObjective,
-    JointFlow,
-    TargetDensity,
     TrainConfig,
     Trainer,
-    effective_sample_size,
+    fab_scores,
+    training_summary,
 )
 
 # Sizes per (mode, flow). Quick sizes fit a few minutes of 2 CPU cores; the full augmented run follows the
@@ -71,23 +68,6 @@ def build_flow(kind: str, sizes: dict) -> torch.nn.Module:
     if kind == "kernel":
         return KernelFlow(4, 2, length_scale=DW4_RMS, **sizes)
     return AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **sizes)
-
-
-def evaluate(trainer: Trainer, objective: FABObjective, n: int, generator: torch.Generator) -> dict[str, float]:
-    """Reverse ESS of n flow samples and ESS of AIS towards p (alpha = 1) with the trained, frozen HMC steps."""
-    model: JointFlow = trainer.model
-    target: TargetDensity = objective.target
-    with torch.no_grad():
-        z, log_q = model.sample(n, generator)
-        log_w = target.joint(model, z) - log_q
-    out = {"reverse_ess": effective_sample_size(log_w)}
-    if objective.ais.hmc is not None:
-        hmc = copy.deepcopy(objective.ais.hmc)
-        hmc.freeze()
-        ais = AnnealedImportanceSampler(objective.ais.n_intermediate, alpha=1.0, hmc=hmc)
-        result = ais.run(z, model.log_prob, lambda zz: target.joint(model, zz), generator)
-        out["ais_ess_towards_p"] = effective_sample_size(result.log_w)
-    return out
 
 
 def main() -> None:
@@ -129,21 +109,14 @@ def main() -> None:
     result = trainer.run(resume=args.resume)
     flow.double()
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
-    scores = evaluate(trainer, objective, setup["n_eval"], generator)
+    scores = fab_scores(trainer.model, objective, setup["n_eval"], generator)
     summary = {
         "mode": mode,
         "flow": kind,
         "device": str(args.device),
-        "iterations": result.iterations,
-        "wall_time_s_training": result.wall_time_s,
         "wall_time_s_this_call": time.perf_counter() - start,
-        "n_target_evaluations": result.n_target_evaluations,
-        "ess_flow_last10": result.last("ess_flow", 10),
-        "ess_ais_last10": result.last("ess_ais", 10),
+        **training_summary(result),
         **scores,
-        "n_skipped_nonfinite": result.n_skipped_nonfinite,
-        "n_skipped_outlier": result.n_skipped_outlier,
-        "n_masked_samples": result.n_masked_samples,
         "n_parameters": sum(p.numel() for p in flow.parameters()),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -9,6 +9,7 @@ reweighted by the importance weights), and the phi-state free-energy difference 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..energy.base import Energy
-from ..errors import ConvergenceError, EmptyStateError, NonFiniteInputError
+from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from ..train.evaluate import sample_with_energies
 from .chirality import d_chirality_fraction
@@ -105,11 +106,18 @@ def evaluate_dipeptide(
 
     positive = np.zeros(len(finite), dtype=bool)
     positive[finite] = phi > 0
+    delta_f_warning = ""
     try:  # pymbar through the checked reweighting API: a clear failure, never a silent number
-        estimate = free_energy_difference(
-            log_q, u, positive, finite & ~positive, log_p_aug=samples.log_p_aug, method="mbar"
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LowOverlapWarning)
+            estimate = free_energy_difference(
+                log_q, u, positive, finite & ~positive, log_p_aug=samples.log_p_aug, method="mbar"
+            )
         delta_f, delta_f_stderr, delta_f_error = estimate.value, estimate.stderr, ""
+        low_overlap = [str(w.message) for w in caught if issubclass(w.category, LowOverlapWarning)]
+        for w in caught:  # hand every warning on to the caller as well
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        delta_f_warning = "; ".join(low_overlap)
     except (EmptyStateError, ConvergenceError) as error:
         delta_f = delta_f_stderr = math.nan
         delta_f_error = str(error)
@@ -123,4 +131,8 @@ def evaluate_dipeptide(
         "dF_phi_positive_minus_negative_kT": delta_f,
         "dF_stderr_kT": delta_f_stderr,
         "dF_error": delta_f_error,
+        # False when pymbar failed or warned of low overlap (too few effective samples in a state): then the value
+        # and its error bar are not to be trusted
+        "dF_reliable": bool(math.isfinite(delta_f) and not delta_f_warning),
+        "dF_warning": delta_f_warning,
     }
