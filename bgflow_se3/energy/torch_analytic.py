@@ -10,7 +10,8 @@ are contiguous rows, each coordinate is a contiguous ``(n_terms, batch)`` slab, 
 The nonbonded part runs over one pair list shared by Lennard-Jones, Coulomb and every GBSA-OBC force: distances
 are computed once, exclusions and exceptions are folded into per-pair coefficients, and the whole pair gradient
 reduces to one scalar ``dE/dr^2`` per pair. Memory per configuration: O(n_pairs) = O(n_atoms^2), about 30
-float tensors of ``n_pairs`` entries for OBC (alanine dipeptide, 231 pairs: about 60 kB in float64).
+float tensors of ``n_pairs`` entries for OBC (alanine dipeptide, 231 pairs: measured peak 0.10 MB per
+configuration in float64 with energy + gradient, 0.05 MB in float32); ``chunk`` bounds it on CPU.
 """
 
 from __future__ import annotations
@@ -276,11 +277,11 @@ def _obc_pairs(
     # reach it (r <= rho - s, the pair then adds nothing).
     r_min = r.amin(dim=-1, keepdim=True)
     if _any(r_min < obc.inside_below):
-        inside = r < obc.inside_below
-        term += torch.where(inside, 2.0 * (obc.inv_rho_seeing - lower), 0.0)
+        outside = r >= obc.inside_below
+        term += (obc.inv_rho_seeing - lower).mul_(2.0).masked_fill_(outside, 0.0)
     inactive = r <= obc.active_above if _any(r_min <= obc.active_above) else None
     if inactive is not None:
-        term = torch.where(inactive, 0.0, term)
+        term.masked_fill_(inactive, 0.0)
     psi = r.new_zeros(obc.rho.shape[0], batch).index_add_(0, p.ij, term.view(2 * n_pairs, batch))
     psi = psi.mul_(obc.half_rho)
     tanh_sum = torch.tanh(psi * (OBC_ALPHA + psi * (-OBC_BETA + OBC_GAMMA * psi)))
@@ -311,7 +312,7 @@ def _obc_pairs(
     di_dr = (quarter_s2_inv_r2 + 0.25).mul_(l2_minus_u2).addcmul_(0.5 * inv_r2, log_ratio)
     w = chain.index_select(0, p.ij).view(2, n_pairs, batch).mul_(di_dr)
     if inactive is not None:
-        w = torch.where(inactive, 0.0, w)
+        w.masked_fill_(inactive, 0.0)
     return energy, de_dr2.sub_((w[0] + w[1]).mul_(half_inv_r))
 
 
@@ -324,29 +325,27 @@ def fused_energy_and_gradient(
     at once), which keeps the intermediates in cache on CPU. Returns (energy in kJ/mol, shape (batch,); dE/dx in
     kJ/mol/nm, shape (batch, n_atoms, 3), or an empty tensor when ``with_gradient`` is False).
     """
-    X = x.permute(1, 2, 0).contiguous()
-    batch = X.shape[2]
-    grad = torch.zeros_like(X) if with_gradient else None
-    step = batch if chunk is None else chunk
-    energies = []
-    for start in range(0, batch, step):
-        part = slice(start, start + step)
-        Xp = X[:, :, part] if step < batch else X
-        grad_part = None if grad is None else grad[:, :, part] if step < batch else grad
-        energy = Xp.new_zeros(Xp.shape[2])
+    step = x.shape[0] if chunk is None else chunk
+    energies, grads = [], []
+    for part in x.split(step) if step < x.shape[0] else (x,):
+        # Each chunk in its own contiguous batch-last copy: gathers and index_add_ on strided views are far slower.
+        X = part.permute(1, 2, 0).contiguous()
+        grad = torch.zeros_like(X) if with_gradient else None
+        energy = X.new_zeros(X.shape[2])
         for bonds in p.bonds:
-            energy = energy + bond_energy_and_gradient(Xp, bonds, grad_part)
+            energy = energy + bond_energy_and_gradient(X, bonds, grad)
         for angles in p.angles:
-            energy = energy + angle_energy_and_gradient(Xp, angles, grad_part)
+            energy = energy + angle_energy_and_gradient(X, angles, grad)
         for torsions in p.torsions:
-            energy = energy + torsion_energy_and_gradient(Xp, torsions, grad_part)
+            energy = energy + torsion_energy_and_gradient(X, torsions, grad)
         if p.pairs is not None:
-            energy = energy + pair_energy_and_gradient(Xp, p.pairs, grad_part)
+            energy = energy + pair_energy_and_gradient(X, p.pairs, grad)
         energies.append(energy)
-    energy = torch.cat(energies) if len(energies) > 1 else energies[0]
-    if grad is None:
-        return energy, X.new_zeros(0)
-    return energy, grad.permute(2, 0, 1)
+        if grad is not None:
+            grads.append(grad.permute(2, 0, 1))
+    if len(energies) == 1:
+        return energies[0], grads[0] if grads else x.new_zeros(0)
+    return torch.cat(energies), torch.cat(grads) if grads else x.new_zeros(0)
 
 
 def make_pair_parameters(

@@ -422,9 +422,17 @@ class TorchForceField(Energy):
     Memory: bonded terms are O(n_terms) per configuration; the nonbonded terms are O(n_atoms^2): the fused pass
     holds about 30 ``(n_pairs, batch)`` tensors for OBC (n_pairs = n_atoms (n_atoms - 1) / 2), the autograd
     path a few ``(batch, n_pairs)`` tensors for ``NonbondedForce`` and about 20 dense ``(batch, n_atoms,
-    n_atoms)`` tensors for ``GBSAOBCForce``. For alanine dipeptide (22 atoms), energy + forces in float64,
-    that is under 0.1 MB per configuration (about 0.13 MB on the autograd path), i.e. about 0.5 GB for a batch
-    of 4096 at once. On CPU, ``cpu_chunk_size`` bounds the working set to one chunk.
+    n_atoms)`` tensors for ``GBSAOBCForce``. Measured peak for alanine dipeptide (22 atoms), energy + forces of
+    a whole batch at once (``cpu_chunk_size=None``): 0.10 MB per configuration in implicit solvent and 0.04 MB
+    in vacuum in float64 (0.05 / 0.02 MB in float32; about 0.13 MB implicit on the autograd path), i.e. about
+    0.4 GB for a batch of 4096 in float64. On CPU, ``cpu_chunk_size`` bounds the working set to one chunk.
+
+    Speed, energy + forces through the fused pass against a per-sample OpenMM Reference loop in the same run
+    (2-core CPU shared with other jobs, one torch thread, median of 3 runs; ``benchmarks/energy_throughput.py``):
+    aldp implicit at batch 1024 2.3x (float64) and 4.0x (float32) the loop's throughput, vacuum 4.3x and 6.5x
+    (autograd through every term: 0.5x and 1.5x in float64). On a CPU busy with other work keep torch at one
+    thread (``torch.set_num_threads(1)``): two threads on two busy cores ran 10-30x slower (each of the many
+    small kernels waits for the descheduled thread).
     """
 
     def __init__(
@@ -434,7 +442,7 @@ class TorchForceField(Energy):
         temperature: float = 300.0,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 128,
+        cpu_chunk_size: int | None = 256,
         analytic_gradient: bool = True,
     ) -> None:
         super().__init__(n_atoms, 3, temperature=temperature, on_error=on_error)
@@ -460,7 +468,7 @@ class TorchForceField(Energy):
         *,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 128,
+        cpu_chunk_size: int | None = 256,
         analytic_gradient: bool = True,
     ) -> TorchForceField:
         """Compile ``system`` (an ``openmm.System``) at ``temperature`` (kelvin); parameters come from the System.
@@ -468,8 +476,8 @@ class TorchForceField(Energy):
         compile: wrap the evaluation in ``torch.compile`` (the first call per dtype compiles, which takes a
             minute or more on CPU and needs a C++ compiler there); off by default.
         cpu_chunk_size: on CPU, batches larger than this are evaluated in chunks of this many configurations,
-            which keeps the O(n_atoms^2) intermediates in cache; None evaluates the whole batch at once. Other
-            devices always take the whole batch.
+            which keeps the O(n_atoms^2) intermediates in cache (256 was fastest for aldp, in both dtypes);
+            None evaluates the whole batch at once. Other devices always take the whole batch.
         analytic_gradient: evaluate all terms with analytic gradients in one fused pass (several times faster
             than autograd for energy + forces); the result is differentiable once only, so pass False for
             double backward (e.g. losses on forces), which builds the plain autograd graph per term.
@@ -572,7 +580,8 @@ class TorchForceField(Energy):
         return super()._apply(fn, recurse)
 
     def _chunk(self, x: Tensor) -> int | None:
-        return self.cpu_chunk_size if x.device.type == "cpu" else None
+        # A compiled pass is fused already (and chunk loops would recompile per batch size).
+        return self.cpu_chunk_size if x.device.type == "cpu" and not self._compile else None
 
     def _energy(self, x: Tensor, groups: frozenset[int] | None) -> Tensor:
         if self.analytic_gradient:
