@@ -1,16 +1,21 @@
-"""Energy + force throughput: a per-sample OpenMM loop (the baseline) versus OpenMMEnergy with 1 and 2 workers.
+"""Energy + force throughput: a per-sample OpenMM loop (the baseline) versus OpenMMEnergy with 1 and 2 workers
+and TorchForceField (float64, float32, and float64 through autograd).
 
     PYTHONPATH=. python benchmarks/energy_throughput.py --quick          # batch 256 only
     PYTHONPATH=. python benchmarks/energy_throughput.py --out results.json
+    PYTHONPATH=. python benchmarks/energy_throughput.py --systems aldp_implicit --backends TorchForceField --threads 1
 
 Systems: alanine dipeptide in vacuum and in OBC implicit solvent, and LJ13. Every backend returns reduced energies
 (batch,) and forces (batch, n_atoms, 3) as float64 torch tensors from float64 positions, so all do the same work.
 The baseline is the loop the peer libraries run (setPositions + getState(getEnergy, getForces), unit-aware values),
 measured in the same run. Prints evaluations per second and the ratio to the baseline, writes JSON.
 
-It also prints the CPU time per evaluation, this process plus its worker processes. On a shared machine wall-clock
-ratios of 2 workers mostly measure the neighbours (with sched_autogroup, all processes of one session share one
-fair slice of the CPUs, so a second worker cannot buy a second core); the CPU column shows the pool's own cost.
+It also prints the CPU time per evaluation, this process plus its worker processes, and the ratio of the baseline's
+CPU time to each backend's (``x loop CPU``), which background load on a shared machine disturbs far less than wall
+time. ``--threads`` sets torch's intra-op threads (default: torch's own, i.e. ``OMP_NUM_THREADS``). On a shared
+machine wall-clock ratios of 2 workers mostly measure the neighbours (with sched_autogroup, all processes of one
+session share one fair slice of the CPUs, so a second worker cannot buy a second core); the CPU column shows the
+pool's own cost.
 
 To add a backend (e.g. TorchForceField), append a ``Backend`` to ``BACKENDS``: a name and a function that takes a
 ``Target`` and returns an object with ``energy_and_force(x) -> (u, force)`` and ``close()``.
@@ -82,17 +87,16 @@ class OpenMMLoop:
 
 
 class TorchForceFieldEvaluator:
-    """TorchForceField in a given dtype: u and -du/dx from one forward and one backward pass (on CPU here)."""
+    """TorchForceField in a given dtype: u and -du/dx from its fused analytic pass (``energy_and_force``), or
+    from one forward and one autograd backward pass over every term (``analytic_gradient=False``)."""
 
-    def __init__(self, target: Target, dtype: torch.dtype) -> None:
-        self.ff = TorchForceField.from_system(target.system, target.temperature)
+    def __init__(self, target: Target, dtype: torch.dtype, analytic_gradient: bool = True) -> None:
+        self.ff = TorchForceField.from_system(target.system, target.temperature, analytic_gradient=analytic_gradient)
         self.dtype = dtype
 
     def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.detach().to(self.dtype).requires_grad_(True)  # never mark the shared input
-        u = self.ff(x)
-        (grad,) = torch.autograd.grad(u.sum(), x)
-        return u.detach().double(), -grad.double()
+        u, force = self.ff.energy_and_force(x.detach().to(self.dtype))
+        return u.double(), force.double()
 
     def close(self) -> None:
         pass
@@ -105,6 +109,7 @@ BACKENDS: list[Backend] = [
     Backend("OpenMMEnergy(n_workers=2)", lambda t: OpenMMEnergy(t.system, t.temperature, n_workers=2)),
     Backend("TorchForceField(float64)", lambda t: TorchForceFieldEvaluator(t, torch.float64)),
     Backend("TorchForceField(float32)", lambda t: TorchForceFieldEvaluator(t, torch.float32)),
+    Backend("TorchForceField(float64,autograd)", lambda t: TorchForceFieldEvaluator(t, torch.float64, False)),
 ]
 
 
@@ -140,11 +145,13 @@ def worker_cpu_seconds(evaluator) -> float:
     return total
 
 
-def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[dict]:
+def run(batch_sizes: list[int], repeats: int, backends: list[Backend], systems: list[str] | None = None) -> list[dict]:
     """Time every backend on every target and batch size; repeats are interleaved across backends, so that a change
     in background load (this machine is shared) hits all of them alike. Reports the median of the repeats."""
     rows = []
     for target in make_targets(max(batch_sizes)):
+        if systems is not None and target.name not in systems:
+            continue
         evaluators, setup_s, usable = [], [], []
         try:
             for backend in backends:
@@ -192,6 +199,7 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend]) -> list[d
     for r in rows:
         base = baseline[(r["system"], r["batch"])]
         r["ratio_vs_loop"] = r["evals_per_s"] / base["evals_per_s"]
+        r["ratio_vs_loop_cpu"] = base["cpu_us_per_eval"] / r["cpu_us_per_eval"]
         rel = (r["u"] - base["u"]).abs() / base["u"].abs().clamp_min(1.0)
         r["max_rel_diff_vs_loop"] = float(rel.max())
     for r in rows:
@@ -205,19 +213,31 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS)"
+    )
+    parser.add_argument(
+        "--backends", nargs="+", default=None, help="run only backends whose name contains one of these strings"
+    )
+    parser.add_argument("--systems", nargs="+", default=None, help="e.g. aldp_implicit (default: all)")
     args = parser.parse_args()
     batch_sizes, repeats = ([256], 3) if args.quick else (args.batch_sizes, args.repeats)
 
-    torch.set_num_threads(1)
-    rows = run(batch_sizes, repeats, BACKENDS)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    backends = [BASELINE] + [
+        b for b in BACKENDS[1:] if args.backends is None or any(key in b.name for key in args.backends)
+    ]
+    rows = run(batch_sizes, repeats, backends, args.systems)
+    print(f"torch threads: {torch.get_num_threads()}")
     print("CPU us/eval: this process plus its OpenMM workers (on a shared machine, wall time hides the overhead)")
-    header = f"{'system':<15}{'batch':>6}  {'backend':<28}{'evals/s':>10}{'x loop':>8}{'CPU us/eval':>12}"
-    print(header + f"{'setup s':>9}{'max rel diff':>14}")
+    header = f"{'system':<15}{'batch':>6}  {'backend':<34}{'evals/s':>10}{'x loop':>8}{'CPU us/eval':>12}"
+    print(header + f"{'x loop CPU':>11}{'setup s':>9}{'max rel diff':>14}")
     for r in rows:
         print(
-            f"{r['system']:<15}{r['batch']:>6}  {r['backend']:<28}{r['evals_per_s']:>10.0f}"
-            f"{r['ratio_vs_loop']:>8.2f}{r['cpu_us_per_eval']:>12.1f}{r['setup_s']:>9.2f}"
-            f"{r['max_rel_diff_vs_loop']:>14.1e}"
+            f"{r['system']:<15}{r['batch']:>6}  {r['backend']:<34}{r['evals_per_s']:>10.0f}"
+            f"{r['ratio_vs_loop']:>8.2f}{r['cpu_us_per_eval']:>12.1f}{r['ratio_vs_loop_cpu']:>11.2f}"
+            f"{r['setup_s']:>9.2f}{r['max_rel_diff_vs_loop']:>14.1e}"
         )
     machine = dict(
         cpus=os.cpu_count(),
@@ -226,6 +246,7 @@ def main() -> None:
         torch=torch.__version__,
         openmm=openmm.__version__,
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        torch_threads=torch.get_num_threads(),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(benchmark="energy_throughput", quick=args.quick, repeats=repeats, machine=machine, results=rows)

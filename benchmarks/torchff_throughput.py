@@ -4,17 +4,20 @@
 
 For alanine dipeptide in vacuum and in OBC implicit solvent, it times
 - the baseline: one OpenMM Reference Context, per sample ``setPositions`` + ``getState(energy, forces)``;
-- TorchForceField at batch 256 / 1024 / 4096 (or ``--batch-sizes``), float32 and float64, energy and autograd
+- TorchForceField at batch 256 / 1024 / 4096 (or ``--batch-sizes``), float32 and float64, energy and analytic
   forces of the whole batch (on ``--device``), optionally also under ``torch.compile``;
 and prints evaluations per second and the ratio to the baseline, plus the float32 error against float64.
 Results go to JSON (``--out``, default ``benchmarks/results/torchff_throughput.json``). Rates are given by wall
 clock and by this process's CPU time; on a shared machine the CPU-time ratio is the fairer one.
 
-What limits CPU speed: eager torch makes ~70 separate passes over ``(batch, n, n)`` intermediates for the OBC
-term (each reads and writes memory; nothing stays in registers) and float64 ``exp``/``log`` cost several ns per
-element, whereas OpenMM's Reference loop does the same arithmetic per pair in one fused scalar loop. The term
-is ~60 % of the aldp-implicit cost. ``torch.compile`` fuses these passes into a few C++ loops (about 3x
-faster); on a GPU the passes are cheap and the batch is evaluated in one go.
+Forces come from ``TorchForceField.energy_and_force``: one fused pass with analytic gradients (no autograd graph).
+
+What limits CPU speed: eager torch still makes ~100 separate passes over ``(n_pairs, batch)`` intermediates for
+the OBC term (each reads and writes memory, and every fresh allocation costs page faults), whereas OpenMM's
+Reference loop does the same arithmetic per pair in one fused scalar loop; float64 ``log``/``exp`` cost several ns
+per element. Chunks of ``cpu_chunk_size`` configurations keep the intermediates in cache. ``torch.compile`` fuses
+these passes into a few C++ loops, but compiling takes minutes on CPU; on a GPU the passes are cheap and the batch
+is evaluated in one go.
 """
 
 from __future__ import annotations
@@ -73,10 +76,7 @@ def openmm_loop_rate(system, positions: np.ndarray, min_seconds: float) -> Rate:
 
 
 def _energy_and_force(ff: TorchForceField, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.detach().requires_grad_(True)
-    u = ff(x)
-    (grad,) = torch.autograd.grad(u.sum(), x)
-    return u.detach(), -grad
+    return ff.energy_and_force(x)
 
 
 def _sync(device: torch.device) -> None:

@@ -11,6 +11,14 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedForceError, UnsupportedSystemError
 from .base import Energy, OnError
+from .torch_analytic import (
+    AngleParameters,
+    BondParameters,
+    FusedParameters,
+    TorsionParameters,
+    fused_energy_and_gradient,
+    make_pair_parameters,
+)
 from .torch_terms import (
     ace_surface_energy,
     gbsa_obc_energy_and_gradient,
@@ -394,9 +402,15 @@ class TorchForceField(Energy):
 
     Build with :meth:`from_system`. Same interface and units as ``OpenMMEnergy``: ``ff(x)`` takes positions in
     nm, shape ``(batch, n_atoms, 3)``, and returns ``u = E / kT`` with E in kJ/mol and ``kT = R T``, shape
-    ``(batch,)``; ``ff.force(x)`` returns ``-du/dx`` in 1/nm through autograd; ``ff.potential_energy(x)`` gives
-    E in kJ/mol. The dtype follows the input (parameters are float64 buffers cast per call; float32 is off by
-    about 2e-6 relative in aldp energies and 3e-6 in forces), the device follows ``.to(device)``.
+    ``(batch,)``, differentiable with respect to ``x``; ``ff.force(x)`` returns ``-du/dx`` in 1/nm and
+    ``ff.energy_and_force(x)`` both from one evaluation; ``ff.potential_energy(x, groups)`` gives E in kJ/mol
+    (of the chosen force groups). The dtype follows the input (parameters are float64 buffers cast per call;
+    float32 is off by about 2e-6 relative in aldp energies and 3e-6 in forces), the device follows ``.to(device)``.
+
+    With ``analytic_gradient=True`` (the default) every term is evaluated with its analytic gradient in one fused
+    pass (``torch_analytic``): Lennard-Jones, Coulomb and OBC share one pair list, so distances are computed
+    once; ``force``/``energy_and_force`` build no autograd graph, and autograd through ``ff(x)`` uses the
+    precomputed gradient (differentiable once; pass ``analytic_gradient=False`` for double backward).
 
     Supported forces: ``HarmonicBondForce``, ``HarmonicAngleForce``, ``PeriodicTorsionForce``, ``NonbondedForce``
     with ``NoCutoff`` (LJ + Coulomb, exclusions, exceptions incl. scaled 1-4), ``GBSAOBCForce`` with ``NoCutoff``
@@ -405,12 +419,20 @@ class TorchForceField(Energy):
     solvent, ``RBTorsionForce``, ...) raises ``UnsupportedForceError``; periodic boxes, cutoffs, constraints and
     virtual sites raise ``UnsupportedSystemError``.
 
-    Memory: bonded terms are O(n_terms) per configuration; ``NonbondedForce`` holds a few
-    ``(batch, n_pairs)`` tensors (n_pairs ~ n_atoms^2 / 2) and ``GBSAOBCForce`` about 20 dense
-    ``(batch, n_atoms, n_atoms)`` tensors, so peak memory per configuration is O(n_atoms^2). Measured for
-    alanine dipeptide (22 atoms), energy + forces, whole batch at once: about 0.13 MB per configuration
-    in implicit solvent and 0.04 MB in vacuum (float64), 0.09 / 0.02 MB in float32, i.e. about 0.5 GB for a
-    batch of 4096 in float64. On CPU, ``cpu_chunk_size`` bounds the working set to one chunk.
+    Memory: bonded terms are O(n_terms) per configuration; the nonbonded terms are O(n_atoms^2): the fused pass
+    holds about 30 ``(n_pairs, batch)`` tensors for OBC (n_pairs = n_atoms (n_atoms - 1) / 2), the autograd
+    path a few ``(batch, n_pairs)`` tensors for ``NonbondedForce`` and about 20 dense ``(batch, n_atoms,
+    n_atoms)`` tensors for ``GBSAOBCForce``. Measured peak for alanine dipeptide (22 atoms), energy + forces of
+    a whole batch at once (``cpu_chunk_size=None``): 0.10 MB per configuration in implicit solvent and 0.04 MB
+    in vacuum in float64 (0.05 / 0.02 MB in float32; about 0.13 MB implicit on the autograd path), i.e. about
+    0.4 GB for a batch of 4096 in float64. On CPU, ``cpu_chunk_size`` bounds the working set to one chunk.
+
+    Speed, energy + forces through the fused pass against a per-sample OpenMM Reference loop in the same run
+    (2-core CPU shared with other jobs, one torch thread, median of 3 runs; ``benchmarks/energy_throughput.py``):
+    aldp implicit at batch 1024 2.3x (float64) and 4.0x (float32) the loop's throughput, vacuum 4.3x and 6.5x
+    (autograd through every term: 0.5x and 1.5x in float64). On a CPU busy with other work keep torch at one
+    thread (``torch.set_num_threads(1)``): two threads on two busy cores ran 10-30x slower (each of the many
+    small kernels waits for the descheduled thread).
     """
 
     def __init__(
@@ -420,16 +442,23 @@ class TorchForceField(Energy):
         temperature: float = 300.0,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 128,
+        cpu_chunk_size: int | None = 256,
+        analytic_gradient: bool = True,
     ) -> None:
         super().__init__(n_atoms, 3, temperature=temperature, on_error=on_error)
         if cpu_chunk_size is not None and cpu_chunk_size < 1:
             raise ValueError(f"cpu_chunk_size must be a positive int or None, got {cpu_chunk_size}")
         self.terms = nn.ModuleList(terms)
         self.cpu_chunk_size = cpu_chunk_size
+        self.analytic_gradient = bool(analytic_gradient)
         self._compiled: Callable[[Tensor], Tensor] | None = None
-        if compile:
+        self._fused: Callable[..., tuple[Tensor, Tensor]] = fused_energy_and_gradient
+        if compile and self.analytic_gradient:
+            self._fused = torch.compile(fused_energy_and_gradient, dynamic=True)
+        elif compile:
             self._compiled = torch.compile(self._total_energy, dynamic=True)
+        self._compile = bool(compile)
+        self._fused_cache: dict[tuple[Any, ...], FusedParameters] = {}
 
     @classmethod
     def from_system(
@@ -439,18 +468,19 @@ class TorchForceField(Energy):
         *,
         on_error: OnError = "inf",
         compile: bool = False,
-        cpu_chunk_size: int | None = 128,
+        cpu_chunk_size: int | None = 256,
         analytic_gradient: bool = True,
     ) -> TorchForceField:
         """Compile ``system`` (an ``openmm.System``) at ``temperature`` (kelvin); parameters come from the System.
 
-        compile: wrap the summed energy in ``torch.compile`` (the first call per dtype compiles, which takes a
+        compile: wrap the evaluation in ``torch.compile`` (the first call per dtype compiles, which takes a
             minute or more on CPU and needs a C++ compiler there); off by default.
         cpu_chunk_size: on CPU, batches larger than this are evaluated in chunks of this many configurations,
-            which keeps the O(n_atoms^2) intermediates in cache (about 1.5x faster at batch 1024 for aldp);
+            which keeps the O(n_atoms^2) intermediates in cache (256 was fastest for aldp, in both dtypes);
             None evaluates the whole batch at once. Other devices always take the whole batch.
-        analytic_gradient: the GBSAOBCForce backward uses its analytic gradient (about 2x faster); it is
-            differentiable once only, so pass False for double backward (e.g. losses on forces).
+        analytic_gradient: evaluate all terms with analytic gradients in one fused pass (several times faster
+            than autograd for energy + forces); the result is differentiable once only, so pass False for
+            double backward (e.g. losses on forces), which builds the plain autograd graph per term.
         Raises ``UnsupportedSystemError`` / ``UnsupportedForceError`` as described in the class docstring.
         """
         n_atoms = system.getNumParticles()
@@ -486,7 +516,13 @@ class TorchForceField(Energy):
                 "TorchForceField does not support virtual sites"
             )
         return cls(
-            terms, n_atoms, temperature=temperature, on_error=on_error, compile=compile, cpu_chunk_size=cpu_chunk_size
+            terms,
+            n_atoms,
+            temperature=temperature,
+            on_error=on_error,
+            compile=compile,
+            cpu_chunk_size=cpu_chunk_size,
+            analytic_gradient=analytic_gradient,
         )
 
     def potential_energy(self, x: Tensor, groups: Iterable[int] | None = None) -> Tensor:
@@ -498,11 +534,59 @@ class TorchForceField(Energy):
         x = self.validate(x)
         wanted = None if groups is None else frozenset(groups)
         chunk = self.cpu_chunk_size
-        if chunk is not None and x.device.type == "cpu" and x.shape[0] > chunk:
+        if not self.analytic_gradient and chunk is not None and x.device.type == "cpu" and x.shape[0] > chunk:
             return torch.cat([self._energy(part, wanted) for part in x.split(chunk)])
         return self._energy(x, wanted)
 
+    def force(self, x: Tensor) -> Tensor:
+        """Force ``-du/dx`` in 1/nm, shape ``(batch, n_atoms, 3)``; zero for configurations with u = +inf."""
+        return self.energy_and_force(x)[1]
+
+    def energy_and_force(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, force)`` from one evaluation without autograd: u (batch,) in kT, force (batch, n_atoms, 3) in
+        1/nm. Non-finite configurations get u = +inf and zero force (or raise, as ``on_error`` says)."""
+        x = self.validate(x)
+        if not self.analytic_gradient:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                u = self(xg)
+                finite_u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
+                (grad,) = torch.autograd.grad(finite_u.sum(), xg)
+            return u.detach(), -grad
+        finite = self.finite_mask(x)
+        all_finite = bool(finite.all())
+        if not all_finite:
+            x = torch.where(finite[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        with torch.no_grad():
+            parameters = self.fused_parameters(None, x.dtype, x.device)
+            energy, grad = self._fused(x, parameters, True, self._chunk(x))
+            u, force = energy / self.kT, grad / -self.kT
+        if not all_finite:
+            u = torch.where(finite, u, torch.full_like(u, float("inf")))
+            force = torch.where(finite[:, None, None], force, torch.zeros_like(force))
+        return u, force
+
+    def fused_parameters(self, groups: frozenset[int] | None, dtype: torch.dtype, device: torch.device):
+        """The terms of ``groups`` (None: all) as ``torch_analytic.FusedParameters`` in ``dtype`` on ``device``
+        (built once per combination and cached; moving the module clears the cache)."""
+        key = (groups, dtype, torch.device(device))
+        if key not in self._fused_cache:
+            terms = [t for t in self.terms if groups is None or t.force_group in groups]
+            self._fused_cache[key] = _fused_parameters(terms, self.n_atoms, dtype, torch.device(device))
+        return self._fused_cache[key]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> TorchForceField:
+        self._fused_cache = {}
+        return super()._apply(fn, recurse)
+
+    def _chunk(self, x: Tensor) -> int | None:
+        # A compiled pass is fused already (and chunk loops would recompile per batch size).
+        return self.cpu_chunk_size if x.device.type == "cpu" and not self._compile else None
+
     def _energy(self, x: Tensor, groups: frozenset[int] | None) -> Tensor:
+        if self.analytic_gradient:
+            parameters = self.fused_parameters(groups, x.dtype, x.device)
+            return _FusedEnergy.apply(x, parameters, self._fused, self._chunk(x))
         if groups is None:
             return self._compiled(x) if self._compiled is not None else self._total_energy(x)
         energy = x.new_zeros(x.shape[0])
@@ -521,4 +605,66 @@ class TorchForceField(Energy):
         return self.potential_energy(x) / self.kT
 
     def extra_repr(self) -> str:
-        return f"n_atoms={self.n_atoms}, temperature={self.temperature}, compiled={self._compiled is not None}"
+        return (
+            f"n_atoms={self.n_atoms}, temperature={self.temperature}, analytic_gradient={self.analytic_gradient}, "
+            f"compiled={self._compile}"
+        )
+
+
+def _fused_parameters(
+    terms: Sequence[ForceTerm], n_atoms: int, dtype: torch.dtype, device: torch.device
+) -> FusedParameters:
+    """The given terms as one ``FusedParameters`` (bonded terms per force, one shared nonbonded pair list)."""
+
+    def column(values: Tensor) -> Tensor:
+        return values.reshape(-1, 1).to(dtype=dtype, device=device)
+
+    def rows(atoms: Tensor) -> Tensor:
+        return atoms.T.contiguous().to(device)
+
+    bonds, angles, torsions, nonbonded, obc = [], [], [], [], []
+    for t in terms:
+        if isinstance(t, HarmonicBondTerm):
+            bonds.append(BondParameters(rows(t.atoms), column(t.length), column(t.k)))
+        elif isinstance(t, HarmonicAngleTerm):
+            angles.append(AngleParameters(rows(t.atoms), column(t.theta0), column(t.k)))
+        elif isinstance(t, PeriodicTorsionTerm):
+            torsions.append(
+                TorsionParameters(
+                    rows(t.atoms), column(t.periodicity), column(t.phase), column(t.k), t.dihedral_index.to(device)
+                )
+            )
+        elif isinstance(t, NonbondedTerm):
+            nonbonded.append((t.pairs, t.charge_prod, t.sigma, t.epsilon))
+        elif isinstance(t, GBSAOBCTerm):
+            obc.append((t.charge, t.radius, t.scale, t.solute_dielectric, t.solvent_dielectric, t.surface_area_energy))
+        else:  # pragma: no cover - every ForceTerm subclass is handled above
+            raise TypeError(f"no fused form for {type(t).__name__}")
+    pairs = make_pair_parameters(n_atoms, nonbonded, obc, dtype, device)
+    return FusedParameters(tuple(bonds), tuple(angles), tuple(torsions), pairs)
+
+
+class _FusedEnergy(torch.autograd.Function):
+    """Total energy from ``fused_energy_and_gradient``; the backward uses the gradient computed alongside.
+
+    Differentiable once with respect to the positions (not the parameters).
+    """
+
+    @staticmethod
+    def forward(ctx, x, parameters, fused, chunk):
+        energy, grad = fused(x, parameters, ctx.needs_input_grad[0], chunk)
+        ctx.save_for_backward(grad)
+        return energy
+
+    @staticmethod
+    def backward(ctx, grad_energy):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would silently be wrong
+            raise RuntimeError(
+                "TorchForceField's analytic gradient is differentiable once only; build it with "
+                "analytic_gradient=False to differentiate forces (create_graph=True)"
+            )
+        (grad,) = ctx.saved_tensors
+        scale = grad_energy.view(-1, 1, 1)
+        # Rows that do not reach the loss (e.g. masked +inf energies) may hold non-finite gradients: keep them out.
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        return torch.where(scale != 0, scale * grad, zero), None, None, None
