@@ -5,6 +5,7 @@ from .cnf import ContinuousFlow, com_free_gaussian_log_prob, sample_com_free_gau
 from .couplings import ProjectionCoupling, reference_vector_loss
 from .egnn import EGNN
 from .enf import EGNNDynamics, ENFlow
+from .environment_cnf import EnvironmentKernelDynamics, EnvironmentKernelFlow
 from .kernel_cnf import KernelDynamics, KernelFlow
 from .noneq import NonEquivariantFlow, random_rotations
 from .splines import rational_quadratic_spline
@@ -15,6 +16,8 @@ __all__ = [
     "ContinuousFlow",
     "EGNNDynamics",
     "ENFlow",
+    "EnvironmentKernelDynamics",
+    "EnvironmentKernelFlow",
     "FlowSample",
     "KernelDynamics",
     "KernelFlow",

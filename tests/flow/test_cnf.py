@@ -12,6 +12,7 @@ from bgflow_se3.flow.cnf import (
     sample_com_free_gaussian,
 )
 from bgflow_se3.flow.enf import ENFlow
+from bgflow_se3.flow.environment_cnf import EnvironmentKernelFlow
 from bgflow_se3.flow.kernel_cnf import KernelFlow
 from tests.conftest import random_rotation
 
@@ -48,7 +49,7 @@ def test_rk4_is_fourth_order_on_linear_ode():
     assert rk4_integrate(func, x0, 0.0, 1.0, 4)[1].item() == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow])
+@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow])
 def test_divergences_agree_with_dense_autograd_jacobian(flow_cls, generator):
     torch.manual_seed(0)
     flow = flow_cls(4, 2).double()
@@ -72,7 +73,7 @@ def test_divergences_agree_with_dense_autograd_jacobian(flow_cls, generator):
     assert abs(est.mean().item() - exact[0].item()) < 5 * est.std().item() / math.sqrt(4000) + 1e-9
 
 
-@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow])
+@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow])
 def test_dynamics_equivariance_and_log_prob_invariance(flow_cls, generator):
     torch.manual_seed(1)
     flow = flow_cls(5, 3, n_steps=2).double()
@@ -90,11 +91,11 @@ def test_dynamics_equivariance_and_log_prob_invariance(flow_cls, generator):
     assert f.sum(dim=1).abs().max() < 1e-10  # the CoM does not move
     lp = flow.log_prob(x, trace="exact")
     for y in (x @ rot.T, x[:, perm], x + shift):
-        torch.testing.assert_close(flow.log_prob(y, trace="exact"), lp, atol=1e-9, rtol=0)
+        torch.testing.assert_close(flow.log_prob(y, trace="exact"), lp, atol=1e-9, rtol=1e-12)
     assert (lp - com_free_gaussian_log_prob(x)).abs().max() > 1e-3  # the flow is not the identity
 
 
-@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow])
+@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow])
 def test_sample_then_log_prob_agree_and_invert(flow_cls, generator):
     torch.manual_seed(2)
     flow = flow_cls(4, 2, n_steps=16).double()
@@ -116,6 +117,24 @@ def _check_sample_then_log_prob(flow, generator):
     torch.testing.assert_close(x_back, x, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("flow_cls", [KernelFlow, EnvironmentKernelFlow])
+def test_closed_form_divergence_trains_like_the_exact_one(flow_cls, generator):
+    """Parameter gradients of the NLL through the closed-form divergence equal those through the exact autograd
+    trace: the closed form is right along the whole solve (where x(t) depends on the parameters), not only at t."""
+    torch.manual_seed(3)
+    flow = flow_cls(4, 2, n_steps=3).double()
+    for p in flow.parameters():
+        p.data += 0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+    x = sample_com_free_gaussian(5, 4, 2, generator, dtype=torch.float64) * 2
+    grads = {}
+    for trace in ("analytic", "exact"):
+        flow.zero_grad()
+        (-flow.log_prob(x, trace=trace).mean()).backward()
+        grads[trace] = torch.cat([p.grad.flatten() for p in flow.parameters()])
+    assert grads["exact"].abs().max() > 1e-3
+    torch.testing.assert_close(grads["analytic"], grads["exact"], atol=1e-9, rtol=1e-7)
+
+
 def test_training_gradients_flow_through_the_solver(generator):
     flow = ENFlow(4, 2, n_steps=2).double()
     x = sample_com_free_gaussian(5, 4, 2, generator, dtype=torch.float64)
@@ -127,6 +146,22 @@ def test_training_gradients_flow_through_the_solver(generator):
     flow.zero_grad()
     log_q.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+
+
+def test_solver_log_prob_error_flags_a_stiff_field(generator):
+    """Tiny for a gentle field at its training step count; large when the same field is made stiff."""
+    torch.manual_seed(4)
+    flow = EnvironmentKernelFlow(4, 2, n_steps=8).double()
+    x = sample_com_free_gaussian(16, 4, 2, generator, dtype=torch.float64) * 2
+    last = flow.dynamics.pair_mlp[-1]
+    last.weight.data = 0.01 * torch.randn(last.weight.shape, generator=generator, dtype=torch.float64)
+    gentle = flow.solver_log_prob_error(x)
+    last.weight.data *= 300.0
+    stiff = flow.solver_log_prob_error(x)
+    assert gentle.max() < 1e-3 < 0.5 < stiff.max(), (gentle.max().item(), stiff.max().item())
+    assert flow.n_steps == 8  # restored
+    with pytest.raises(ValueError, match="refine"):
+        flow.solver_log_prob_error(x, refine=1)
 
 
 def test_continuous_flow_input_checks():
