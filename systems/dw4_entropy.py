@@ -24,7 +24,7 @@ import torch
 from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.flow import EnvironmentKernelFlow
 from bgflow_se3.systems.particle_data import load_particle_data
-from bgflow_se3.train import fit_ml
+from bgflow_se3.train import effective_sample_size, fit_ml, log_normalizer
 
 
 def main() -> None:
@@ -47,12 +47,8 @@ def main() -> None:
         nll = -torch.cat([flow.log_prob(batch) for batch in test.split(500)])
         x, log_q = zip(*(flow.sample(1000) for _ in range(args.samples // 1000)))
         log_w = -energy(torch.cat(x)) - torch.cat(log_q)
-    n = len(log_w)
-    log_z = (torch.logsumexp(log_w, 0) - math.log(n)).item()
-    weights = torch.softmax(log_w, 0)
-    ess = 1.0 / (weights.pow(2).sum().item() * n)
-    # delta method: var(mean w) / mean(w)^2 = (1 / ESS - 1) / n, in the normalised-weight form
-    log_z_err = math.sqrt(max(1.0 / ess - 1.0, 0.0) / n)
+    log_z, log_z_err = log_normalizer(log_w)
+    ess = effective_sample_size(log_w)
     u_mean, u_err = u_test.mean().item(), (u_test.std() / math.sqrt(len(u_test))).item()
     entropy = u_mean + log_z
     kl = nll.mean().item() - entropy

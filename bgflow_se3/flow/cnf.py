@@ -166,7 +166,13 @@ class ContinuousFlow(nn.Module):
         return remove_mean(x)
 
     def _integrate(
-        self, x: Tensor, t0: float, t1: float, trace: TraceMethod, generator: torch.Generator | None
+        self,
+        x: Tensor,
+        t0: float,
+        t1: float,
+        trace: TraceMethod,
+        generator: torch.Generator | None,
+        n_steps: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         create_graph = torch.is_grad_enabled()
         probe = None
@@ -190,24 +196,35 @@ class ContinuousFlow(nn.Module):
                 f, div = f.detach(), div.detach()
             return f, div
 
-        return rk4_integrate(func, x, t0, t1, self.n_steps)
+        return rk4_integrate(func, x, t0, t1, n_steps or self.n_steps)
 
     def forward_with_log_det(
-        self, x: Tensor, trace: TraceMethod | None = None, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        trace: TraceMethod | None = None,
+        generator: torch.Generator | None = None,
+        n_steps: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Map data to latent: ``z = x(1)`` and ``int_0^1 div f dt`` (= log |det dz/dx|).
 
-        Shapes (batch, n_atoms, dim) and (batch,).
+        Shapes (batch, n_atoms, dim) and (batch,). n_steps overrides the flow's RK4 step count for this solve.
         """
-        return self._integrate(self._check(x), 0.0, 1.0, trace or self.trace, generator)
+        return self._integrate(self._check(x), 0.0, 1.0, trace or self.trace, generator, n_steps)
 
-    def log_prob(self, x: Tensor, trace: TraceMethod | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self,
+        x: Tensor,
+        trace: TraceMethod | None = None,
+        generator: torch.Generator | None = None,
+        n_steps: int | None = None,
+    ) -> Tensor:
         """log q(x) in nats, shape (batch,), for x of shape (batch, n_atoms, dim) (the CoM is removed first).
 
         trace overrides the flow's default divergence method (e.g. ``"exact"`` for evaluation after training with
-        ``"hutchinson"``); ``generator`` seeds the Hutchinson probe.
+        ``"hutchinson"``); ``generator`` seeds the Hutchinson probe; n_steps overrides the RK4 step count (e.g. a
+        finer solve for evaluation).
         """
-        z, log_det = self.forward_with_log_det(x, trace, generator)
+        z, log_det = self.forward_with_log_det(x, trace, generator, n_steps)
         return self._base_log_prob(z) + log_det
 
     def solver_log_prob_error(self, x: Tensor, refine: int = 4, trace: TraceMethod | None = None) -> Tensor:
@@ -220,14 +237,9 @@ class ContinuousFlow(nn.Module):
         """
         if refine < 2:
             raise ValueError(f"refine must be at least 2, got {refine}")
-        steps = self.n_steps
         with torch.no_grad():
             coarse = self.log_prob(x, trace, torch.Generator(device=x.device).manual_seed(0))
-            try:
-                self.n_steps = steps * refine
-                fine = self.log_prob(x, trace, torch.Generator(device=x.device).manual_seed(0))
-            finally:
-                self.n_steps = steps
+            fine = self.log_prob(x, trace, torch.Generator(device=x.device).manual_seed(0), self.n_steps * refine)
         return (coarse - fine).abs()
 
     def _base_log_prob(self, z: Tensor) -> Tensor:

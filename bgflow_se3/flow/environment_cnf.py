@@ -21,21 +21,13 @@ through that scalar network (elementwise per pair), not from n_atoms * dim passe
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from .cnf import ContinuousFlow
+from .kernel_cnf import default_r_max, gaussian_basis, unique_pairs
 
 __all__ = ["EnvironmentKernelDynamics", "EnvironmentKernelFlow"]
-
-
-def _gaussians(r: Tensor, centres: Tensor, width: float) -> tuple[Tensor, Tensor]:
-    """Gaussian basis exp(-(r - mu)^2 / (2 w^2)) and its r-derivative; shapes r.shape + (len(centres),)."""
-    d = (r[..., None] - centres) / width
-    value = torch.exp(-0.5 * d * d)
-    return value, value * d * (-1.0 / width)
 
 
 class EnvironmentKernelDynamics(nn.Module):
@@ -71,21 +63,15 @@ class EnvironmentKernelDynamics(nn.Module):
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
         """Unique pairs i < j of x (batch, n, dim): incidence (n, P), x_i - x_j (B, P, d), r_ij (B, P), the
         environment Gaussians phi(r_ij) and their derivatives (B, P, K), and c (B, n, K)."""
-        n = x.shape[1]
-        i, j = torch.triu_indices(n, n, offset=1, device=x.device)
-        pair = torch.arange(len(i), device=x.device)
-        incidence = torch.zeros(n, len(i), dtype=x.dtype, device=x.device)
-        incidence[i, pair], incidence[j, pair] = 1.0, -1.0
-        diff = x[:, i] - x[:, j]
-        r = diff.pow(2).sum(-1).clamp_min(1e-30).sqrt()  # no inf gradient at r = 0
-        phi, dphi = _gaussians(r, self.mu_env, self.env_width)
+        i, j, incidence, diff, r = unique_pairs(x)
+        phi, dphi = gaussian_basis(r, self.mu_env, self.env_width)
         env = torch.einsum("np,bpk->bnk", incidence.abs(), phi)  # c_i: each pair counts for both its particles
         return dict(i=i, j=j, incidence=incidence, diff=diff, r=r, dphi=dphi, env=env)
 
     def _psi(self, r: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """psi for pair distances r (B, P) and summed environments s (B, P, K) at time t: shape (B, P)."""
-        rbf, _ = _gaussians(r, self.mu, self.width)
-        time = torch.exp(-0.5 * ((t.to(r.dtype) - self.c) / self.time_width) ** 2).expand(*r.shape, -1)
+        rbf, _ = gaussian_basis(r, self.mu, self.width)
+        time = gaussian_basis(t.to(r.dtype), self.c, self.time_width)[0].expand(*r.shape, -1)
         return self.pair_mlp(torch.cat([rbf, time, s], dim=-1)).squeeze(-1)
 
     def _field(self, g: dict[str, Tensor], psi: Tensor) -> Tensor:
@@ -145,7 +131,7 @@ class EnvironmentKernelFlow(ContinuousFlow):
         length_scale: float = 1.0,
     ) -> None:
         if r_max is None:
-            r_max = 8.0 if dim == 2 else 2.0 * math.ceil(n_atoms ** (1 / 3))
+            r_max = default_r_max(n_atoms, dim)
         super().__init__(
             EnvironmentKernelDynamics(n_kernels, n_env, r_max, n_time, hidden), n_atoms, dim, n_steps=n_steps,
             trace="analytic", length_scale=length_scale,

@@ -15,7 +15,32 @@ from torch import Tensor, nn
 
 from .cnf import ContinuousFlow
 
-__all__ = ["KernelDynamics", "KernelFlow"]
+__all__ = ["KernelDynamics", "KernelFlow", "default_r_max", "gaussian_basis", "unique_pairs"]
+
+
+def gaussian_basis(r: Tensor, centres: Tensor, width: float) -> tuple[Tensor, Tensor]:
+    """Gaussians exp(-(r - mu)^2 / (2 w^2)) at the centres and their r-derivatives; shapes r.shape + (n_centres,)."""
+    d = (r[..., None] - centres) / width
+    value = torch.exp(-0.5 * d * d)
+    return value, value * d * (-1.0 / width)
+
+
+def unique_pairs(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Unique pairs i < j of x (batch, n, dim): indices i, j (P,), the incidence matrix (n, P) (+1 at i, -1 at j),
+    x_i - x_j (batch, P, dim) and r_ij (batch, P)."""
+    n = x.shape[1]
+    i, j = torch.triu_indices(n, n, offset=1, device=x.device)
+    pair = torch.arange(len(i), device=x.device)
+    incidence = torch.zeros(n, len(i), dtype=x.dtype, device=x.device)
+    incidence[i, pair] = 1.0
+    incidence[j, pair] = -1.0
+    diff = x[:, i] - x[:, j]
+    return i, j, incidence, diff, diff.pow(2).sum(-1).clamp_min(1e-30).sqrt()  # no inf gradient at r = 0
+
+
+def default_r_max(n_atoms: int, dim: int) -> float:
+    """Largest distance the radial features cover by default (reduced units): 8 in 2D (DW4), else 2 ceil(n^(1/3))."""
+    return 8.0 if dim == 2 else 2.0 * math.ceil(n_atoms ** (1 / 3))
 
 
 class KernelDynamics(nn.Module):
@@ -38,35 +63,21 @@ class KernelDynamics(nn.Module):
 
     def _psi_and_derivative(self, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """psi(r, t) and d psi / dr for distances r of any shape; returns two tensors of r's shape."""
-        time_basis = torch.exp(-0.5 * ((t - self.c) / self.time_width) ** 2)  # (n_time,)
+        time_basis, _ = gaussian_basis(t, self.c, self.time_width)  # (n_time,)
         coeff = self.weights @ time_basis  # (n_kernels,)
-        d = (r[..., None] - self.mu) / self.width
-        weighted = torch.exp(-0.5 * d * d) * coeff
-        psi = weighted.sum(-1)
-        dpsi = (d * weighted).sum(-1) * (-1.0 / self.width)
-        return psi, dpsi
-
-    def _pairs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Unique pairs i < j: the incidence matrix (n_atoms, n_pairs), x_i - x_j (batch, n_pairs, dim), r_ij."""
-        n = x.shape[1]
-        i, j = torch.triu_indices(n, n, offset=1, device=x.device)
-        incidence = torch.zeros(n, len(i), dtype=x.dtype, device=x.device)
-        pair = torch.arange(len(i), device=x.device)
-        incidence[i, pair] = 1.0
-        incidence[j, pair] = -1.0
-        diff = torch.einsum("np,bnd->bpd", incidence, x)
-        return incidence, diff, diff.pow(2).sum(-1).clamp_min(1e-30).sqrt()  # no inf gradient at r = 0
+        basis, d_basis = gaussian_basis(r, self.mu, self.width)
+        return basis @ coeff, d_basis @ coeff
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """dx/dt, shape (batch, n_atoms, dim), for x of shape (batch, n_atoms, dim) and a 0-d time t."""
-        incidence, diff, r = self._pairs(x)
+        _, _, incidence, diff, r = unique_pairs(x)
         psi, _ = self._psi_and_derivative(r, t.to(x.dtype))
         # psi is symmetric in (i, j): pair p adds psi (x_i - x_j) to atom i and its negative to atom j
         return torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
 
     def divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """dx/dt and its exact divergence (Köhler et al. eq. 4): shapes (batch, n_atoms, dim) and (batch,)."""
-        incidence, diff, r = self._pairs(x)
+        _, _, incidence, diff, r = unique_pairs(x)
         psi, dpsi = self._psi_and_derivative(r, t.to(x.dtype))
         f = torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
         div = 2.0 * (dpsi * r + x.shape[-1] * psi).sum(-1)  # each unique pair counts for (i, j) and (j, i)
@@ -92,7 +103,7 @@ class KernelFlow(ContinuousFlow):
         length_scale: float = 1.0,
     ) -> None:
         if r_max is None:
-            r_max = 8.0 if dim == 2 else 2.0 * math.ceil(n_atoms ** (1 / 3))
+            r_max = default_r_max(n_atoms, dim)
         super().__init__(
             KernelDynamics(n_kernels, r_max, n_time), n_atoms, dim, n_steps=n_steps, trace="analytic",
             length_scale=length_scale,
