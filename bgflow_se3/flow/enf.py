@@ -85,7 +85,7 @@ class ENFlow(ContinuousFlow):
 
     trace: ``"auto"`` uses the exact divergence up to ``exact_max_dof`` coordinates (DW4) and Hutchinson above
     (LJ13 and up); ``log_prob(x, trace="exact")`` gives exact values at evaluation. n_steps: RK4 steps on [0, 1].
-    length_scale: std of the CoM-free Gaussian base (see ``ContinuousFlow``).
+    length_scale, kinetic_weight: the base's std and the kinetic-energy regulariser (see ``ContinuousFlow``).
     Exposes ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)`` like every flow baseline.
     """
 
@@ -99,8 +99,9 @@ class ENFlow(ContinuousFlow):
         trace: TraceMethod | str = "auto",
         exact_max_dof: int = 16,
         length_scale: float = 1.0,
+        kinetic_weight: float = 0.0,
     ) -> None:
         super().__init__(
             EGNNDynamics(n_atoms, hidden, n_layers), n_atoms, dim, n_steps=n_steps, trace=trace,
-            exact_max_dof=exact_max_dof, length_scale=length_scale,
+            exact_max_dof=exact_max_dof, length_scale=length_scale, kinetic_weight=kinetic_weight,
         )  # fmt: skip

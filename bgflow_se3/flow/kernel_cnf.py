@@ -88,7 +88,7 @@ class KernelFlow(ContinuousFlow):
     """CNF with Köhler et al.'s radial-kernel dynamics and its closed-form divergence.
 
     n_atoms, dim: system size; r_max: largest distance the kernels cover (reduced units; 8 suits DW4, 4 LJ13).
-    length_scale: std of the CoM-free Gaussian base (see ``ContinuousFlow``).
+    length_scale, kinetic_weight: the base's std and the kinetic-energy regulariser (see ``ContinuousFlow``).
     Exposes ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)`` like every flow baseline.
     """
 
@@ -101,10 +101,11 @@ class KernelFlow(ContinuousFlow):
         n_time: int = 8,
         n_steps: int = 20,
         length_scale: float = 1.0,
+        kinetic_weight: float = 0.0,
     ) -> None:
         if r_max is None:
             r_max = default_r_max(n_atoms, dim)
         super().__init__(
             KernelDynamics(n_kernels, r_max, n_time), n_atoms, dim, n_steps=n_steps, trace="analytic",
-            length_scale=length_scale,
+            length_scale=length_scale, kinetic_weight=kinetic_weight,
         )  # fmt: skip

@@ -24,7 +24,8 @@ class JointFlow:
 
     flow: an augmented flow following FLOW_PROTOCOL (``n_aug``, ``sample``, ``log_prob_joint``,
     ``log_prob_joint_and_aux``, ``sample_aug_target``, ``log_prob_aug_target``), or a non-augmented flow with
-    ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)``. Log-densities are in nats, shape (batch,).
+    ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)`` (and optionally ``log_prob_and_aux(x)``, e.g. a
+    CNF's kinetic regulariser). Log-densities are in nats, shape (batch,).
     """
 
     def __init__(self, flow: nn.Module) -> None:
@@ -88,6 +89,11 @@ class JointFlow:
         first = torch.where(finite, out[0], torch.full_like(out[0], -math.inf))
         return (first, *(torch.where(finite, o, torch.zeros_like(o)) for o in out[1:]))
 
+    @property
+    def has_aux(self) -> bool:
+        """Whether the flow has an auxiliary loss (the augmented flow's, or a CNF's kinetic regulariser)."""
+        return self.augmented or getattr(self.flow, "kinetic_weight", 0.0) > 0
+
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z) in nats, shape (batch,); -inf for rows with non-finite entries."""
         return self.log_prob_and_aux(z)[0]
@@ -99,6 +105,8 @@ class JointFlow:
             x, a = self.unpack(zz)
             if self.augmented and hasattr(self.flow, "log_prob_joint_and_aux"):
                 return tuple(self.flow.log_prob_joint_and_aux(x, a))
+            if not self.augmented and hasattr(self.flow, "log_prob_and_aux"):  # e.g. a CNF's kinetic regulariser
+                return tuple(self.flow.log_prob_and_aux(x))
             log_q = self.flow.log_prob_joint(x, a) if self.augmented else self.flow.log_prob(x)
             return log_q, torch.zeros_like(log_q)
 

@@ -85,7 +85,7 @@ def reverse_kl_loss(
     x, _ = model.unpack(z)
     loss = log_q - model.log_pi(z) - density(x)
     aux = torch.zeros_like(log_q)
-    if aux_weight > 0 and model.augmented:
+    if aux_weight > 0 and model.has_aux:
         _, aux = model.log_prob_and_aux(z.detach())
     return LossTerms(loss + aux_weight * aux, log_q, aux)
 

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -15,6 +16,9 @@ from bgflow_se3.flow.enf import ENFlow
 from bgflow_se3.flow.environment_cnf import EnvironmentKernelFlow
 from bgflow_se3.flow.kernel_cnf import KernelFlow
 from tests.conftest import random_rotation
+
+# the environment flow with only the pair's own environments (no total environment G)
+LocalEnvironmentFlow = functools.partial(EnvironmentKernelFlow, global_env=False)
 
 
 def test_com_free_gaussian_is_normalised_on_the_subspace(generator):
@@ -49,7 +53,7 @@ def test_rk4_is_fourth_order_on_linear_ode():
     assert rk4_integrate(func, x0, 0.0, 1.0, 4)[1].item() == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow])
+@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow, LocalEnvironmentFlow])
 def test_divergences_agree_with_dense_autograd_jacobian(flow_cls, generator):
     torch.manual_seed(0)
     flow = flow_cls(4, 2).double()
@@ -73,7 +77,7 @@ def test_divergences_agree_with_dense_autograd_jacobian(flow_cls, generator):
     assert abs(est.mean().item() - exact[0].item()) < 5 * est.std().item() / math.sqrt(4000) + 1e-9
 
 
-@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow])
+@pytest.mark.parametrize("flow_cls", [ENFlow, KernelFlow, EnvironmentKernelFlow, LocalEnvironmentFlow])
 def test_dynamics_equivariance_and_log_prob_invariance(flow_cls, generator):
     torch.manual_seed(1)
     flow = flow_cls(5, 3, n_steps=2).double()
@@ -117,7 +121,7 @@ def _check_sample_then_log_prob(flow, generator):
     torch.testing.assert_close(x_back, x, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("flow_cls", [KernelFlow, EnvironmentKernelFlow])
+@pytest.mark.parametrize("flow_cls", [KernelFlow, EnvironmentKernelFlow, LocalEnvironmentFlow])
 def test_closed_form_divergence_trains_like_the_exact_one(flow_cls, generator):
     """Parameter gradients of the NLL through the closed-form divergence equal those through the exact autograd
     trace: the closed form is right along the whole solve (where x(t) depends on the parameters), not only at t."""
@@ -172,3 +176,33 @@ def test_continuous_flow_input_checks():
         flow.log_prob(torch.full((1, 4, 2), float("nan")))
     with pytest.raises(ValueError, match="closed-form"):
         ContinuousFlow(torch.nn.Linear(2, 2), 4, 2, trace="analytic")
+
+
+class _Contraction(torch.nn.Module):
+    """dx/dt = -a x: x(t) = x(0) exp(-a t), so int_0^1 |f|^2 dt = a |x(0)|^2 (1 - exp(-2 a)) / 2."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, t, x):
+        return -self.a * x
+
+
+def test_kinetic_regulariser_integrates_the_squared_speed(generator):
+    from bgflow_se3.train.joint import JointFlow
+
+    a, weight = 0.7, 0.25
+    flow = ContinuousFlow(_Contraction(a), 4, 2, n_steps=16, trace="exact", kinetic_weight=weight)
+    x = sample_com_free_gaussian(5, 4, 2, generator, dtype=torch.float64)
+    log_q, aux = flow.log_prob_and_aux(x)
+    expected = weight * a * x.pow(2).sum(dim=(1, 2)) * (1 - math.exp(-2 * a)) / 2
+    torch.testing.assert_close(aux, expected, atol=0, rtol=1e-6)  # RK4 error at 16 steps: ~1e-7
+    torch.testing.assert_close(log_q, flow.log_prob(x), atol=1e-12, rtol=0)
+    # the training objectives see it through JointFlow; without a weight the aux loss is zero
+    torch.testing.assert_close(JointFlow(flow).log_prob_and_aux(x[:, None])[1], aux)
+    assert JointFlow(flow).has_aux  # so reverse KL adds it too
+    flow.kinetic_weight = 0.0
+    assert flow.log_prob_and_aux(x)[1].abs().max() == 0 and not JointFlow(flow).has_aux
+    with pytest.raises(ValueError, match="kinetic_weight"):
+        ContinuousFlow(_Contraction(a), 4, 2, kinetic_weight=-1.0)
