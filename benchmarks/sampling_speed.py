@@ -4,10 +4,11 @@
     PYTHONPATH=. python benchmarks/sampling_speed.py --device cuda --batch 1000
 
 The augmented coupling flow (when ``bgflow_se3.flow.AugmentedCouplingFlow`` exists; one pass through its
-couplings) against E-NF (an RK4 solve with a divergence at every stage: exact or Hutchinson), plus the kernel CNF
-and the RealNVP baseline. Untrained models: the cost of a fixed-step solver does not depend on training (adaptive
-solvers, as in the E-NF paper, get slower as the dynamics stiffen, so the ratio here is a lower bound). Prints
-samples per second and each ratio to E-NF with the same trace; writes JSON to ``--out``.
+couplings) against E-NF (an RK4 solve with a divergence at every stage: exact or Hutchinson), plus the kernel CNF,
+its environment-aware extension (closed-form divergence) and the RealNVP baseline. Untrained models: the cost of a
+fixed-step solver does not depend on training (adaptive solvers, as in the E-NF paper, get slower as the dynamics
+stiffen, so the ratio here is a lower bound). Prints samples per second and each ratio to E-NF with the same trace;
+writes JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bgflow_se3.flow import ENFlow, KernelFlow, NonEquivariantFlow
+from bgflow_se3.flow import ENFlow, EnvironmentKernelFlow, KernelFlow, NonEquivariantFlow
 
 SHAPES = {"dw4": (4, 2), "lj13": (13, 3), "lj55": (55, 3)}
 
@@ -65,6 +66,7 @@ def main() -> None:
         "enf_exact": ENFlow(n_atoms, dim, hidden=hidden, n_steps=20, trace="exact", exact_max_dof=10**6),
         "enf_hutchinson": ENFlow(n_atoms, dim, hidden=hidden, n_steps=20, trace="hutchinson"),
         "kernel": KernelFlow(n_atoms, dim, n_steps=20),
+        "environment_kernel": EnvironmentKernelFlow(n_atoms, dim, hidden=hidden, n_steps=20),
         "noneq": NonEquivariantFlow(n_atoms, dim, n_layers=12, hidden=hidden),
     }
     try:
