@@ -193,10 +193,6 @@ class ContinuousFlow(nn.Module):
                 x.shape[0], self.n_atoms, self.dim, generator=generator, dtype=x.dtype, device=x.device
             )
 
-        def with_kinetic(t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-            f, div = func(t, y)
-            return f, torch.stack([div, f.pow(2).sum(dim=(1, 2))], dim=-1)
-
         def func(t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
             if trace == "analytic":
                 return self.dynamics.divergence(t, y)
@@ -211,6 +207,10 @@ class ContinuousFlow(nn.Module):
             if not create_graph:
                 f, div = f.detach(), div.detach()
             return f, div
+
+        def with_kinetic(t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            f, div = func(t, y)
+            return f, torch.stack([div, f.pow(2).sum(dim=(1, 2))], dim=-1)
 
         return rk4_integrate(with_kinetic if kinetic else func, x, t0, t1, n_steps or self.n_steps)
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .cnf import ContinuousFlow
-from .kernel_cnf import default_r_max, gaussian_basis, unique_pairs
+from .kernel_cnf import default_r_max, gaussian_basis, pair_field, unique_pairs
 
 __all__ = ["EnvironmentKernelDynamics", "EnvironmentKernelFlow"]
 
@@ -68,12 +68,13 @@ class EnvironmentKernelDynamics(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         n_in = n_kernels + n_time + n_env * (2 if global_env else 1)  # input columns: rbf(r), time, s[, G]
-        self.pair_mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), last)
+        # the pair MLP Linear -> SiLU -> Linear -> SiLU -> Linear, evaluated (and differentiated) by hand in _psi
+        self.hidden1, self.hidden2, self.out = nn.Linear(n_in, hidden), nn.Linear(hidden, hidden), last
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
         """Unique pairs i < j of x (batch, n, dim): incidence (n, P), x_i - x_j (B, P, d), r_ij (B, P), the
-        environment Gaussians' derivatives phi'(r_ij) (B, P, K), c (B, n, K), s_ij = c_i + c_j (B, P, K) and
-        G = sum_l c_l (B, K)."""
+        environment Gaussians' derivatives phi'(r_ij) (B, P, K), s_ij = c_i + c_j (B, P, K) and G = sum_l c_l
+        (B, K)."""
         i, j, incidence, diff, r = unique_pairs(x)
         phi, dphi = gaussian_basis(r, self.mu_env, self.env_width)
         env = torch.einsum("np,bpk->bnk", incidence.abs(), phi)  # c_i: each pair counts for both its particles
@@ -84,7 +85,7 @@ class EnvironmentKernelDynamics(nn.Module):
         """psi (B, P) at time t and, if ``partials``, its derivatives in r_ij (B, P), in s_ij (B, P, K) and in G
         (B, P, K; None without ``global_env``). The two-layer MLP is differentiated by hand: its input Jacobian
         costs two small matmuls, and the result stays a first-order graph (cheap to backpropagate for training)."""
-        first, _, second, _, last = self.pair_mlp
+        first, second, last = self.hidden1, self.hidden2, self.out
         n_r, n_t, n_s = len(self.mu), len(self.c), len(self.mu_env)
         w_r, w_t, w_s, w_g = first.weight.split([n_r, n_t, n_s, first.weight.shape[1] - n_r - n_t - n_s], dim=1)
         time, _ = gaussian_basis(t.to(g["r"].dtype), self.c, self.time_width)
@@ -107,14 +108,10 @@ class EnvironmentKernelDynamics(nn.Module):
         psi_g = d_a1 @ w_g if self.global_env else None
         return psi, psi_r, d_a1 @ w_s, psi_g
 
-    def _field(self, g: dict[str, Tensor], psi: Tensor) -> Tensor:
-        # pair p = (i, j) adds psi (x_i - x_j) to particle i and its negative to particle j
-        return torch.einsum("np,bpd->bnd", g["incidence"], psi[..., None] * g["diff"])
-
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """dx/dt, shape (batch, n_atoms, dim), for x of shape (batch, n_atoms, dim) and a 0-d time t."""
         g = self._geometry(x)
-        return self._field(g, self._psi(g, t, partials=False)[0])
+        return pair_field(g["incidence"], self._psi(g, t, partials=False)[0], g["diff"])
 
     def divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """dx/dt and its exact divergence (see the module docstring): shapes (batch, n_atoms, dim) and (batch,)."""
@@ -129,7 +126,7 @@ class EnvironmentKernelDynamics(nn.Module):
         if psi_g is not None:  # d G / d x_i = 2 g_i
             total = total + 2 * (psi_g * along).sum(-1)
         div = (2 * (x.shape[-1] * psi + psi_r * r) + total).sum(-1)
-        return self._field(g, psi), div
+        return pair_field(g["incidence"], psi, g["diff"]), div
 
 
 class EnvironmentKernelFlow(ContinuousFlow):

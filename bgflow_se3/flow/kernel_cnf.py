@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .cnf import ContinuousFlow
 
-__all__ = ["KernelDynamics", "KernelFlow", "default_r_max", "gaussian_basis", "unique_pairs"]
+__all__ = ["KernelDynamics", "KernelFlow", "default_r_max", "gaussian_basis", "pair_field", "unique_pairs"]
 
 
 def gaussian_basis(r: Tensor, centres: Tensor, width: float) -> tuple[Tensor, Tensor]:
@@ -36,6 +36,13 @@ def unique_pairs(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     incidence[j, pair] = -1.0
     diff = x[:, i] - x[:, j]
     return i, j, incidence, diff, diff.pow(2).sum(-1).clamp_min(1e-30).sqrt()  # no inf gradient at r = 0
+
+
+def pair_field(incidence: Tensor, psi: Tensor, diff: Tensor) -> Tensor:
+    """The field ``f_i = sum_{j != i} psi_ij (x_i - x_j)`` from unique-pair values psi (batch, P), symmetric in i and
+    j, and x_i - x_j (batch, P, dim) (``unique_pairs``): pair p adds psi (x_i - x_j) to i and its negative to j.
+    Returns (batch, n, dim); the field sums to zero, so the CoM stays fixed."""
+    return torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
 
 
 def default_r_max(n_atoms: int, dim: int) -> float:
@@ -72,14 +79,13 @@ class KernelDynamics(nn.Module):
         """dx/dt, shape (batch, n_atoms, dim), for x of shape (batch, n_atoms, dim) and a 0-d time t."""
         _, _, incidence, diff, r = unique_pairs(x)
         psi, _ = self._psi_and_derivative(r, t.to(x.dtype))
-        # psi is symmetric in (i, j): pair p adds psi (x_i - x_j) to atom i and its negative to atom j
-        return torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
+        return pair_field(incidence, psi, diff)
 
     def divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """dx/dt and its exact divergence (Köhler et al. eq. 4): shapes (batch, n_atoms, dim) and (batch,)."""
         _, _, incidence, diff, r = unique_pairs(x)
         psi, dpsi = self._psi_and_derivative(r, t.to(x.dtype))
-        f = torch.einsum("np,bpd->bnd", incidence, psi[..., None] * diff)
+        f = pair_field(incidence, psi, diff)
         div = 2.0 * (dpsi * r + x.shape[-1] * psi).sum(-1)  # each unique pair counts for (i, j) and (j, i)
         return f, div
 

@@ -157,7 +157,7 @@ def test_solver_log_prob_error_flags_a_stiff_field(generator):
     torch.manual_seed(4)
     flow = EnvironmentKernelFlow(4, 2, n_steps=8).double()
     x = sample_com_free_gaussian(16, 4, 2, generator, dtype=torch.float64) * 2
-    last = flow.dynamics.pair_mlp[-1]
+    last = flow.dynamics.out
     last.weight.data = 0.01 * torch.randn(last.weight.shape, generator=generator, dtype=torch.float64)
     gentle = flow.solver_log_prob_error(x)
     last.weight.data *= 300.0
