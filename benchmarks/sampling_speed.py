@@ -3,12 +3,13 @@
     PYTHONPATH=. python benchmarks/sampling_speed.py --quick            # LJ13, small batch, CPU
     PYTHONPATH=. python benchmarks/sampling_speed.py --device cuda --batch 1000
 
-The augmented coupling flow (when ``bgflow_se3.flow.AugmentedCouplingFlow`` exists; one pass through its
-couplings) against E-NF (an RK4 solve with a divergence at every stage: exact or Hutchinson), plus the kernel CNF,
-its environment-aware extension (closed-form divergence) and the RealNVP baseline. Untrained models: the cost of a
-fixed-step solver does not depend on training (adaptive solvers, as in the E-NF paper, get slower as the dynamics
-stiffen, so the ratio here is a lower bound). Prints samples per second and each ratio to E-NF with the same trace;
-writes JSON to ``--out``.
+The augmented coupling flow (when ``bgflow_se3.flow.AugmentedCouplingFlow`` exists; one pass through its couplings)
+against E-NF (an RK4 solve with a divergence at every stage: exact or Hutchinson), plus the kernel CNF, its
+environment-aware extension (closed-form divergence), the RealNVP baseline and, for DW4, the exactly invariant
+``GroupAveragedFlow`` (a spline flow evaluated on all 48 permutations and reflections per configuration). Untrained
+models: the cost of a fixed-step solver does not depend on training (adaptive solvers, as in the E-NF paper, get
+slower as the dynamics stiffen, so the ratio here is a lower bound). Prints samples per second and each ratio to
+E-NF with the same trace; writes JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bgflow_se3.flow import ENFlow, EnvironmentKernelFlow, KernelFlow, NonEquivariantFlow
+from bgflow_se3.flow import ENFlow, EnvironmentKernelFlow, GroupAveragedFlow, KernelFlow, NonEquivariantFlow
 
 SHAPES = {"dw4": (4, 2), "lj13": (13, 3), "lj55": (55, 3)}
 
@@ -69,6 +70,8 @@ def main() -> None:
         "environment_kernel": EnvironmentKernelFlow(n_atoms, dim, hidden=hidden, n_steps=20),
         "noneq": NonEquivariantFlow(n_atoms, dim, n_layers=12, hidden=hidden),
     }
+    if args.system == "dw4":  # all n! permutations: a small-cluster model
+        models["group_averaged"] = GroupAveragedFlow(n_atoms, dim, n_layers=6, hidden=64)
     try:
         from bgflow_se3.flow import AugmentedCouplingFlow
     except ImportError:

@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
-from bgflow_se3.flow import AugmentedCouplingFlow, ContinuousFlow, EnvironmentKernelFlow, KernelFlow
+from bgflow_se3.flow import (
+    AugmentedCouplingFlow,
+    ContinuousFlow,
+    EnvironmentKernelFlow,
+    GroupAveragedFlow,
+    KernelFlow,
+)
 from bgflow_se3.train import (
     FABObjective,
     TrainConfig,
@@ -57,6 +63,12 @@ SETUPS = {
         fab=dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, buffer_max_length=128 * 32,
                  buffer_min_length=128 * 4),
         n_iterations=150, lr=1e-3, n_eval=4096,
+    ),
+    ("quick", "averaged"): dict(
+        flow=dict(n_layers=6, hidden=64, n_bins=8, bound=4.0),
+        fab=dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, buffer_max_length=128 * 32,
+                 buffer_min_length=128 * 4),
+        n_iterations=200, lr=2e-3, n_eval=8192,
     ),
     ("quick", "environment"): dict(
         flow=dict(n_kernels=32, n_env=8, n_time=8, hidden=64, n_steps=8),
@@ -93,6 +105,8 @@ def build_flow(kind: str, sizes: dict) -> torch.nn.Module:
         return KernelFlow(4, 2, length_scale=DW4_RMS, **sizes)
     if kind == "environment":
         return EnvironmentKernelFlow(4, 2, length_scale=DW4_RMS, **sizes)
+    if kind == "averaged":
+        return GroupAveragedFlow(4, 2, length_scale=2.0, **sizes)
     return AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **sizes)
 
 
@@ -101,9 +115,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes for 2 CPU cores (minutes)")
     parser.add_argument(
         "--flow",
-        choices=["kernel", "environment", "augmented"],
+        choices=["averaged", "kernel", "environment", "augmented"],
         default=None,
-        help="model (default: kernel with --quick, augmented otherwise)",
+        help="model (default: averaged with --quick, augmented otherwise)",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/dw4_fab_<mode>_<flow>)")
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
@@ -115,7 +129,7 @@ def main() -> None:
     parser.add_argument("--float64", action="store_true", help="train in float64 (default float32)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
-    kind = args.flow or ("kernel" if args.quick else "augmented")
+    kind = args.flow or ("averaged" if args.quick else "augmented")
     setup = SETUPS[mode, kind]
     out = args.out or Path("runs") / f"dw4_fab_{mode}_{kind}"
     torch.manual_seed(args.seed)

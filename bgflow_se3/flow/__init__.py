@@ -6,6 +6,7 @@ from .couplings import ProjectionCoupling, reference_vector_loss
 from .egnn import EGNN
 from .enf import EGNNDynamics, ENFlow
 from .environment_cnf import EnvironmentKernelDynamics, EnvironmentKernelFlow
+from .group_averaged import GroupAveragedFlow
 from .kernel_cnf import KernelDynamics, KernelFlow
 from .noneq import NonEquivariantFlow, random_rotations
 from .splines import rational_quadratic_spline
@@ -19,6 +20,7 @@ __all__ = [
     "EnvironmentKernelDynamics",
     "EnvironmentKernelFlow",
     "FlowSample",
+    "GroupAveragedFlow",
     "KernelDynamics",
     "KernelFlow",
     "NonEquivariantFlow",

@@ -31,10 +31,15 @@ def helmert_basis(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 def random_rotations(
-    n: int, dim: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    n: int,
+    dim: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
-    """n uniformly random proper rotation matrices, shape (n, dim, dim) (QR of Gaussian matrices, det +1)."""
-    a = torch.randn(n, dim, dim, generator=generator, dtype=dtype)
+    """n uniformly random proper rotation matrices, shape (n, dim, dim) (QR of Gaussian matrices, det +1).
+    ``device`` is where the Gaussian matrices are drawn (the generator's device)."""
+    a = torch.randn(n, dim, dim, generator=generator, dtype=dtype, device=device)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
     flip = torch.det(q) < 0

@@ -2,7 +2,8 @@
 
 With the real augmented coupling flow: the wiring (exact target-evaluation count, finite losses and weights, no
 skipped steps, an exact resume); at the budget of a unit test on 2 CPU cores that flow barely learns. With
-Köhler et al.'s radial-kernel CNF: learning, a cheaper version of ``examples/dw4_fab.py --quick``.
+Köhler et al.'s radial-kernel CNF and with the exactly invariant ``GroupAveragedFlow``: learning; the latter is a
+cheaper version of ``examples/dw4_fab.py --quick`` (which reaches a reverse ESS near 90 % in minutes).
 """
 
 import math
@@ -11,7 +12,7 @@ from dataclasses import replace
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
-from bgflow_se3.flow import AugmentedCouplingFlow, KernelFlow
+from bgflow_se3.flow import AugmentedCouplingFlow, GroupAveragedFlow, KernelFlow
 from bgflow_se3.train import FABObjective, TrainConfig, Trainer
 
 
@@ -74,4 +75,30 @@ def test_fab_on_dw4_raises_the_reverse_ess_of_the_kernel_flow():
     after = trainer.reverse_ess(4096)
     assert before < 0.02
     assert after > 0.04, f"reverse ESS {before:.3f} -> {after:.3f}"
+    assert result.n_skipped_nonfinite == 0 and result.n_masked_samples == 0
+
+
+def test_fab_on_dw4_trains_the_group_averaged_flow_from_the_energy_alone():
+    """40 FAB iterations of batch 128 (about 45 s of one core, float32) lift the reverse ESS of the identity-initialised
+    GroupAveragedFlow from 0.04-0.2 % to 9-18 % (seeds 0-3); a broken loss, buffer or AIS weight stays near the start.
+    The quick example continues the same curve to ~90 % by 150 iterations."""
+    torch.manual_seed(0)
+    flow = GroupAveragedFlow(4, 2, n_layers=4, hidden=32, length_scale=2.0)
+    objective = FABObjective(
+        DoubleWellEnergy(),
+        batch_size=128,
+        n_intermediate=2,
+        n_leapfrog=2,
+        n_updates=4,
+        buffer_max_length=128 * 16,
+        buffer_min_length=128 * 4,
+        step_size=0.1,
+    )
+    config = TrainConfig(n_iterations=40, lr=3e-3, warmup_iterations=2, seed=0, progress=False, plot=False)
+    trainer = Trainer(flow, objective, config)
+    before = trainer.reverse_ess(4096)
+    result = trainer.run()
+    after = trainer.reverse_ess(4096)
+    assert before < 0.01
+    assert after > 0.05, f"reverse ESS {before:.4f} -> {after:.4f}"
     assert result.n_skipped_nonfinite == 0 and result.n_masked_samples == 0

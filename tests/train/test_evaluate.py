@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from bgflow_se3 import AugmentedCouplingFlow, Energy
@@ -10,6 +11,7 @@ from bgflow_se3.train import (
     FABObjective,
     JointFlow,
     TrainResult,
+    effective_sample_size,
     fab_scores,
     marginal_nll,
     sample_with_energies,
@@ -64,6 +66,20 @@ def test_fab_scores_are_one_when_q_is_the_target_and_less_otherwise():
     assert 0.0 < scores["ais_ess_towards_p"] <= 1.0
     plain = FABObjective(CentredGaussian(4, 2, 1.0), batch_size=8, n_intermediate=0, buffer_min_length=64)
     assert set(fab_scores(model, plain, 16, generator)) == {"reverse_ess"}
+
+
+def test_fab_scores_in_chunks_pool_all_weights():
+    """Chunked evaluation gives the ESS of all n weights together (not an average of per-chunk values)."""
+    model = JointFlow(untrained_flow(length_scale=1.0))
+    wider = FABObjective(CentredGaussian(4, 2, 1.6), batch_size=8, n_intermediate=0, buffer_min_length=64)
+    scores = fab_scores(model, wider, 200, torch.Generator().manual_seed(3), chunk_size=64)
+    generator = torch.Generator().manual_seed(3)
+    log_w = []
+    with torch.no_grad():
+        for size in (64, 64, 64, 8):
+            z, log_q = model.sample(size, generator)
+            log_w.append(wider.target.joint(model, z) - log_q)
+    assert scores["reverse_ess"] == pytest.approx(effective_sample_size(torch.cat(log_w)), abs=1e-12)
 
 
 def test_training_summary_reports_counters_and_logged_ess():
