@@ -113,18 +113,18 @@ class GroupAveragedFlow(nn.Module):
         super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
-        if n_atoms < dim:
-            raise ValueError(f"a canonical frame in {dim}D needs n_atoms >= {dim}, got {n_atoms}")
+        if n_atoms < 3:
+            raise ValueError(f"GroupAveragedFlow needs n_atoms >= 3 (a frame plus something to model), got {n_atoms}")
         if not length_scale > 0:
             raise ValueError(f"length_scale must be positive, got {length_scale}")
         self.n_atoms, self.dim = int(n_atoms), int(dim)
         self.n_internal = 1 + 2 * (n_atoms - 2) if dim == 2 else 3 + 3 * (n_atoms - 3)
-        if permutations == "all":
+        if isinstance(permutations, str) and permutations == "all":
             permutations = all_permutations(n_atoms)
         elif permutations is None:
             permutations = torch.arange(n_atoms)[None]
         elif not (isinstance(permutations, Tensor) and permutations.ndim == 2 and permutations.shape[1] == n_atoms):
-            raise ValueError(f'permutations must be "all", None or a (n_perm, {n_atoms}) tensor')
+            raise ValueError(f'permutations must be "all", None or a (n_perm, {n_atoms}) tensor, got {permutations!r}')
         self.register_buffer("permutations", permutations.long())
         self.register_buffer("inverse_permutations", torch.argsort(permutations.long(), dim=1))
         self.reflections = bool(reflections)
@@ -134,7 +134,6 @@ class GroupAveragedFlow(nn.Module):
         is_log[0] = True
         if dim == 3:
             is_log[2] = True
-        self.register_buffer("is_log", is_log)
         self.shift = nn.Parameter(torch.where(is_log, math.log(length_scale), 0.0).to(torch.get_default_dtype()))
         self.log_scale = nn.Parameter(torch.where(is_log, 0.0, math.log(length_scale)).to(torch.get_default_dtype()))
         gen = torch.Generator().manual_seed(seed)

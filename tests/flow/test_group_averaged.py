@@ -36,6 +36,17 @@ def test_log_prob_is_invariant_under_rotations_reflections_permutations_and_tran
         torch.testing.assert_close(flow.log_prob(moved), log_q, atol=1e-8, rtol=0)
 
 
+def test_a_permutation_subgroup_gives_invariance_under_that_subgroup_only():
+    """Two identical pairs (0 1)(2 3): swaps within a pair leave log q unchanged, swapping across pairs does not."""
+    swaps = torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3], [0, 1, 3, 2], [1, 0, 3, 2]])
+    flow = perturbed(4, 2, scale=0.3, permutations=swaps)
+    assert flow.group_size == 8
+    with torch.no_grad():
+        x, log_q = flow.sample(64)
+        torch.testing.assert_close(flow.log_prob(x[:, [1, 0, 3, 2]]), log_q, atol=1e-8, rtol=0)
+        assert (flow.log_prob(x[:, [2, 1, 0, 3]]) - log_q).abs().max() > 1e-2
+
+
 def test_without_reflections_a_chiral_density_tells_mirror_images_apart():
     flow = perturbed(4, 3, scale=0.3, reflections=False)
     with torch.no_grad():
@@ -113,8 +124,10 @@ def test_group_size_and_bad_input():
     with pytest.raises(ValueError, match="dim must be 2 or 3"):
         GroupAveragedFlow(4, 4)
     with pytest.raises(ValueError, match="n_atoms >= 3"):
-        GroupAveragedFlow(2, 3)
+        GroupAveragedFlow(2, 2)
     with pytest.raises(ValueError, match="permutations"):
         GroupAveragedFlow(13, 3)
+    with pytest.raises(ValueError, match="permutations must be"):
+        GroupAveragedFlow(4, 2, permutations=torch.arange(3)[None])
     with pytest.raises(ValueError, match="shape"):
         GroupAveragedFlow(4, 2).log_prob(torch.zeros(3, 4, 3))
