@@ -13,9 +13,11 @@ systems/aldp/md.py, umbrella from systems/aldp/umbrella.py), phi-state free-ener
 with its error, or NaN with the reason when a state is empty, target evaluations, wall time).
 --resume continues training from the checkpoint; --smoke runs the quick sizes for 3 iterations (tests).
 
-Budget of the default mode: 12,000 iterations x 512 samples x (1 + 8 intermediates x 4 leapfrog steps) = 2.0e8
-target evaluations (as fab-torch's alanine dipeptide run) plus 8 flow updates per iteration; its wall time on one
-GPU was not measured here (no GPU was available when this was written).
+Budget of the default mode: 12,000 iterations x 128 samples x (1 + 8 intermediates x 4 leapfrog steps) = 5.1e7
+target evaluations plus 8 flow updates of batch 128 per iteration. Memory sets the batch: the 20-block flow keeps
+~0.53 GB of autograd graph per configuration in float32 (measured on CPU: 1.46 GB at batch 2, 4.67 GB at batch 8),
+so fab-torch's batch of 512 would need ~270 GB per update; 128 needs ~70 GB (AIS runs in chunks of 64,
+``ais_chunk_size``). Its wall time on one GPU was not measured here (no GPU was available when this was written).
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ SMOKE = dict(QUICK, n_iterations=3, n_samples=128)
 FULL = dict(
     flow=dict(n_blocks=20, hidden=128, egnn_layers=3, mlp_blocks=1),
     fab=dict(
-        batch_size=512,
+        batch_size=128,
         n_intermediate=8,
         n_leapfrog=4,
         n_updates=8,
-        buffer_max_length=512 * 512,
-        buffer_min_length=512 * 64,
+        buffer_max_length=128 * 512,
+        buffer_min_length=128 * 64,
+        ais_chunk_size=64,
     ),
     n_iterations=12000,
     lr=2e-4,

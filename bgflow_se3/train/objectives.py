@@ -223,6 +223,8 @@ class FABObjective(Objective):
     batches drawn from the buffer proportionally to w give one gradient update each of ``fab_loss`` (+ aux), after
     which their log weights are re-targeted by (1 - alpha)(log q_new - log q_old). ``setup`` fills the buffer to
     ``buffer_min_length`` first. Sizes are in samples; the defaults follow fab-torch (64 to 512 batches).
+    ais_chunk_size: AIS evaluates the flow's log q gradient this many samples at a time (same result, bounded
+    memory; see ``AnnealedImportanceSampler``). The gradient updates use whole ``batch_size`` batches.
     """
 
     def __init__(
@@ -239,6 +241,7 @@ class FABObjective(Objective):
         step_size: float = 0.1,
         n_leapfrog: int = 4,
         max_grad: float = 1e3,
+        ais_chunk_size: int | None = None,
     ) -> None:
         self.target = _target(target)
         self.batch_size, self.n_updates = int(batch_size), int(n_updates)
@@ -257,7 +260,7 @@ class FABObjective(Objective):
             hmc = HamiltonianMonteCarlo(
                 n_intermediate, step_size=step_size, n_leapfrog=n_leapfrog, max_grad=max_grad, project=JointFlow.project
             )
-        self.ais = AnnealedImportanceSampler(n_intermediate, alpha=alpha, hmc=hmc)
+        self.ais = AnnealedImportanceSampler(n_intermediate, alpha=alpha, hmc=hmc, chunk_size=ais_chunk_size)
         self._metrics: dict[str, float] = {}
 
     def run_ais(self, model: JointFlow, n: int, generator: torch.Generator | None = None):
