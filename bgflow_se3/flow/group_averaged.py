@@ -30,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from .geometry import safe_norm
 from .noneq import helmert_basis, random_rotations
 from .splines import n_spline_params, rational_quadratic_spline
@@ -57,13 +58,7 @@ class _SplineCoupling(nn.Module):
         self.bound = float(bound)
         self.n_params = n_spline_params(n_bins, "linear")
         d_in, self.d_out = int(mask.sum()), int((~mask).sum())
-        layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.SiLU()]
-        for _ in range(n_hidden - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        last = nn.Linear(hidden, self.d_out * self.n_params)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(d_in, self.d_out * self.n_params, hidden, n_hidden)
 
     def _spline(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self.net(x[:, self.mask]).reshape(x.shape[0], self.d_out, self.n_params)
@@ -81,7 +76,7 @@ class _SplineCoupling(nn.Module):
         return self._spline(y, inverse=True)
 
 
-class GroupAveragedFlow(nn.Module):
+class GroupAveragedFlow(CouplingStack):
     """Exactly E(dim) x S_n invariant flow for small clusters: spline flow on canonical-frame internal coordinates,
     averaged over permutations of identical particles and over the reflection (module docstring has the maths).
 
@@ -93,7 +88,8 @@ class GroupAveragedFlow(nn.Module):
     the configurations (nm or reduced units, like x): the internal coordinates are standardised with it before the
     couplings (log |y_1| by its log, the frame coordinates by it), so an untrained flow samples clusters of about
     that size. Exposes ``sample(n, generator) -> (x, log_q)`` and ``log_prob(x)``, shapes (n, n_atoms, dim) and
-    (n,), nats, on the CoM-free subspace (the benchmark convention, comparable with the other flows' NLLs).
+    (n,), nats, on the CoM-free subspace (the benchmark convention, comparable with the other flows' NLLs);
+    ``forward(u)`` / ``inverse(z)`` are the spline flow on internal coordinates (``CouplingStack``).
     """
 
     def __init__(
@@ -110,42 +106,35 @@ class GroupAveragedFlow(nn.Module):
         length_scale: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
         if n_atoms < 3:
             raise ValueError(f"GroupAveragedFlow needs n_atoms >= 3 (a frame plus something to model), got {n_atoms}")
         if not length_scale > 0:
             raise ValueError(f"length_scale must be positive, got {length_scale}")
-        self.n_atoms, self.dim = int(n_atoms), int(dim)
-        self.n_internal = 1 + 2 * (n_atoms - 2) if dim == 2 else 3 + 3 * (n_atoms - 3)
         if isinstance(permutations, str) and permutations == "all":
             permutations = all_permutations(n_atoms)
         elif permutations is None:
             permutations = torch.arange(n_atoms)[None]
         elif not (isinstance(permutations, Tensor) and permutations.ndim == 2 and permutations.shape[1] == n_atoms):
             raise ValueError(f'permutations must be "all", None or a (n_perm, {n_atoms}) tensor, got {permutations!r}')
+        n_internal = 1 + 2 * (n_atoms - 2) if dim == 2 else 3 + 3 * (n_atoms - 3)
+        # standardisation of u: log-radii (u[0]; in 3D also u[2]) shifted by log(length_scale), frame coordinates
+        # divided by it
+        is_log = torch.zeros(n_internal, dtype=torch.bool)
+        is_log[0] = True
+        is_log[2] = dim == 3
+        layers = [
+            _SplineCoupling(mask, hidden, n_hidden, n_bins, bound)
+            for mask in alternating_masks(n_internal, n_layers, seed)
+        ]
+        log_length = math.log(length_scale)
+        super().__init__(layers, torch.where(is_log, log_length, 0.0), torch.where(is_log, 0.0, log_length))
+        self.n_atoms, self.dim, self.n_internal = int(n_atoms), int(dim), n_internal
         self.register_buffer("permutations", permutations.long())
         self.register_buffer("inverse_permutations", torch.argsort(permutations.long(), dim=1))
         self.reflections = bool(reflections)
         self.register_buffer("basis", helmert_basis(n_atoms))
-        # standardisation of u: log-radii shifted by log(length_scale), frame coordinates divided by it
-        is_log = torch.zeros(self.n_internal, dtype=torch.bool)
-        is_log[0] = True
-        if dim == 3:
-            is_log[2] = True
-        self.shift = nn.Parameter(torch.where(is_log, math.log(length_scale), 0.0).to(torch.get_default_dtype()))
-        self.log_scale = nn.Parameter(torch.where(is_log, 0.0, math.log(length_scale)).to(torch.get_default_dtype()))
-        gen = torch.Generator().manual_seed(seed)
-        d = self.n_internal
-        layers = []
-        for k in range(n_layers):
-            if k % 2 == 0:
-                order = torch.randperm(d, generator=gen)
-            mask = torch.zeros(d, dtype=torch.bool)
-            mask[order[: d // 2] if k % 2 == 0 else order[d // 2 :]] = True
-            layers.append(_SplineCoupling(mask, hidden, n_hidden, n_bins, bound))
-        self.layers = nn.ModuleList(layers)
 
     @property
     def group_size(self) -> int:
@@ -206,31 +195,10 @@ class GroupAveragedFlow(nn.Module):
     def _log_haar_mass(self) -> float:
         return math.log(2 * math.pi) if self.dim == 2 else math.log(8 * math.pi**2)
 
-    # --- the spline flow on u -------------------------------------------------------------------------------------
-
-    def _u_to_latent(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        z = (u - self.shift) * torch.exp(-self.log_scale)
-        log_det = -self.log_scale.sum().expand(u.shape[0])
-        for layer in self.layers:
-            z, ld = layer(z)
-            log_det = log_det + ld
-        return z, log_det
-
-    def _latent_to_u(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        for layer in reversed(self.layers):
-            z, ld = layer.inverse(z)
-            log_det = log_det + ld
-        return z * torch.exp(self.log_scale) + self.shift, log_det + self.log_scale.sum()
-
-    @staticmethod
-    def _normal_log_prob(z: Tensor) -> Tensor:
-        return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-
     def log_prob_internal(self, u: Tensor) -> Tensor:
         """log q_u(u) of the spline flow on internal coordinates, u (batch, n_internal) -> (batch,)."""
-        z, log_det = self._u_to_latent(u)
-        return self._normal_log_prob(z) + log_det
+        z, log_det = self(u)
+        return self.normal_log_prob(z) + log_det
 
     # --- the public flow protocol ---------------------------------------------------------------------------------
 
@@ -255,8 +223,7 @@ class GroupAveragedFlow(nn.Module):
         def draw(fn, *args, **kwargs) -> Tensor:
             return fn(*args, generator=generator, device=gen_device, **kwargs).to(ref.device)
 
-        z = draw(torch.randn, n, self.n_internal, dtype=ref.dtype)
-        u, _ = self._latent_to_u(z)
+        u, _ = self.inverse(self.draw_latent(n, generator))
         if self.reflections:
             mirror = draw(torch.rand, n, dtype=ref.dtype) < 0.5
             u = torch.where(mirror[:, None], self._reflect(u), u)

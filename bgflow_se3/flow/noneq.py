@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .cnf import remove_mean
+from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 
 __all__ = ["NonEquivariantFlow", "helmert_basis", "random_rotations"]
 
@@ -54,13 +55,7 @@ class _AffineCoupling(nn.Module):
         super().__init__()
         self.register_buffer("mask", mask)
         d_in, d_out = int(mask.sum()), int((~mask).sum())
-        layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.SiLU()]
-        for _ in range(n_hidden - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        last = nn.Linear(hidden, 2 * d_out)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(d_in, 2 * d_out, hidden, n_hidden)
         self.scale = nn.Parameter(torch.ones(d_out))
 
     def _params(self, cond: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,7 +75,7 @@ class _AffineCoupling(nn.Module):
         return x, -s.sum(-1)
 
 
-class NonEquivariantFlow(nn.Module):
+class NonEquivariantFlow(CouplingStack):
     """RealNVP on (n_atoms - 1) * dim CoM-free subspace coordinates; data -> latent is ``forward``.
 
     n_layers affine couplings alternate between the two halves of a fixed random permutation per layer (seeded by
@@ -100,25 +95,15 @@ class NonEquivariantFlow(nn.Module):
         seed: int = 0,
         length_scale: float = 1.0,
     ) -> None:
-        super().__init__()
         if n_atoms < 2:
             raise ValueError(f"need at least 2 particles, got n_atoms={n_atoms}")
-        self.n_atoms, self.dim = int(n_atoms), int(dim)
-        d = (n_atoms - 1) * dim
-        self.register_buffer("basis", helmert_basis(n_atoms))
-        gen = torch.Generator().manual_seed(seed)
-        layers = []
-        for k in range(n_layers):
-            if k % 2 == 0:
-                order = torch.randperm(d, generator=gen)
-            mask = torch.zeros(d, dtype=torch.bool)
-            mask[order[: d // 2] if k % 2 == 0 else order[d // 2 :]] = True
-            layers.append(_AffineCoupling(mask, hidden, n_hidden))
-        self.layers = nn.ModuleList(layers)
         if not length_scale > 0:
             raise ValueError(f"length_scale must be positive, got {length_scale}")
-        self.log_scale = nn.Parameter(torch.full((d,), math.log(length_scale)))
-        self.shift = nn.Parameter(torch.zeros(d))
+        d = (n_atoms - 1) * dim
+        layers = [_AffineCoupling(mask, hidden, n_hidden) for mask in alternating_masks(d, n_layers, seed)]
+        super().__init__(layers, torch.zeros(d), torch.full((d,), math.log(length_scale)))
+        self.n_atoms, self.dim = int(n_atoms), int(dim)
+        self.register_buffer("basis", helmert_basis(n_atoms))
 
     def to_subspace(self, x: Tensor) -> Tensor:
         """Flattened subspace coordinates of CoM-free x: (batch, n_atoms, dim) -> (batch, (n_atoms - 1) * dim)."""
@@ -128,39 +113,15 @@ class NonEquivariantFlow(nn.Module):
         """Inverse of ``to_subspace``: (batch, (n_atoms - 1) * dim) -> CoM-free (batch, n_atoms, dim)."""
         return torch.einsum("na,bad->bnd", self.basis.to(y.dtype), y.reshape(y.shape[0], self.n_atoms - 1, self.dim))
 
-    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Data -> latent on subspace coordinates: z and log |det dz/dy|, shapes (batch, d) and (batch,)."""
-        z = (y - self.shift) * torch.exp(-self.log_scale)
-        log_det = -self.log_scale.sum().expand(y.shape[0])
-        for layer in self.layers:
-            z, ld = layer(z)
-            log_det = log_det + ld
-        return z, log_det
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent -> data on subspace coordinates: y and log |det dy/dz|, shapes (batch, d) and (batch,)."""
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        for layer in reversed(self.layers):
-            z, ld = layer.inverse(z)
-            log_det = log_det + ld
-        y = z * torch.exp(self.log_scale) + self.shift
-        return y, log_det + self.log_scale.sum()
-
-    @staticmethod
-    def _base_log_prob(z: Tensor) -> Tensor:
-        return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats on the CoM-free subspace, shape (batch,); x: (batch, n_atoms, dim), CoM removed first."""
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, self.dim):
             raise ValueError(f"x must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
         z, log_det = self(self.to_subspace(x))
-        return self._base_log_prob(z) + log_det
+        return self.normal_log_prob(z) + log_det
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n CoM-free configurations (n, n_atoms, dim) and their log q (n,), nats; reparameterised."""
-        ref = self.shift
-        gen_device = generator.device if generator is not None else ref.device
-        z = torch.randn(n, ref.shape[0], generator=generator, dtype=ref.dtype, device=gen_device).to(ref.device)
+        z = self.draw_latent(n, generator)
         y, log_det = self.inverse(z)
-        return self.from_subspace(y), self._base_log_prob(z) - log_det
+        return self.from_subspace(y), self.normal_log_prob(z) - log_det
