@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from .geometry import safe_norm
-from .noneq import helmert_basis, random_rotations
+from .noneq import from_helmert, helmert_basis, random_rotations, to_helmert
 from .splines import n_spline_params, rational_quadratic_spline
 
 __all__ = ["GroupAveragedFlow", "all_permutations"]
@@ -147,7 +147,7 @@ class GroupAveragedFlow(CouplingStack):
         """Canonical-frame internal coordinates u (*, n_internal) of configurations x (*, n_atoms, dim), and
         log |det dy / d(u, rotation)| (*) with the rotation measured by Haar measure of total mass 2 pi (2D) or
         8 pi^2 (3D); i.e. log q_rot(x) = log q_u(u) - log_jacobian - log(Haar mass). CoM is removed first."""
-        y = torch.einsum("na,...nd->...ad", self.basis.to(x.dtype), x - x.mean(dim=-2, keepdim=True))
+        y = to_helmert(x, self.basis)
         y1 = y[..., 0, :]
         r = safe_norm(y1)
         e1 = y1 / r[..., None]
@@ -179,8 +179,7 @@ class GroupAveragedFlow(CouplingStack):
             y2 = torch.stack([u[:, 1], torch.exp(u[:, 2]), torch.zeros_like(r)], dim=-1)
             y1 = torch.stack([r, torch.zeros_like(r), torch.zeros_like(r)], dim=-1)
             canon = torch.cat([y1[:, None], y2[:, None], u[:, 3:].reshape(batch, -1, 3)], dim=1)
-        y = torch.einsum("bde,bke->bkd", rotation, canon)
-        return torch.einsum("na,bad->bnd", self.basis.to(u.dtype), y)
+        return from_helmert(torch.einsum("bde,bke->bkd", rotation, canon), self.basis)
 
     def _reflect(self, u: Tensor) -> Tensor:
         """Internal coordinates of the mirror image: the last frame component of every frame vector flips sign."""
@@ -207,12 +206,12 @@ class GroupAveragedFlow(CouplingStack):
         Evaluates the spline flow on batch x group_size internal-coordinate vectors."""
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, self.dim):
             raise ValueError(f"x must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
-        batch = x.shape[0]
+        batch, n_perm = x.shape[0], self.permutations.shape[0]
         u, log_jac = self.internal_coordinates(x[:, self.permutations])  # (batch, n_perm, D), (batch, n_perm)
-        if self.reflections:
+        if self.reflections:  # a mirror image has the same radii, hence the same Jacobian
             u = torch.stack([u, self._reflect(u)], dim=2)
-            log_jac = torch.stack([log_jac, log_jac], dim=2)
-        terms = self.log_prob_internal(u.reshape(-1, self.n_internal)).reshape(batch, -1) - log_jac.reshape(batch, -1)
+        log_q_u = self.log_prob_internal(u.reshape(-1, self.n_internal)).reshape(batch, n_perm, -1)
+        terms = (log_q_u - log_jac[..., None]).flatten(1)
         return torch.logsumexp(terms, dim=1) - math.log(self.group_size) - self._log_haar_mass
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .cnf import remove_mean
 from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 
-__all__ = ["NonEquivariantFlow", "helmert_basis", "random_rotations"]
+__all__ = ["NonEquivariantFlow", "from_helmert", "helmert_basis", "random_rotations", "to_helmert"]
 
 
 def helmert_basis(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -29,6 +29,17 @@ def helmert_basis(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
         basis[k, k - 1] = -float(k)
         basis[:, k - 1] /= math.sqrt(k * (k + 1))
     return basis
+
+
+def to_helmert(x: Tensor, basis: Tensor) -> Tensor:
+    """Isometric subspace coordinates B^T x of positions x (..., n_atoms, dim) (CoM removed first), shape
+    (..., n_atoms - 1, dim); basis: ``helmert_basis(n_atoms)``."""
+    return torch.einsum("na,...nd->...ad", basis.to(x.dtype), remove_mean(x))
+
+
+def from_helmert(y: Tensor, basis: Tensor) -> Tensor:
+    """Inverse of ``to_helmert``: CoM-free positions (..., n_atoms, dim) from y (..., n_atoms - 1, dim)."""
+    return torch.einsum("na,...ad->...nd", basis.to(y.dtype), y)
 
 
 def random_rotations(
@@ -107,11 +118,11 @@ class NonEquivariantFlow(CouplingStack):
 
     def to_subspace(self, x: Tensor) -> Tensor:
         """Flattened subspace coordinates of CoM-free x: (batch, n_atoms, dim) -> (batch, (n_atoms - 1) * dim)."""
-        return torch.einsum("na,bnd->bad", self.basis.to(x.dtype), remove_mean(x)).flatten(1)
+        return to_helmert(x, self.basis).flatten(1)
 
     def from_subspace(self, y: Tensor) -> Tensor:
         """Inverse of ``to_subspace``: (batch, (n_atoms - 1) * dim) -> CoM-free (batch, n_atoms, dim)."""
-        return torch.einsum("na,bad->bnd", self.basis.to(y.dtype), y.reshape(y.shape[0], self.n_atoms - 1, self.dim))
+        return from_helmert(y.reshape(y.shape[0], self.n_atoms - 1, self.dim), self.basis)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats on the CoM-free subspace, shape (batch,); x: (batch, n_atoms, dim), CoM removed first."""
