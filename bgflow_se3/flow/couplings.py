@@ -108,7 +108,10 @@ class ProjectionCoupling(nn.Module):
             self.n_vectors, self._splits = dim, ([lin, bounded, circ] if dim == 3 else [lin, circ])
         else:
             self.n_vectors, self._splits = n_vector_transforms, [lin] * n_vector_transforms
-        self.egnn = EGNN(n_types, n_cond, n_trans * self.n_vectors, hidden, egnn_layers, mlp_blocks)
+        frame_group = self.n_vectors if projection != "vector" and dim == 3 else None
+        self.egnn = EGNN(
+            n_types, n_cond, n_trans * self.n_vectors, hidden, egnn_layers, mlp_blocks, frame_group=frame_group
+        )
         self.head = nn.Linear(hidden, n_trans * sum(self._splits))
         nn.init.zeros_(self.head.weight)  # every coupling starts as the identity
         nn.init.zeros_(self.head.bias)

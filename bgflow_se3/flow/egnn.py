@@ -49,6 +49,18 @@ def _rbf(dist2: Tensor, n_rbf: int) -> Tensor:
     return torch.exp(-(((d.unsqueeze(-1) - centres) * (n_rbf / 5.0)) ** 2))
 
 
+def _orthogonalise_frame_weights(w: Tensor, group: int) -> Tensor:
+    """w: (B, N, N, V, M) neighbour weights. In each group of ``group`` vectors, remove from vector 2's weights
+    their projection on vector 1's (inner product over neighbours j and multiplicities m); invariant scalars, so
+    equivariance is kept."""
+    b, n, _, v, m = w.shape
+    g = w.reshape(b, n, n, v // group, group, m)
+    w1, w2 = g[..., 1, :], g[..., 2, :]
+    coef = (w1 * w2).sum(dim=(2, -1), keepdim=True) / ((w1 * w1).sum(dim=(2, -1), keepdim=True) + 1e-12)
+    g = torch.cat([g[..., :2, :], (w2 - coef * w1).unsqueeze(-2), g[..., 3:, :]], dim=-2)
+    return g.reshape(b, n, n, v, m)
+
+
 class _EGNNLayer(nn.Module):
     def __init__(self, hidden: int, n_mult: int, mlp_blocks: int, coord_scale: float) -> None:
         super().__init__()
@@ -90,6 +102,11 @@ class EGNN(nn.Module):
         n_vectors: equivariant output vectors per node.
         hidden: width of features and MLPs. n_layers: message-passing layers. mlp_blocks: residual blocks per MLP.
         coord_scale: scale of the last layer of the coordinate MLPs at initialisation.
+        frame_group: for frame-building couplings, the number of output vectors per transformed multiplicity
+            (origin shift, then two frame vectors). The neighbour weights of each group's third vector are made
+            orthogonal to those of its second (over neighbours and multiplicities), so the two frame vectors
+            cannot collapse onto the one direction that bias-dominated weights share (the neighbour average).
+            Nearly collinear frame vectors make the frame, and with it the coupling, ill-conditioned.
 
     ``forward(pos, types)``: pos (B, N, n_mult, dim), types (N,) long. Returns (vectors (B, N, n_vectors, dim),
     translation invariant and rotation equivariant; features (B, N, hidden), invariant).
@@ -104,9 +121,12 @@ class EGNN(nn.Module):
         n_layers: int = 3,
         mlp_blocks: int = 1,
         coord_scale: float = 1e-3,
+        frame_group: int | None = None,
     ) -> None:
         super().__init__()
-        self.n_mult, self.n_vectors = n_mult, n_vectors
+        if frame_group is not None and (frame_group < 3 or n_vectors % frame_group):
+            raise ValueError(f"frame_group must be >= 3 and divide n_vectors={n_vectors}, got {frame_group}")
+        self.n_mult, self.n_vectors, self.frame_group = n_mult, n_vectors, frame_group
         self.embed = nn.Embedding(n_types, hidden)
         n_pairs = n_mult * (n_mult - 1) // 2
         self.node_in = nn.Linear(hidden + n_pairs, hidden)
@@ -144,6 +164,8 @@ class EGNN(nn.Module):
         # (Subtracting it made such vectors vanish and, near equidistance, blew tiny weight differences up 100-fold
         # into erratic directions: maximum likelihood on DW4 then stalled near the Gaussian NLL.)
         w = w * torch.rsqrt(w.pow(2).sum(2, keepdim=True) / (n - 1) + 1e-4)
+        if self.frame_group is not None:
+            w = _orthogonalise_frame_weights(w, self.frame_group)
         vectors = torch.einsum("bijvm,bijmd->bivd", w, unit) / (n - 1)
         if self.vec_node is not None:
             rel = x - x.mean(dim=2, keepdim=True)  # (B, N, M, d), translation invariant

@@ -3,15 +3,17 @@ import math
 import pytest
 import torch
 
-from bgflow_se3.flow.egnn import EGNN
+from bgflow_se3.flow.egnn import EGNN, _orthogonalise_frame_weights
 from bgflow_se3.flow.geometry import random_rotation
 
 
-@pytest.mark.parametrize("dim,n_mult", [(3, 1), (3, 2), (2, 1)])
-def test_egnn_is_e3_equivariant_and_permutation_equivariant(dim, n_mult, generator):
+@pytest.mark.parametrize("dim,n_mult,frame_group", [(3, 1, None), (3, 2, None), (2, 1, None), (3, 2, 3)])
+def test_egnn_is_e3_equivariant_and_permutation_equivariant(dim, n_mult, frame_group, generator):
     torch.manual_seed(0)
     types = torch.tensor([0, 1, 0, 0, 1])
-    net = EGNN(n_types=2, n_mult=n_mult, n_vectors=3, hidden=16, n_layers=2, coord_scale=1.0).double()
+    net = EGNN(
+        n_types=2, n_mult=n_mult, n_vectors=3, hidden=16, n_layers=2, coord_scale=1.0, frame_group=frame_group
+    ).double()
     pos = torch.randn(4, 5, n_mult, dim, generator=generator, dtype=torch.float64)
     vec, feat = net(pos, types)
     assert vec.shape == (4, 5, 3, dim) and feat.shape == (4, 5, 16)
@@ -26,6 +28,29 @@ def test_egnn_is_e3_equivariant_and_permutation_equivariant(dim, n_mult, generat
     vec_p, feat_p = net(pos[:, perm], types[perm])
     torch.testing.assert_close(vec_p, vec[:, perm], atol=1e-10, rtol=0)
     torch.testing.assert_close(feat_p, feat[:, perm], atol=1e-10, rtol=0)
+
+
+def test_frame_weights_are_decorrelated_and_frames_stay_apart(generator):
+    """Bias-dominated neighbour weights (randomised network) made both frame vectors point along the neighbour
+    average: nearly collinear, an ill-conditioned frame. With frame_group their weights are orthogonal."""
+    w = torch.randn(2, 5, 5, 6, 2, generator=generator, dtype=torch.float64) + 3.0  # shared bias: collinear
+    out = _orthogonalise_frame_weights(w, 3).reshape(2, 5, 5, 2, 3, 2)
+    g = w.reshape(2, 5, 5, 2, 3, 2)
+    torch.testing.assert_close(out[..., :2, :], g[..., :2, :], atol=0, rtol=0)  # origin and first vector kept
+    inner = (out[..., 1, :] * out[..., 2, :]).sum(dim=(2, -1))
+    assert inner.abs().max() < 1e-10
+    pos = torch.randn(64, 5, 1, 3, generator=generator, dtype=torch.float64)
+    cos = {}
+    for group in (None, 3):
+        torch.manual_seed(3)
+        net = EGNN(n_types=1, n_mult=1, n_vectors=3, hidden=16, n_layers=1, frame_group=group).double()
+        with torch.no_grad():
+            net.vec_edge.out.bias.add_(2.0)  # every neighbour weight dominated by the same bias
+        vec, _ = net(pos, torch.zeros(5, dtype=torch.long))
+        v1, v2 = vec[..., 1, :], vec[..., 2, :]
+        cos[group] = ((v1 * v2).sum(-1) / (v1.norm(dim=-1) * v2.norm(dim=-1))).abs()
+    assert cos[None].median() > 0.99  # the failure mode
+    assert cos[3].median() < 0.9, cos[3].median()
 
 
 def test_egnn_rejects_wrong_multiplicity():
