@@ -43,8 +43,9 @@ def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[tuple[int, int]], root: int
     angle i-j-k and a torsion i-j-k-l, all of j, k, l placed earlier (-1 where the first rows have none).
 
     Breadth-first over the bond graph from ``root`` (default: the atom with most bonds); j is the atom's BFS parent,
-    k the parent's parent (or another placed neighbour of j), l likewise one step further (or another placed
-    neighbour of j or k). Raises ``ValueError`` for a disconnected graph or fewer than 3 atoms.
+    k the parent's parent (or another placed neighbour of j), l an already placed other neighbour of j where there
+    is one (an improper torsion, rigid: hydrogens and branches sit at fixed offsets from their siblings), else a
+    neighbour of k (a proper torsion: only rotatable bonds get one, so the flow learns each rotation once). Raises ``ValueError`` for a disconnected graph or fewer than 3 atoms.
     """
     if n_atoms < 3:
         raise ValueError(f"a Z-matrix needs at least 3 atoms, got {n_atoms}")
@@ -84,8 +85,8 @@ def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[tuple[int, int]], root: int
             k = pick([parent[j], *sorted(neighbours[j])], {i, j})
             if k < 0 and len(placed) >= 2:  # j is the root with one placed neighbour so far: use any placed atom
                 k = pick(order, {i, j})
-        if k >= 0:
-            l = pick([parent[k], *sorted(neighbours[k]), *sorted(neighbours[j])], {i, j, k})
+        if k >= 0:  # a placed sibling first: the improper torsion i-j-k-sibling is rigid, a proper one is soft
+            l = pick([*sorted(neighbours[j]), parent[k], *sorted(neighbours[k])], {i, j, k})
             if l < 0 and len(placed) >= 3:
                 l = pick(order, {i, j, k})
         rows.append([i, j, k, l])

@@ -8,9 +8,28 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["AlanineDipeptide", "load_aldp"]
+__all__ = ["CHIRAL_CENTRE_ATOMS", "PHI_ATOMS", "PSI_ATOMS", "AlanineDipeptide", "is_l_form", "load_aldp"]
 
 Solvent = Literal["vacuum", "implicit"]
+
+#: atom indices of the backbone dihedrals in the shipped topology (checked against mdtraj in the tests)
+PHI_ATOMS = (4, 6, 8, 14)  # C(ACE) - N - CA - C
+PSI_ATOMS = (6, 8, 14, 16)  # N - CA - C - N(NME)
+#: (N, CA, C, CB) of the alanine residue: the chiral centre
+CHIRAL_CENTRE_ATOMS = (6, 8, 14, 10)
+
+
+def is_l_form(x):
+    """Boolean mask (batch,): the alpha carbon of configurations x (batch, 22, 3) (torch) is L.
+
+    L has a positive signed volume (N - CA) . ((C - CA) x (CB - CA)) (the CORN rule, as
+    ``analysis.chirality``); NaN coordinates give False. The force field cannot tell L from D (mirror images have
+    equal energy), so the Boltzmann target of the L molecule is exp(-u) restricted to this mask.
+    """
+    import torch
+
+    n, ca, c, cb = (x[:, i] for i in CHIRAL_CENTRE_ATOMS)
+    return (torch.linalg.cross(c - ca, cb - ca, dim=-1) * (n - ca)).sum(-1) > 0
 
 
 @dataclass(frozen=True)
