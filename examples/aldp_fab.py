@@ -1,23 +1,28 @@
-"""Alanine dipeptide in implicit solvent (amber99sbildn + OBC, 300 K) trained by FAB from the energy alone.
+"""Alanine dipeptide in implicit solvent (amber99sbildn + OBC, 300 K): F(phi > 0) - F(phi <= 0) from a Boltzmann
+generator trained by FAB, with an error bar.
 
-python examples/aldp_fab.py --quick        # the whole pipeline on 2 CPU cores in under 5 minutes (tiny sizes:
-                                           # a smoke test of train -> sample -> save -> analyse, not a good model)
-python examples/aldp_fab.py                # the real run for one GPU (see FULL below for its budget)
+python examples/aldp_fab.py --quick     # the README's main job: < 10 min on 2 CPU cores
+python examples/aldp_fab.py --long      # ~0.03 kT statistical error in < 2 h on 2 CPU cores
+python examples/aldp_fab.py             # GPU: the augmented coupling flow trained from scratch by FAB (see FULL)
 
-Energies: TorchForceField on the GPU when CUDA is present; otherwise OpenMMEnergy (--workers processes).
-Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, samples.dcd + topology.pdb
-(mdtraj-readable), samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png,
-results.json (reverse ESS, D-chirality fraction, Ramachandran KL(MD || flow) on 64 x 64 periodic bins and
-KL(umbrella || flow) along phi, in nats, unweighted and reweighted (NaN when the reference is not cached: MD from
-systems/aldp/md.py, umbrella from systems/aldp/umbrella.py), phi-state free-energy difference through pymbar MBAR
-with its error, or NaN with the reason when a state is empty, target evaluations, wall time).
---resume continues training from the checkpoint; --smoke runs the quick sizes for 3 iterations (tests).
+CPU modes (--quick, --long) start from the internal-coordinate flow shipped with the package
+(``bgflow_se3/systems/data/aldp/icflow_implicit.pt``, made by ``systems/aldp/pretrain_flow.py``: maximum
+likelihood on Langevin replicas seeded in every Ramachandran basin; provenance in the JSON beside it; a model that
+no longer matches the code raises ``PretrainedModelMismatch``), fine-tune it by FAB (AIS towards p^2/q with HMC,
+prioritised replay buffer) on TorchForceField energies, then draw flow samples and reweight them with exact
+float64 energies. The target is the L molecule: the force field gives mirror images equal energy, so D samples get
+weight 0 (``RestrictedEnergy`` in training, ``restrict_to_l`` in the evaluation). F(phi > 0) - F(phi <= 0) is
+pymbar's EXP estimate with a bootstrap error, flagged reliable when both states rest on >= 50 effective samples.
 
-Budget of the default mode: 12,000 iterations x 128 samples x (1 + 8 intermediates x 4 leapfrog steps) = 5.1e7
-target evaluations plus 8 flow updates of batch 128 per iteration. Memory sets the batch: the 20-block flow keeps
-~0.53 GB of autograd graph per configuration in float32 (measured on CPU: 1.46 GB at batch 2, 4.67 GB at batch 8),
-so fab-torch's batch of 512 would need ~270 GB per update; 128 needs ~70 GB (AIS runs in chunks of 64,
-``ais_chunk_size``). Its wall time on one GPU was not measured here (no GPU was available when this was written).
+Everything lands in --out: metrics.jsonl, training_curves.png, samples.dcd + topology.pdb (mdtraj-readable),
+samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png, phi_profile.png and
+results.json (dF and its error, reverse ESS, effective samples per state, D fraction, Ramachandran KL against MD
+and KL against the umbrella phi profile where those references exist, target evaluations, wall time).
+--smoke runs the smallest sizes (tests).
+
+GPU mode budget (FULL): the augmented coupling flow at the reference implementation's alanine dipeptide size (8
+blocks, EGNN 3 x 32, vector projection) from scratch: 6,000 iterations x 256 samples x (1 + 8 x 4) = 5.1e7 target
+evaluations on TorchForceField, ~25 MB of autograd graph per configuration; not run here (no GPU was lent).
 """
 
 from __future__ import annotations
@@ -30,68 +35,92 @@ from pathlib import Path
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
-from bgflow_se3.energy import energy_for_device
+from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
+from bgflow_se3.systems.aldp import is_l_form
+from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
 from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
 from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
 
 TEMPERATURE = 300.0
+FAB_FINE_TUNE = dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, step_size=0.002, ais_chunk_size=None)
 QUICK = dict(
-    flow=dict(n_blocks=1, hidden=16, egnn_layers=1, mlp_blocks=1),
-    fab=dict(
-        batch_size=32, n_intermediate=1, n_leapfrog=2, n_updates=2, buffer_max_length=32 * 16, buffer_min_length=64
-    ),
-    n_iterations=200,
-    lr=1e-3,
-    n_samples=2048,
+    pretrained=True,
+    fab=dict(FAB_FINE_TUNE, buffer_max_length=128 * 64, buffer_min_length=128 * 4),
+    n_iterations=60,
+    lr=1e-5,
+    n_samples=200_000,
 )
-SMOKE = dict(QUICK, n_iterations=3, n_samples=128)
+LONG = dict(QUICK, n_iterations=1500, lr=2e-5, n_samples=4_000_000)
+SMOKE = dict(
+    QUICK,
+    fab=dict(FAB_FINE_TUNE, batch_size=16, n_updates=2, buffer_max_length=128, buffer_min_length=32),
+    n_iterations=3,
+    n_samples=256,
+)
 FULL = dict(
-    flow=dict(n_blocks=20, hidden=128, egnn_layers=3, mlp_blocks=1),
+    pretrained=False,
+    flow=dict(n_blocks=8, hidden=32, egnn_layers=3, mlp_blocks=1, projection="vector"),
     fab=dict(
-        batch_size=128,
+        batch_size=256,
         n_intermediate=8,
         n_leapfrog=4,
         n_updates=8,
-        buffer_max_length=128 * 512,
-        buffer_min_length=128 * 64,
-        ais_chunk_size=64,
+        step_size=0.002,
+        buffer_max_length=256 * 256,
+        buffer_min_length=256 * 16,
+        ais_chunk_size=128,
     ),
-    n_iterations=12000,
+    n_iterations=6000,
     lr=2e-4,
-    n_samples=100_000,
+    n_samples=200_000,
 )
+
+
+def build_flow(setup: dict, aldp, device: str):
+    """The pretrained internal-coordinate flow (CPU modes) or a fresh augmented coupling flow (GPU mode)."""
+    if setup["pretrained"]:
+        flow, provenance = load_pretrained_aldp_flow("implicit")
+        return flow.to(device), {
+            "pretrained_commit": provenance.get("commit"),
+            **{f"pretrained_{k}": v for k, v in provenance.get("metrics", {}).items()},
+        }
+    flow = AugmentedCouplingFlow.for_topology(aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"])
+    return flow.to(device, torch.float32), {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: the pipeline in < 5 min on 2 CPU cores")
-    parser.add_argument("--smoke", action="store_true", help="3 iterations, 128 samples: checks the pipeline")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab[_quick])")
-    parser.add_argument("--iterations", type=int, default=None)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="pretrained flow + short FAB: < 10 min on 2 CPU cores")
+    mode.add_argument("--long", action="store_true", help="longer FAB and 20x the samples: < 2 h on 2 CPU cores")
+    mode.add_argument("--smoke", action="store_true", help="the smallest sizes: checks the pipeline")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab_<mode>)")
+    parser.add_argument("--iterations", type=int, default=None, help="FAB iterations (default: the mode's)")
+    parser.add_argument("--samples", type=int, default=None, help="flow samples for the estimate (default: the mode's)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=1, help="OpenMM worker processes (CPU backends)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 if shared)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
     parser.add_argument("--umbrella", type=Path, default=default_umbrella_dir("implicit"), help="umbrella cache")
     args = parser.parse_args()
-    args.quick = args.quick or args.smoke
-    setup = SMOKE if args.smoke else QUICK if args.quick else FULL
-    out = args.out or Path("runs") / ("aldp_fab_quick" if args.quick else "aldp_fab")
+    name = "smoke" if args.smoke else "quick" if args.quick else "long" if args.long else "full"
+    setup = {"smoke": SMOKE, "quick": QUICK, "long": LONG, "full": FULL}[name]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or Path("runs") / f"aldp_fab_{name}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
 
     aldp = load_aldp("implicit")
-    energy, backend = energy_for_device(aldp.system, TEMPERATURE, args.device, args.workers)
-    dtype = torch.float32  # training; sampling and weights for the analysis are in float64
-    flow = AugmentedCouplingFlow.for_topology(
-        aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"]
-    ).to(args.device, dtype)
-    objective = FABObjective(TargetDensity(energy, energy_cut=1e3), step_size=0.005, **setup["fab"])
+    # training energies in float32 on the device; the target is the L enantiomer
+    energy = RestrictedEnergy(TorchForceField.from_system(aldp.system, TEMPERATURE).to(args.device), is_l_form)
+    flow, flow_info = build_flow(setup, aldp, args.device)
+    objective = FABObjective(TargetDensity(energy, energy_cut=1e3), **setup["fab"])
     n_iterations = args.iterations or setup["n_iterations"]
     config = TrainConfig(
         n_iterations=n_iterations,
@@ -99,40 +128,40 @@ def main() -> None:
         warmup_iterations=max(1, min(500, n_iterations // 10)),
         seed=args.seed,
         progress=not args.no_progress,
-        checkpoint_every=0 if args.quick else 500,
+        checkpoint_every=0 if name in ("smoke", "quick") else 500,
     )
-    trainer = Trainer(flow, objective, config, out_dir=out)
-    result = trainer.run(resume=args.resume)
+    result = Trainer(flow, objective, config, out_dir=out).run(resume=args.resume)
 
-    # sample, weight, save and analyse (in float64): chirality, Ramachandran KL, phi-state free energy
+    # sample, weight with float64 energies, save and analyse: chirality, Ramachandran KL, phi-state free energy
     scores = evaluate_dipeptide(
         flow.double(),
-        energy,
+        TorchForceField.from_system(aldp.system, TEMPERATURE).to(args.device),
         aldp.topology,
-        setup["n_samples"],
+        args.samples or setup["n_samples"],
         out,
         generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
+        batch_size=4096,
         reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
         umbrella_profile=load_profile(args.umbrella, missing_ok=True),
+        restrict_to_l=True,
     )
     summary = {
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
-        "energy_backend": backend,
+        "mode": name,
+        "energy_backend": "TorchForceField",
         "device": args.device,
+        "flow": type(flow).__name__,
+        **flow_info,
         **training_summary(result),
         **scores,
+        "n_target_evaluations_total": result.n_target_evaluations + scores["n_samples"],
         "wall_time_s_total": time.perf_counter() - start,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     for key, value in summary.items():
-        print(f"{key:>34}: {value:.4g}" if isinstance(value, float) else f"{key:>34}: {value}")
-    if summary["reverse_ess"] * summary["n_samples"] < 50:
-        print(
-            "WARNING: fewer than 50 effective samples: the free-energy difference and reweighted plot are not reliable"
-        )
-    close = getattr(energy, "close", None)
-    if callable(close):
-        close()
+        print(f"{key:>36}: {value:.4g}" if isinstance(value, float) else f"{key:>36}: {value}")
+    dF, err = summary["dF_phi_positive_minus_negative_kT"], summary["dF_stderr_kT"]
+    verdict = "reliable" if summary["dF_reliable"] else f"NOT reliable: {summary['dF_warning'] or summary['dF_error']}"
+    print(f"\nF(phi > 0) - F(phi <= 0) = {dF:.3f} +/- {err:.3f} kT ({verdict})")
 
 
 if __name__ == "__main__":

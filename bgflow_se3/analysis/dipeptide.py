@@ -21,7 +21,7 @@ from ..energy.base import Energy
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from ..train.evaluate import sample_with_energies
-from .chirality import d_chirality_fraction
+from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
 from .dihedrals import as_mdtraj_topology, phi_psi
 from .plots import ramachandran_panels_figure
 from .ramachandran import phi_profile_kl, ramachandran_kl
@@ -50,6 +50,9 @@ def evaluate_dipeptide(
     reference_md: np.ndarray | None = None,
     umbrella_profile: tuple[np.ndarray, np.ndarray] | None = None,
     bins: int = 64,
+    restrict_to_l: bool = True,
+    n_bootstrap: int = 200,
+    min_effective_samples: float = 50.0,
 ) -> dict[str, float]:
     """Sample, save and score a flow on a dipeptide; returns the numbers for ``results.json``.
 
@@ -63,6 +66,11 @@ def evaluate_dipeptide(
     ``kl_phi_umbrella`` and ``kl_phi_umbrella_reweighted``, KL(umbrella || flow) along phi, nats.
     Divergences without their reference are NaN. Samples with non-finite coordinates are dropped from the
     angles (counted in ``n_nonfinite_samples``) and keep weight zero.
+    restrict_to_l: the target is the L molecule: samples with a D alpha carbon get u = +inf (weight 0; the force
+    field gives mirror images equal energy, so they would otherwise be counted with their own phi).
+    The phi-state free energy F(phi > 0) - F(phi <= 0) (kT) is pymbar's EXP estimate over the L samples with a
+    bootstrap error (``n_bootstrap`` resamples; 0: the delta method); it is flagged reliable when each state rests
+    on at least ``min_effective_samples`` effective samples and pymbar reported no low overlap.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +82,11 @@ def evaluate_dipeptide(
     if not finite.any():
         raise NonFiniteInputError(f"all {n_samples} flow samples hold NaN or inf coordinates: the flow is broken")
     u = np.where(finite, samples.u, math.inf)
+    d_fraction = d_chirality_fraction(top, samples.x[finite])
+    if restrict_to_l:
+        is_l = np.zeros(len(finite), dtype=bool)
+        is_l[finite] = (chirality_signs(top, samples.x[finite]) == L_CHIRALITY_SIGN).all(axis=1)
+        u = np.where(is_l, u, math.inf)
     log_q = np.where(finite, samples.log_q, 0.0)  # dropped samples keep weight 0 through u = inf
     log_w = log_importance_weights(log_q, u, log_p_aug=samples.log_p_aug)
     x = samples.x[finite]
@@ -106,12 +119,27 @@ def evaluate_dipeptide(
 
     positive = np.zeros(len(finite), dtype=bool)
     positive[finite] = phi > 0
+    in_0_2 = np.zeros(len(finite), dtype=bool)
+    in_0_2[finite] = (phi > 0) & (phi < 2)
+    effective = {
+        name: float(effective_sample_size(np.where(mask, log_w, -np.inf)).count)
+        if np.isfinite(log_w[mask]).any()
+        else 0.0
+        for name, mask in (("positive", positive), ("negative", finite & ~positive))
+    }
     delta_f_warning = ""
     try:  # pymbar through the checked reweighting API: a clear failure, never a silent number
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LowOverlapWarning)
             estimate = free_energy_difference(
-                log_q, u, positive, finite & ~positive, log_p_aug=samples.log_p_aug, method="mbar"
+                log_q,
+                u,
+                positive,
+                finite & ~positive,
+                log_p_aug=samples.log_p_aug,
+                method="exp",
+                n_bootstrap=n_bootstrap,
+                seed=0,
             )
         delta_f, delta_f_stderr, delta_f_error = estimate.value, estimate.stderr, ""
         low_overlap = [str(w.message) for w in caught if issubclass(w.category, LowOverlapWarning)]
@@ -121,11 +149,28 @@ def evaluate_dipeptide(
     except (EmptyStateError, ConvergenceError) as error:
         delta_f = delta_f_stderr = math.nan
         delta_f_error = str(error)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LowOverlapWarning)
+            delta_f_0_2 = free_energy_difference(
+                log_q, u, in_0_2, finite & ~in_0_2, log_p_aug=samples.log_p_aug, method="exp", n_bootstrap=0
+            ).value
+    except (EmptyStateError, ConvergenceError):
+        delta_f_0_2 = math.nan
+    too_few = min(effective.values()) < min_effective_samples
+    if too_few and not delta_f_warning:
+        delta_f_warning = (
+            f"effective samples per state {effective['positive']:.1f} (phi > 0) and {effective['negative']:.1f} "
+            f"(phi <= 0): fewer than {min_effective_samples:g}"
+        )
     return {
         "n_samples": int(n_samples),
         "n_nonfinite_samples": int((~finite).sum()),
         "reverse_ess": float(effective_sample_size(log_w).fraction),
-        "d_chirality_fraction": d_chirality_fraction(top, x),
+        "d_chirality_fraction": d_fraction,
+        "restricted_to_l": bool(restrict_to_l),
+        "effective_samples_phi_positive": effective["positive"],
+        "effective_samples_phi_negative": effective["negative"],
         **results,
         "kl_bins": bins,
         "dF_phi_positive_minus_negative_kT": delta_f,
@@ -135,4 +180,5 @@ def evaluate_dipeptide(
         # and its error bar are not to be trusted
         "dF_reliable": bool(math.isfinite(delta_f) and not delta_f_warning),
         "dF_warning": delta_f_warning,
+        "dF_phi_in_0_2_minus_rest_kT": delta_f_0_2,
     }

@@ -5,6 +5,7 @@ from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
 from .openmm_energy import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
 from .regularize import regularize_energy
+from .restricted import RestrictedEnergy
 from .torch_forcefield import TorchForceField
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Energy",
     "LennardJonesEnergy",
     "OpenMMEnergy",
+    "RestrictedEnergy",
     "check_system",
     "energy_for_device",
     "TorchForceField",

@@ -45,7 +45,8 @@ def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[tuple[int, int]], root: int
     Breadth-first over the bond graph from ``root`` (default: the atom with most bonds); j is the atom's BFS parent,
     k the parent's parent (or another placed neighbour of j), l an already placed other neighbour of j where there
     is one (an improper torsion, rigid: hydrogens and branches sit at fixed offsets from their siblings), else a
-    neighbour of k (a proper torsion: only rotatable bonds get one, so the flow learns each rotation once). Raises ``ValueError`` for a disconnected graph or fewer than 3 atoms.
+    neighbour of k (a proper torsion: only rotatable bonds get one, so the flow learns each rotation once).
+    Raises ``ValueError`` for a disconnected graph or fewer than 3 atoms.
     """
     if n_atoms < 3:
         raise ValueError(f"a Z-matrix needs at least 3 atoms, got {n_atoms}")

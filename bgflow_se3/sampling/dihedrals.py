@@ -53,7 +53,9 @@ def set_torsion(x: Tensor, bonds: Sequence[tuple[int, int]], atoms: Sequence[int
     p = x[:, side] - x[:, b, None]
     cos, sin = torch.cos(delta)[:, None, None], torch.sin(delta)[:, None, None]
     k = axis[:, None]
-    rotated = p * cos + torch.linalg.cross(k.expand_as(p), p, dim=-1) * sin + k * (k * p).sum(-1, keepdim=True) * (1 - cos)
+    rotated = (
+        p * cos + torch.linalg.cross(k.expand_as(p), p, dim=-1) * sin + k * (k * p).sum(-1, keepdim=True) * (1 - cos)
+    )
     out = x.clone()
     out[:, side] = rotated + x[:, b, None]
     return out

@@ -42,14 +42,20 @@ def _energy_and_force(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
     return u.detach(), -grad
 
 
-def minimise(energy: Energy, x: Tensor, n_steps: int = 200, max_displacement: float = 0.005) -> Tensor:
-    """Clipped steepest descent: each step moves every atom along its force by at most ``max_displacement`` (nm).
-    Removes the clashes of hand-built starting structures before dynamics. x (batch, n_atoms, 3) -> same shape."""
+def minimise(
+    energy: Energy, x: Tensor, n_steps: int = 200, max_displacement: float = 0.005, step: float = 1e-5
+) -> Tensor:
+    """Clipped steepest descent: x += min(step, max_displacement / |f_i|) f_i for every atom i, n_steps times.
+
+    step (nm^2 per kT) must stay below 2 / (the stiffest curvature): 1e-5 suits covalent bonds (~1e5 kT/nm^2);
+    max_displacement (nm) caps each atom's move, so clashes of hand-built starting structures are removed without
+    blowing up. x (batch, n_atoms, 3) -> same shape.
+    """
     x = x.clone()
     for _ in range(n_steps):
         _, force = _energy_and_force(energy, x)
         norm = torch.linalg.vector_norm(force, dim=-1, keepdim=True)
-        x = x + force * (max_displacement / torch.clamp_min(norm, max_displacement * 1e4)).clamp(max=1e-4)
+        x = x + force * torch.clamp(max_displacement / torch.clamp_min(norm, 1e-30), max=step)
     return x
 
 

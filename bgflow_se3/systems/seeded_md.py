@@ -24,9 +24,7 @@ from .aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
 __all__ = ["DEFAULT_SEEDS", "seeded_aldp_md"]
 
 #: (phi, psi) seeds in radians: C5/beta, C7eq, alpha_R and PII (phi < 0); C7ax and alpha_L (phi > 0)
-DEFAULT_SEEDS: tuple[tuple[float, float], ...] = tuple(
-    itertools.product((-2.6, -1.4, 1.0), (-0.7, 0.6, 2.7))
-)
+DEFAULT_SEEDS: tuple[tuple[float, float], ...] = tuple(itertools.product((-2.6, -1.4, 1.0), (-0.7, 0.6, 2.7)))
 
 
 def _masses(aldp: AlanineDipeptide, hydrogen_mass: float) -> Tensor:
@@ -62,7 +60,9 @@ def seeded_aldp_md(
         raise ValueError(f"n_replicas ({n_replicas}) must be at least the number of seeds ({len(seeds)})")
     bonds = [(a.index, b.index) for a, b in aldp.topology.bonds()]
     x = torch.tensor(aldp.positions_nm, dtype=dtype)[None]
-    starts = torch.cat([set_torsion(set_torsion(x, bonds, PHI_ATOMS, phi), bonds, PSI_ATOMS, psi) for phi, psi in seeds])
+    starts = torch.cat(
+        [set_torsion(set_torsion(x, bonds, PHI_ATOMS, phi), bonds, PSI_ATOMS, psi) for phi, psi in seeds]
+    )
     x0 = starts.repeat(math.ceil(n_replicas / len(seeds)), 1, 1)[:n_replicas]
     x0 = minimise(energy, x0, n_steps=200)
     masses = _masses(aldp, hydrogen_mass).to(dtype)

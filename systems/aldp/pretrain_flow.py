@@ -105,7 +105,12 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {args.threads} threads",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "data": {"replicas": args.replicas, "ps_per_replica": args.ps, "frames_train": len(train), "frames_valid": len(valid)},
+        "data": {
+            "replicas": args.replicas,
+            "ps_per_replica": args.ps,
+            "frames_train": len(train),
+            "frames_valid": len(valid),
+        },
         "training": {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "config": CONFIG},
         "wall_s": {"md": md_s, "training": train_s, "total": time.perf_counter() - start},
         "metrics": metrics,

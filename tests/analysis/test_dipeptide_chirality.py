@@ -1,0 +1,78 @@
+"""D samples must not enter the L molecule's phi states: a 'flow' that makes both enantiomers."""
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.energy import TorchForceField
+from bgflow_se3.sampling import minimise
+from bgflow_se3.sampling.dihedrals import set_torsion, torsion_angle
+from bgflow_se3.systems import load_aldp
+from bgflow_se3.systems.aldp import PHI_ATOMS, PSI_ATOMS, is_l_form
+
+
+class FixedSamples(torch.nn.Module):
+    """Returns the given configurations in order with a constant log q (weights are then exp(-u))."""
+
+    n_atoms, dim = 22, 3
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("x", x)
+        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=x.dtype), requires_grad=False)
+        self.next = 0
+
+    def sample(self, n, generator=None):
+        x = self.x[self.next : self.next + n]
+        self.next += n
+        return x, torch.zeros(len(x), dtype=x.dtype)
+
+    def log_prob(self, x):
+        return torch.zeros(len(x), dtype=x.dtype)
+
+
+def test_d_samples_are_excluded_from_the_l_free_energy(tmp_path):
+    aldp = load_aldp("implicit")
+    energy = TorchForceField.from_system(aldp.system, 300.0)
+    bonds = [(a.index, b.index) for a, b in aldp.topology.bonds()]
+    x0 = torch.tensor(aldp.positions_nm)[None]
+    gen = torch.Generator().manual_seed(0)
+    starts = [(phi, psi) for phi in (-2.6, -1.4, 1.0) for psi in (-0.7, 2.7)]
+    l_form = torch.cat([set_torsion(set_torsion(x0, bonds, PHI_ATOMS, a), bonds, PSI_ATOMS, b) for a, b in starts])
+    l_form = minimise(energy, l_form.repeat(5, 1, 1), 50) + 0.002 * torch.randn(30, 22, 3, generator=gen)
+    d_form = -l_form  # mirror images: equal energies, phi of the opposite sign
+    x = torch.cat([l_form, d_form])
+    assert is_l_form(l_form).all() and not is_l_form(d_form).any()
+    u = energy(x).numpy()
+    phi = torsion_angle(x, PHI_ATOMS).numpy()
+    is_l = is_l_form(x).numpy()
+
+    def delta_f(mask):
+        pos, neg = mask & (phi > 0), mask & (phi <= 0)
+        return -(np.logaddexp.reduce(-u[pos]) - np.logaddexp.reduce(-u[neg]))
+
+    results = {}
+    for restrict in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[restrict] = evaluate_dipeptide(
+                FixedSamples(x),
+                energy,
+                aldp.topology,
+                len(x),
+                tmp_path / str(restrict),
+                n_bootstrap=0,
+                restrict_to_l=restrict,
+                min_effective_samples=1.0,
+            )
+    assert results[True]["d_chirality_fraction"] == 0.5
+    assert math.isclose(results[True]["dF_phi_positive_minus_negative_kT"], delta_f(is_l), abs_tol=1e-6)
+    # counted with their own phi, the D copies pull the estimate towards 0 (mirror: phi -> -phi)
+    assert math.isclose(results[False]["dF_phi_positive_minus_negative_kT"], delta_f(np.ones_like(is_l)), abs_tol=1e-6)
+    assert (
+        abs(results[True]["dF_phi_positive_minus_negative_kT"] - results[False]["dF_phi_positive_minus_negative_kT"])
+        > 1.0
+    )
