@@ -20,10 +20,11 @@ from torch import nn
 from ..energy.base import Energy
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
+from ..reweight.fes import free_energy_surface
 from ..train.evaluate import sample_with_energies
 from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
 from .dihedrals import as_mdtraj_topology, phi_psi
-from .plots import ramachandran_panels_figure
+from .plots import free_energy_profile_figure, ramachandran_panels_figure
 from .ramachandran import phi_profile_kl, ramachandran_kl
 
 __all__ = ["evaluate_dipeptide"]
@@ -36,6 +37,27 @@ def _kl_pair(kl_fn, weights: np.ndarray | None) -> tuple[float, float]:
     plain = kl_fn(None)
     reweighted = kl_fn(weights) if weights is not None else math.nan
     return plain, reweighted
+
+
+def _phi_profile_figure(phi, log_q, u, log_p_aug, umbrella_profile, out: Path) -> None:
+    """phi_profile.png: the reweighted flow's phi free-energy profile (pymbar FES, one-sigma band) against the
+    umbrella-sampling profile when there is one. Skipped (with a warning) when no sample has nonzero weight."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fes = free_energy_surface(phi, log_q, u, log_p_aug=log_p_aug, bins=np.linspace(-np.pi, np.pi, 37))
+        reference = None if umbrella_profile is None else (umbrella_profile[0], umbrella_profile[1], None)
+        df = np.where(np.isfinite(fes.df), fes.df, np.nan)
+        figure = free_energy_profile_figure(
+            fes.centers[0], fes.f, df, reference=reference, label="flow, reweighted", reference_label="umbrella"
+        )
+    except (ValueError, ConvergenceError) as error:
+        warnings.warn(f"no phi profile figure: {error}", stacklevel=3)
+        return
+    figure.savefig(out / "phi_profile.png")
+    plt.close(figure)
 
 
 def evaluate_dipeptide(
@@ -53,13 +75,16 @@ def evaluate_dipeptide(
     restrict_to_l: bool = True,
     n_bootstrap: int = 200,
     min_effective_samples: float = 50.0,
+    max_trajectory_frames: int = 100_000,
 ) -> dict[str, float]:
     """Sample, save and score a flow on a dipeptide; returns the numbers for ``results.json``.
 
     flow: the trained flow, sampled in its own dtype and device (use float64). energy: the target, reduced u.
     topology: openmm or mdtraj topology of the molecule (one phi, one psi). n_samples: flow samples to draw.
-    out_dir: receives ``samples.dcd`` + ``topology.pdb`` (``mdtraj.load``), ``samples.npz`` (x in nm, log_q, u,
-    log_p_aug: the input of ``examples/free_energy_aldp.py``) and ``ramachandran.png``.
+    out_dir: receives ``samples.dcd`` (the first ``max_trajectory_frames`` samples) + ``topology.pdb``
+    (``mdtraj.load``), ``samples.npz`` (every sample: x in nm as float32, log_q, u, log_p_aug in float64: the input
+    of ``examples/free_energy_aldp.py``), ``ramachandran.png`` and ``phi_profile.png`` (the reweighted phi profile
+    against the umbrella profile).
     reference_md: reference configurations (n, n_atoms, 3), nm, e.g. MD frames: gives ``kl_md`` and
     ``kl_md_reweighted``, KL(MD || flow) in nats on a periodic ``bins`` x ``bins`` (phi, psi) histogram.
     umbrella_profile: ``(centers, f)`` of a phi profile in kT (``systems.umbrella.load_profile``): gives
@@ -90,10 +115,16 @@ def evaluate_dipeptide(
     log_q = np.where(finite, samples.log_q, 0.0)  # dropped samples keep weight 0 through u = inf
     log_w = log_importance_weights(log_q, u, log_p_aug=samples.log_p_aug)
     x = samples.x[finite]
-    trajectory = mdtraj.Trajectory(x.astype(np.float32), top)
+    trajectory = mdtraj.Trajectory(x[:max_trajectory_frames].astype(np.float32), top)
     trajectory.save_dcd(str(out / "samples.dcd"))
     trajectory[0].save_pdb(str(out / "topology.pdb"))
-    np.savez(out / "samples.npz", x=x, log_q=log_q[finite], u=u[finite], log_p_aug=samples.log_p_aug[finite])
+    np.savez(
+        out / "samples.npz",
+        x=x.astype(np.float32),
+        log_q=log_q[finite],
+        u=u[finite],
+        log_p_aug=samples.log_p_aug[finite],
+    )
 
     phi, psi = phi_psi(top, x)
     log_w_kept = log_w[finite]
@@ -116,6 +147,7 @@ def evaluate_dipeptide(
             lambda w: phi_profile_kl(centers, f, phi, weights_q=w), weights
         )
     ramachandran_panels_figure(panels).savefig(out / "ramachandran.png")
+    _phi_profile_figure(phi, log_q[finite], u[finite], samples.log_p_aug[finite], umbrella_profile, out)
 
     positive = np.zeros(len(finite), dtype=bool)
     positive[finite] = phi > 0

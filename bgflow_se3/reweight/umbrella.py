@@ -2,7 +2,8 @@
 
 The windows' bias is ``u_k(phi) = kappa / 2 * dphi(phi, c_k)^2`` with ``dphi`` wrapped into [-pi, pi), kappa in
 kT / rad^2; all windows run at the target's temperature, so only the bias differs between them. Pure arrays:
-the simulations live in ``bgflow_se3.systems.umbrella``.
+the simulations live in ``bgflow_se3.systems.umbrella``. ``combine_repeats`` and ``combine_profiles`` pool
+independent repeats of a whole umbrella run: their scatter is the error that sees everything one run cannot.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from ._pymbar import DEFAULT_MIN_OVERLAP, checked_mbar, import_pymbar
 from .fes import FreeEnergySurface, histogram_fes
 from .free_energy import FreeEnergy
 
-__all__ = ["UmbrellaResult", "periodic_harmonic_bias", "umbrella_free_energy", "wrap_angle"]
+__all__ = [
+    "RepeatCombination",
+    "UmbrellaResult",
+    "combine_profiles",
+    "combine_repeats",
+    "periodic_harmonic_bias",
+    "umbrella_free_energy",
+    "wrap_angle",
+]
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:
@@ -163,3 +172,89 @@ def umbrella_free_energy(
         n_samples=np.array([s.size for s in production]),
         statistical_inefficiency=np.array(inefficiency),
     )
+
+
+@dataclass(frozen=True)
+class RepeatCombination:
+    """One estimate pooled over independent repeats (kT), and whether the repeats agree within their errors.
+
+    mean: plain mean of the repeats' values. stderr: std(values, ddof=1) / sqrt(n) for n >= 2 (the repeats'
+    actual scatter; with few repeats it is itself uncertain: one degree of freedom for n = 2), the single error
+    for n = 1. pooled_stderr: sqrt(sum errors^2) / n, the error of the mean the per-repeat errors predict.
+    chi2: sum ((value - weighted mean) / error)^2 around the inverse-variance weighted mean, with dof = n - 1
+    (for n = 2 it is z^2 with z = (v1 - v2) / sqrt(e1^2 + e2^2)). p_value: P(chi2_dof >= chi2) if the errors are
+    right (NaN for n = 1). agree: p_value >= alpha (True for n = 1: nothing to compare).
+    """
+
+    mean: float
+    stderr: float
+    pooled_stderr: float
+    chi2: float
+    dof: int
+    p_value: float
+    agree: bool
+    n: int
+
+
+def combine_repeats(values: Sequence[float], errors: Sequence[float], alpha: float = 0.05) -> RepeatCombination:
+    """Pool independent repeats of one estimate: mean, standard error from their scatter, chi-square agreement test.
+
+    values: the repeats' estimates, shape (n,); errors: their one-sigma errors (> 0), shape (n,). The repeats
+    disagree (``agree`` False) when chi2 of the values around their weighted mean has a p-value below ``alpha``:
+    the per-repeat errors then understate the true scatter.
+    """
+    from scipy.stats import chi2 as chi2_distribution
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    errors = np.asarray(errors, dtype=np.float64).ravel()
+    if values.size == 0 or values.shape != errors.shape:
+        raise ValueError(f"need one error per value and at least one value, got {values.size} and {errors.size}")
+    if not (np.isfinite(values).all() and np.isfinite(errors).all() and np.all(errors > 0)):
+        raise ValueError("values must be finite and errors finite and positive")
+    n = values.size
+    pooled = float(np.sqrt(np.sum(errors**2)) / n)
+    if n == 1:
+        return RepeatCombination(float(values[0]), float(errors[0]), pooled, 0.0, 0, math.nan, True, 1)
+    weights = 1.0 / errors**2
+    weighted_mean = np.sum(weights * values) / np.sum(weights)
+    chi2 = float(np.sum(weights * (values - weighted_mean) ** 2))
+    p_value = float(chi2_distribution.sf(chi2, n - 1))
+    return RepeatCombination(
+        mean=float(values.mean()),
+        stderr=float(np.std(values, ddof=1) / math.sqrt(n)),
+        pooled_stderr=pooled,
+        chi2=chi2,
+        dof=n - 1,
+        p_value=p_value,
+        agree=bool(p_value >= alpha),
+        n=n,
+    )
+
+
+def combine_profiles(f: np.ndarray, df: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of independent repeats' profiles (kT) with their scatter as error; both shape (m,).
+
+    f, df: the repeats' profiles and errors on the same bins, shape (n, m), any offset per repeat, +inf for
+    empty bins. Each profile is first normalised (sum over bins of exp(-f) = 1) so that the offsets cancel, the
+    mean is shifted to 0 at its lowest bin. df: std(ddof=1) / sqrt(n) over the repeats for n >= 2, the given
+    df for n = 1. A bin empty in any repeat gets f = df = +inf.
+    """
+    from scipy.special import logsumexp
+
+    f = np.atleast_2d(np.asarray(f, dtype=np.float64))
+    df = np.atleast_2d(np.asarray(df, dtype=np.float64))
+    if f.shape != df.shape:
+        raise ValueError(f"f and df must have the same shape, got {f.shape} and {df.shape}")
+    finite = np.isfinite(f).all(axis=0)
+    if not finite.any():
+        raise ValueError("no bin is occupied in every repeat")
+    normalised = f + logsumexp(-f, axis=1, keepdims=True)
+    mean = np.full(f.shape[1], np.inf)
+    error = np.full(f.shape[1], np.inf)
+    mean[finite] = normalised[:, finite].mean(axis=0)
+    mean[finite] -= mean[finite].min()
+    if f.shape[0] == 1:
+        error[finite] = df[0, finite]
+    else:
+        error[finite] = normalised[:, finite].std(axis=0, ddof=1) / math.sqrt(f.shape[0])
+    return mean, error

@@ -30,6 +30,7 @@ __all__ = [
     "phi_atom_indices",
     "run_umbrella",
     "window_centers",
+    "window_seed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class UmbrellaConfig:
     hydrogen_mass_amu: hydrogen mass repartitioning (None: natural masses; it leaves the configurational
     distribution unchanged and allows 2 fs without constraints). save_every: steps between stored phi values.
     equilibration_ps: biased dynamics before the first stored value. platform: OpenMM platform ("Reference" is the
-    fastest on one core for 22 atoms). seed: base random seed (window k uses seed + k).
+    fastest on one core for 22 atoms). seed: the run's random seed; every window (and every restart of it) draws its
+    OpenMM seeds from ``window_seed(seed, k, ...)``, so runs with different seeds share no random stream.
     """
 
     solvent: str = "implicit"
@@ -74,6 +76,18 @@ class UmbrellaConfig:
 def window_centers(n_windows: int) -> np.ndarray:
     """Window centres evenly spaced on [-pi, pi), radians, shape (n_windows,)."""
     return -np.pi + 2 * np.pi * np.arange(n_windows) / n_windows
+
+
+def window_seed(seed: int, window: int, restart: int = 0) -> int:
+    """OpenMM random seed (in [1, 2^31 - 1)) of ``window`` of the run ``seed``, for its ``restart``-th (re)start.
+
+    Hashed through ``numpy.random.SeedSequence``: distinct (seed, window, restart) give unrelated seeds, so the
+    repeats ``seed, seed + 1, ...`` of a run are independent (with ``seed + window`` window k + 1 of one repeat
+    would replay the random stream of window k of the next), and 0, which OpenMM reads as "pick one at random",
+    never occurs.
+    """
+    state = np.random.SeedSequence([int(seed) % 2**32, int(window), int(restart)]).generate_state(1)[0]
+    return 1 + int(state) % (2**31 - 2)
 
 
 def add_torsion_bias(system, atoms: Sequence[int], force_constant: float, center: float) -> int:
@@ -133,7 +147,7 @@ def _run_window(args: tuple) -> tuple[int, float]:
             temperature=config.temperature,
             timestep_fs=config.timestep_fs,
             friction_per_ps=config.friction_per_ps,
-            seed=(config.seed + k + 1_000_003 * (steps_done // config.save_every)) % (2**31 - 1),
+            seed=window_seed(config.seed, k, 1 + steps_done // config.save_every),
             platform=config.platform,
         )
         context.setVelocities(stored["velocities"] * unit.nanometer / unit.picosecond)
@@ -145,11 +159,11 @@ def _run_window(args: tuple) -> tuple[int, float]:
             temperature=config.temperature,
             timestep_fs=config.timestep_fs,
             friction_per_ps=config.friction_per_ps,
-            seed=config.seed + k,
+            seed=window_seed(config.seed, k),
             platform=config.platform,
         )
         openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
-        context.setVelocitiesToTemperature(config.temperature * unit.kelvin, config.seed + k)
+        context.setVelocitiesToTemperature(config.temperature * unit.kelvin, window_seed(config.seed, k))
         context.getIntegrator().step(int(round(config.equilibration_ps * 1000 / config.timestep_fs)))
     target_steps = int(round(target_ns * steps_per_ns))
     integrator = context.getIntegrator()
