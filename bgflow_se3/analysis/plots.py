@@ -68,12 +68,15 @@ def ramachandran_figure(
     return figure
 
 
-def ramachandran_panels_figure(panels: Sequence[tuple[Any, Any, Any | None, str]], *, bins: int = 60):
+def ramachandran_panels_figure(
+    panels: Sequence[tuple[Any, Any, Any | None, str]], *, bins: int = 60, max_kT: float = 12.0
+):
     """Ramachandran plots side by side, e.g. flow samples, reweighted flow samples and reference data.
 
     panels: ``(phi, psi, weights_or_None, title)`` per panel; phi, psi radians, shape (n,); weights not log.
-    Each panel shows -log density in kT relative to its own minimum, on one colour scale shared by all panels.
-    Returns a ``matplotlib.figure.Figure``.
+    Each panel shows -log density in kT relative to its own minimum, on one colour scale shared by all panels and
+    capped at ``max_kT`` (a bin holding one sample with a tiny weight would otherwise stretch the scale to hundreds
+    of kT and flatten every basin into one colour). Returns a ``matplotlib.figure.Figure``.
     """
     if not panels:
         raise ValueError("panels is empty: pass at least one (phi, psi, weights, title)")
@@ -82,7 +85,7 @@ def ramachandran_panels_figure(panels: Sequence[tuple[Any, Any, Any | None, str]
     meshes = [_ramachandran_axes(ax, phi, psi, w, bins, title) for ax, (phi, psi, w, title) in zip(axes, panels)]
     top = max((float(m.get_array().max()) for m in meshes if m.get_array().count()), default=1.0)
     for mesh in meshes:  # one colour scale for all panels, so that the shared colour bar reads on each
-        mesh.set_clim(0.0, max(top, 1e-9))
+        mesh.set_clim(0.0, max(min(top, max_kT), 1e-9))
     figure.colorbar(meshes[-1], ax=list(axes), label=r"$-\log p$ (kT, relative)")
     return figure
 
@@ -97,12 +100,14 @@ def free_energy_profile_figure(
     reference_label: str = "reference",
     xlabel: str = r"$\phi$ (rad)",
     title: str | None = None,
+    max_kT: float | None = 15.0,
 ):
     """1-D free-energy profile in kT with a one-sigma band; optionally a reference profile overlaid.
 
     centers: bin centres, shape (m,); f: free energy, kT, shape (m,) (+inf = empty bin, not drawn); df: one sigma.
     reference: ``(centers, f, df_or_None)`` of a reference profile (e.g. umbrella sampling), drawn as a line.
-    Both are shifted to their minimum. Returns a ``matplotlib.figure.Figure``.
+    Both are shifted to their minimum; the axis stops at ``max_kT`` (None: no limit) so that barrier bins resting
+    on a few samples do not hide the basins. Returns a ``matplotlib.figure.Figure``.
     """
     figure = _figure((5.5, 3.8))
     ax = figure.add_subplot()
@@ -121,6 +126,8 @@ def free_energy_profile_figure(
         if dy is not None:
             dy = _numpy(dy)
             ax.fill_between(x, y - dy, y + dy, color=colour, alpha=0.25, linewidth=0)
+    if max_kT is not None:
+        ax.set_ylim(-0.5, max_kT)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("free energy (kT)")
     ax.legend()
