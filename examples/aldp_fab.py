@@ -94,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="pretrained flow + short FAB: < 10 min on 2 CPU cores")
-    mode.add_argument("--long", action="store_true", help="8x the FAB iterations and 7.5x the samples: < 1 h on 2 CPU cores")
+    mode.add_argument("--long", action="store_true", help="more FAB and samples: < 1 h on 2 CPU cores")
     mode.add_argument("--smoke", action="store_true", help="the smallest sizes: checks the pipeline")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab_<mode>)")
     parser.add_argument("--iterations", type=int, default=None, help="FAB iterations (default: the mode's)")
