@@ -40,7 +40,7 @@ from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
-from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
+from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile
 from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
 
 TEMPERATURE = 300.0
@@ -105,7 +105,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 if shared)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
-    parser.add_argument("--umbrella", type=Path, default=default_umbrella_dir("implicit"), help="umbrella cache")
+    parser.add_argument(
+        "--umbrella",
+        type=Path,
+        default=default_umbrella_dir("implicit"),
+        help="umbrella cache (default: its profile, else the shipped one)",
+    )
     args = parser.parse_args()
     name = "smoke" if args.smoke else "quick" if args.quick else "long" if args.long else "full"
     setup = {"smoke": SMOKE, "quick": QUICK, "long": LONG, "full": FULL}[name]
@@ -142,7 +147,7 @@ def main() -> None:
         generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
         batch_size=4096,
         reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
-        umbrella_profile=load_profile(args.umbrella, missing_ok=True),
+        umbrella_profile=reference_profile(args.umbrella),
         restrict_to_l=True,
     )
     summary = {

@@ -34,7 +34,7 @@ from bgflow_se3.analysis import evaluate_dipeptide
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
-from bgflow_se3.systems.umbrella import default_umbrella_dir, load_profile
+from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile
 from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,
@@ -92,7 +92,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="seconds: 10 ps of MD, 4 iterations, 64 samples")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_ml[_quick])")
     parser.add_argument("--md-data", type=Path, default=None, help="MD folder (default: the cache of this mode)")
-    parser.add_argument("--umbrella", type=Path, default=default_umbrella_dir("implicit"), help="umbrella cache")
+    parser.add_argument(
+        "--umbrella",
+        type=Path,
+        default=default_umbrella_dir("implicit"),
+        help="umbrella cache (default: its profile, else the shipped one)",
+    )
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -161,7 +166,7 @@ def main() -> None:
         out,
         generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
         reference_md=frames[n_train:],
-        umbrella_profile=load_profile(args.umbrella, missing_ok=True),
+        umbrella_profile=reference_profile(args.umbrella),
     )
     summary = {
         "mode": mode,

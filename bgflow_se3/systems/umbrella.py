@@ -28,7 +28,9 @@ __all__ = [
     "load_profile",
     "load_windows",
     "phi_atom_indices",
+    "reference_profile",
     "run_umbrella",
+    "shipped_profile",
     "window_centers",
     "window_seed",
 ]
@@ -247,6 +249,30 @@ def load_windows(cache: Path) -> tuple[UmbrellaConfig, list[np.ndarray], float]:
 def default_umbrella_dir(solvent: str = "implicit") -> Path:
     """The umbrella cache of ``systems/aldp/umbrella.py``: ``~/.cache/bgflow_se3/aldp_umbrella/<solvent>``."""
     return Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / solvent
+
+
+def shipped_profile(solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
+    """The umbrella phi profile shipped with the package: bin centres (radians) and f (kT), (m,) each.
+
+    ``bgflow_se3/systems/data/aldp/umbrella_profile_<solvent>.npz``, written by ``systems/aldp/umbrella.py``
+    (2 repeats x 36 windows x 0.5 ns; its provenance and caveats in the JSON beside it), so that plots and the phi
+    KL have a reference on a fresh machine. Only ``implicit`` is shipped; others raise ``FileNotFoundError``.
+    """
+    from importlib import resources
+
+    path = resources.files("bgflow_se3.systems") / "data" / "aldp" / f"umbrella_profile_{solvent}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no umbrella profile is shipped for {solvent!r}; run systems/aldp/umbrella.py")
+    with resources.as_file(path) as file:
+        stored = np.load(file)
+        return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
+
+
+def reference_profile(cache: Path, solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
+    """The phi profile in ``cache`` when the recipe has written one there, else the shipped one (``shipped_profile``)."""
+    if (Path(cache) / "profile.npz").exists():
+        return load_profile(cache)
+    return shipped_profile(solvent)
 
 
 def load_profile(cache: Path, missing_ok: bool = False) -> tuple[np.ndarray, np.ndarray] | None:

@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    commit = _commit()  # the code that runs, not the checkout at the end
     start = time.perf_counter()
     aldp = load_aldp(args.solvent)
     energy = TorchForceField.from_system(aldp.system, 300.0)
@@ -101,7 +102,7 @@ def main() -> None:
     }
     provenance = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": commit,
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch "
         f"{torch.__version__}, {args.threads} threads",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

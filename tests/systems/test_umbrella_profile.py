@@ -19,3 +19,16 @@ def test_load_profile_round_trip_and_missing(tmp_path):
         assert load_profile(tmp_path / "missing", missing_ok=True) is None
     with pytest.warns(UserWarning, match="md.py"):
         assert load_aldp_md(folder=tmp_path / "missing", missing_ok=True) is None
+
+
+def test_the_shipped_profile_is_a_usable_reference(tmp_path):
+    from bgflow_se3.systems.umbrella import reference_profile, shipped_profile
+
+    centers, f = shipped_profile("implicit")
+    assert centers.shape == f.shape == (36,) and np.isfinite(f).all() and f.min() == 0.0
+    alpha_l = f[(centers > 0.5) & (centers < 1.5)].min()
+    assert 1.0 < alpha_l < 6.0  # the phi > 0 basin lies a few kT above the phi < 0 minimum
+    fallback = reference_profile(tmp_path)  # an empty cache falls back to the shipped profile
+    np.testing.assert_array_equal(fallback[1], f)
+    with pytest.raises(FileNotFoundError):
+        shipped_profile("vacuum")
