@@ -269,7 +269,7 @@ def shipped_profile(solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_profile(cache: Path, solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
-    """The phi profile in ``cache`` when the recipe has written one there, else the shipped one (``shipped_profile``)."""
+    """The phi profile in ``cache`` when the recipe wrote one there, else the shipped one (``shipped_profile``)."""
     if (Path(cache) / "profile.npz").exists():
         return load_profile(cache)
     return shipped_profile(solvent)
