@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import NonFiniteInputError
 from .couplings import PROJECTIONS, Projection, ProjectionCoupling
@@ -49,6 +50,14 @@ class AugmentedCouplingFlow(nn.Module):
         n_vector_transforms: radial transforms per coupling of the "vector" projection.
         spline_range: half-width of the Cartesian and radial spline intervals, in units of length_scale.
         cartesian_inner: "spline" or "affine" transform of the local coordinates of the "cartesian" projection.
+        gradient_checkpointing: when grad mode is on, run each block (a|x and x|a coupling) under
+            ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: only the block inputs are kept for backward
+            and the block's activations are recomputed there (about one more forward pass of compute, a fraction of
+            the memory). Results and gradients are unchanged; it has no effect under ``torch.no_grad()``.
+
+    Gradients: ``sample``, ``log_prob_joint`` and the transforms follow torch's grad mode (they build a graph when it
+    is on: wrap them in ``torch.no_grad()`` when only values are needed); the marginal ``log_prob`` is an evaluation
+    API that builds no graph unless asked to (see there).
 
     The module follows ``.double()`` and ``.to(device)``; inputs must match its dtype and device.
     """
@@ -70,6 +79,7 @@ class AugmentedCouplingFlow(nn.Module):
         n_vector_transforms: int = 3,
         spline_range: float = 10.0,
         cartesian_inner: Literal["spline", "affine"] = "spline",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if n_atoms < 2:
@@ -86,6 +96,7 @@ class AugmentedCouplingFlow(nn.Module):
         self.n_atoms, self.dim, self.n_aug = int(n_atoms), int(dim), int(n_aug)
         self.projection = projection
         self.sigma_aug, self.length_scale = float(sigma_aug), float(length_scale)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self.register_buffer("atom_types", types.long(), persistent=True)
         kwargs: dict[str, Any] = dict(
             dim=dim,
@@ -171,23 +182,42 @@ class AugmentedCouplingFlow(nn.Module):
         return lp_x + self.log_prob_aug_target(za, zx, _checked=True)
 
     # -------------------------------------------------------------------------------------------- transforms
+    def _forward_block(self, i: int, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Block i latent -> data: a given x, then x given a (shift-CoM). Returns (x, a, log-det, summed aux)."""
+        types = self.atom_types
+        a_nodes, ld_a, aux_a = self.couplings_a[i](a.transpose(1, 2), x.unsqueeze(2), types)
+        x, a = centre_on_aug(x, a_nodes.transpose(1, 2))
+        x_nodes, ld_x, aux_x = self.couplings_x[i](x.unsqueeze(2), a.transpose(1, 2), types)
+        x, a = centre_on_x(x_nodes.squeeze(2), a)
+        return x, a, ld_a + ld_x, aux_a + aux_x
+
+    def _inverse_block(self, i: int, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Block i data -> latent, the inverse of ``_forward_block``. Returns (x, a, log-det, summed aux)."""
+        types = self.atom_types
+        x, a = centre_on_aug(x, a)
+        x_nodes, ld_x, aux_x = self.couplings_x[i].inverse(x.unsqueeze(2), a.transpose(1, 2), types)
+        x, a = centre_on_x(x_nodes.squeeze(2), a)
+        a_nodes, ld_a, aux_a = self.couplings_a[i].inverse(a.transpose(1, 2), x.unsqueeze(2), types)
+        return x, a_nodes.transpose(1, 2), ld_x + ld_a, aux_x + aux_a
+
+    def _run_block(
+        self, block: Callable[[int, Tensor, Tensor], tuple[Tensor, ...]], i: int, x: Tensor, a: Tensor
+    ) -> tuple[Tensor, ...]:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, i, x, a, use_reentrant=False)
+        return block(i, x, a)
+
     def forward_with_log_det(self, zx: Tensor, za: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Latent -> data. zx: (batch, n_atoms, dim) CoM-free; za: (batch, n_aug, n_atoms, dim).
 
         Returns (x, a, log|det J|, aux): x CoM-free, log-det on the (n_atoms - 1 + n_aug * n_atoms) * dim
         dimensional state space, aux the mean reference-vector loss over couplings, both (batch,).
         """
-        types = self.atom_types
         x, a = zx, za
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         aux = torch.zeros_like(logdet)
-        for coupling_a, coupling_x in zip(self.couplings_a, self.couplings_x):
-            a_nodes, ld, ax = coupling_a(a.transpose(1, 2), x.unsqueeze(2), types)
-            a = a_nodes.transpose(1, 2)
-            logdet, aux = logdet + ld, aux + ax
-            x, a = centre_on_aug(x, a)
-            x_nodes, ld, ax = coupling_x(x.unsqueeze(2), a.transpose(1, 2), types)
-            x, a = centre_on_x(x_nodes.squeeze(2), a)
+        for i in range(len(self.couplings_a)):
+            x, a, ld, ax = self._run_block(self._forward_block, i, x, a)
             logdet, aux = logdet + ld, aux + ax
         return x, a, logdet, aux / (2 * len(self.couplings_a))
 
@@ -196,22 +226,20 @@ class AugmentedCouplingFlow(nn.Module):
 
         Returns (zx, za, log|det J^-1|, aux), the last two of shape (batch,).
         """
-        types = self.atom_types
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         aux = torch.zeros_like(logdet)
-        for coupling_a, coupling_x in zip(reversed(self.couplings_a), reversed(self.couplings_x)):
-            x, a = centre_on_aug(x, a)
-            x_nodes, ld, ax = coupling_x.inverse(x.unsqueeze(2), a.transpose(1, 2), types)
-            x, a = centre_on_x(x_nodes.squeeze(2), a)
-            logdet, aux = logdet + ld, aux + ax
-            a_nodes, ld, ax = coupling_a.inverse(a.transpose(1, 2), x.unsqueeze(2), types)
-            a = a_nodes.transpose(1, 2)
+        for i in reversed(range(len(self.couplings_a))):
+            x, a, ld, ax = self._run_block(self._inverse_block, i, x, a)
             logdet, aux = logdet + ld, aux + ax
         return x, a, logdet, aux / (2 * len(self.couplings_a))
 
     # ------------------------------------------------------------------------------------------ the protocol
     def sample(self, n: int, generator: torch.Generator | None = None) -> FlowSample:
-        """Draw n samples (reparameterised: differentiable w.r.t. the parameters) with their joint log q(x, a)."""
+        """Draw n samples (reparameterised: differentiable w.r.t. the parameters) with their joint log q(x, a).
+
+        Follows grad mode: with grad on (the default) it builds the graph that reverse-KL training needs, which
+        costs memory linear in n; call it under ``torch.no_grad()`` when only the samples are wanted.
+        """
         zx = remove_com(self._randn((n, self.n_atoms, self.dim), generator)) * self.length_scale
         za = zx.unsqueeze(1) + self.sigma_aug * self._randn((n, self.n_aug, self.n_atoms, self.dim), generator)
         log_base = self.base_log_prob(zx, za)
@@ -233,18 +261,43 @@ class AugmentedCouplingFlow(nn.Module):
         """Joint log q(x, a), shape (batch,), nats; shapes as in ``log_prob_joint_and_aux``."""
         return self.log_prob_joint_and_aux(x, a)[0]
 
-    def log_prob(self, x: Tensor, n_samples: int = 20, generator: torch.Generator | None = None) -> Tensor:
-        """Marginal log q(x), shape (batch,), by importance sampling: log mean_k q(x, a_k) / pi(a_k | x).
+    def log_prob(
+        self,
+        x: Tensor,
+        n_samples: int = 20,
+        generator: torch.Generator | None = None,
+        chunk_size: int = 256,
+        requires_grad: bool = False,
+    ) -> Tensor:
+        """Marginal log q(x), shape (batch,), nats, by importance sampling: log mean_k q(x, a_k) / pi(a_k | x).
 
-        x: (batch, n_atoms, dim). A consistent estimate (a lower bound in expectation), exact as n_samples grows.
+        x: (batch, n_atoms, dim), length units; its CoM is removed. A consistent estimate (a lower bound in
+        expectation), exact as n_samples grows. All batch * n_samples draws a_k ~ pi(a | x) are taken from
+        ``generator`` at once (configuration-major: the draws of configuration 0 first), then the flow evaluates
+        ``chunk_size`` (configuration, draw) pairs at a time, so peak memory is bounded by chunk_size, not by
+        batch * n_samples; the result does not depend on chunk_size beyond round-off.
+
+        An evaluation API: it builds no autograd graph (runs as under ``torch.no_grad()``) unless the caller asks
+        for gradients, by ``requires_grad=True`` (gradients w.r.t. the parameters, e.g. marginal maximum
+        likelihood) or by passing an x that requires grad (gradients w.r.t. x, e.g. HMC); either needs grad mode
+        on. The graph then spans all chunks (memory grows with batch * n_samples again; ``gradient_checkpointing``
+        shrinks it).
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._check(x)
-        x = remove_com(x).repeat_interleave(n_samples, dim=0)
-        a = self.sample_aug_target(x, generator)
-        log_w = self.log_prob_joint(x, a) - self.log_prob_aug_target(a, x)
-        return torch.logsumexp(log_w.view(-1, n_samples), dim=1) - math.log(n_samples)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (requires_grad or x.requires_grad)):
+            x = remove_com(x).repeat_interleave(n_samples, dim=0)
+            a = self.sample_aug_target(x, generator)
+            log_w = torch.cat(
+                [
+                    self.log_prob_joint(xc, ac) - self.log_prob_aug_target(ac, xc, _checked=True)
+                    for xc, ac in zip(x.split(chunk_size), a.split(chunk_size))
+                ]
+            )
+            return torch.logsumexp(log_w.view(-1, n_samples), dim=1) - math.log(n_samples)
 
     def sample_aug_target(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """a ~ pi(a | x) = N(x, sigma_aug^2 I) per copy. x: (batch, n_atoms, dim) -> (batch, n_aug, n_atoms, dim)."""
@@ -261,5 +314,6 @@ class AugmentedCouplingFlow(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_atoms={self.n_atoms}, dim={self.dim}, n_aug={self.n_aug}, projection={self.projection!r}, "
-            f"n_blocks={len(self.couplings_a)}, sigma_aug={self.sigma_aug}, length_scale={self.length_scale}"
+            f"n_blocks={len(self.couplings_a)}, sigma_aug={self.sigma_aug}, length_scale={self.length_scale}, "
+            f"gradient_checkpointing={self.gradient_checkpointing}"
         )
