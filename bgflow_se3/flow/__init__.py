@@ -1,17 +1,29 @@
-"""Normalising flows: the augmented coupling flow, an internal-coordinate flow for molecules, and CNF baselines.
+"""Normalising flows. The seed's model, the SE(3) x S_n augmented coupling flow, is ``augmented`` (the flow)
+built from ``couplings`` (projection couplings), ``egnn`` (the equivariant network), ``geometry`` (CoM, frames,
+spherical coordinates) and ``splines``; ``internal`` is an internal-coordinate flow for molecules (with
+``coupling_stack``); ``baselines/`` holds the peers' models (E-NF, kernel CNFs, group-averaged and
+non-equivariant flows), re-exported here.
 
 Never imports OpenMM."""
 
 from .augmented import AugmentedCouplingFlow, FlowSample
-from .cnf import ContinuousFlow, com_free_gaussian_log_prob, sample_com_free_gaussian
+from .baselines import (
+    ContinuousFlow,
+    EGNNDynamics,
+    ENFlow,
+    EnvironmentKernelDynamics,
+    EnvironmentKernelFlow,
+    GroupAveragedFlow,
+    KernelDynamics,
+    KernelFlow,
+    NonEquivariantFlow,
+    com_free_gaussian_log_prob,
+    random_rotations,
+    sample_com_free_gaussian,
+)
 from .couplings import ProjectionCoupling, reference_vector_loss
 from .egnn import EGNN
-from .enf import EGNNDynamics, ENFlow
-from .environment_cnf import EnvironmentKernelDynamics, EnvironmentKernelFlow
-from .group_averaged import GroupAveragedFlow
 from .internal import InternalCoordinateFlow, zmatrix_from_bonds
-from .kernel_cnf import KernelDynamics, KernelFlow
-from .noneq import NonEquivariantFlow, random_rotations
 from .splines import rational_quadratic_spline
 
 __all__ = [

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bgflow_se3.flow.cnf import (
+from bgflow_se3.flow.baselines.cnf import (
     ContinuousFlow,
     com_free_gaussian_log_prob,
     exact_divergence,
@@ -12,9 +12,9 @@ from bgflow_se3.flow.cnf import (
     rk4_integrate,
     sample_com_free_gaussian,
 )
-from bgflow_se3.flow.enf import ENFlow
-from bgflow_se3.flow.environment_cnf import EnvironmentKernelFlow
-from bgflow_se3.flow.kernel_cnf import KernelFlow
+from bgflow_se3.flow.baselines.enf import ENFlow
+from bgflow_se3.flow.baselines.environment_cnf import EnvironmentKernelFlow
+from bgflow_se3.flow.baselines.kernel_cnf import KernelFlow
 from tests.conftest import random_rotation
 
 # the environment flow with only the pair's own environments (no total environment G)
@@ -190,7 +190,7 @@ class _Contraction(torch.nn.Module):
 
 
 def test_kinetic_regulariser_integrates_the_squared_speed(generator):
-    from bgflow_se3.train.joint import JointFlow
+    from bgflow_se3.train import JointFlow
 
     a, weight = 0.7, 0.25
     flow = ContinuousFlow(_Contraction(a), 4, 2, n_steps=16, trace="exact", kinetic_weight=weight)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bgflow_se3.flow import GroupAveragedFlow, com_free_gaussian_log_prob, sample_com_free_gaussian
-from bgflow_se3.flow.noneq import random_rotations
+from bgflow_se3.flow.baselines.noneq import random_rotations
 
 
 def perturbed(n_atoms, dim, scale=0.1, seed=0, **kwargs):

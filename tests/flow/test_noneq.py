@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bgflow_se3.flow import NonEquivariantFlow, com_free_gaussian_log_prob, random_rotations
-from bgflow_se3.flow.noneq import helmert_basis
+from bgflow_se3.flow.baselines.noneq import helmert_basis
 
 
 def _perturbed_flow(generator, n_atoms=4, dim=2):

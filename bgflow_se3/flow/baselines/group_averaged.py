@@ -30,10 +30,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
-from .geometry import safe_norm
+from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
+from ..geometry import safe_norm
+from ..splines import n_spline_params, rational_quadratic_spline
 from .noneq import from_helmert, helmert_basis, random_rotations, to_helmert
-from .splines import n_spline_params, rational_quadratic_spline
 
 __all__ = ["GroupAveragedFlow", "all_permutations"]
 

@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from .cnf import remove_mean
-from .coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 
 __all__ = ["NonEquivariantFlow", "from_helmert", "helmert_basis", "random_rotations", "to_helmert"]
 
