@@ -25,7 +25,7 @@ from ..train.evaluate import sample_with_energies
 from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
 from .dihedrals import as_mdtraj_topology, phi_psi
 from .plots import free_energy_profile_figure, ramachandran_panels_figure
-from .ramachandran import phi_profile_kl, ramachandran_kl
+from .ramachandran import histogram_kl, periodic_histogram, phi_profile_kl, ramachandran_kl
 
 __all__ = ["evaluate_dipeptide"]
 
@@ -71,6 +71,7 @@ def evaluate_dipeptide(
     batch_size: int = 1024,
     reference_md: np.ndarray | None = None,
     umbrella_profile: tuple[np.ndarray, np.ndarray] | None = None,
+    umbrella_ramachandran: np.ndarray | None = None,
     bins: int = 64,
     restrict_to_l: bool = True,
     n_bootstrap: int = 200,
@@ -89,6 +90,10 @@ def evaluate_dipeptide(
     ``kl_md_reweighted``, KL(MD || flow) in nats on a periodic ``bins`` x ``bins`` (phi, psi) histogram.
     umbrella_profile: ``(centers, f)`` of a phi profile in kT (``systems.umbrella.load_profile``): gives
     ``kl_phi_umbrella`` and ``kl_phi_umbrella_reweighted``, KL(umbrella || flow) along phi, nats.
+    umbrella_ramachandran: (phi, psi) probability of the target on b x b periodic bins (index [phi, psi], bins as
+    ``periodic_histogram``; ``systems.umbrella.reference_ramachandran``: MBAR-reweighted umbrella MD): gives
+    ``kl_ramachandran_umbrella`` and ``kl_ramachandran_umbrella_reweighted``, KL(reference || flow), nats, on
+    its b x b bins, and a panel of the figure.
     Divergences without their reference are NaN. Samples with non-finite coordinates are dropped from the
     angles (counted in ``n_nonfinite_samples``) and keep weight zero.
     restrict_to_l: the target is the L molecule: samples with a D alpha carbon get u = +inf (weight 0; the force
@@ -140,13 +145,26 @@ def evaluate_dipeptide(
         results["kl_md"], results["kl_md_reweighted"] = _kl_pair(
             lambda w: ramachandran_kl(reference, flow_angles, bins=bins, weights_q=w), weights
         )
+    results["kl_ramachandran_umbrella"], results["kl_ramachandran_umbrella_reweighted"] = math.nan, math.nan
+    if umbrella_ramachandran is not None:
+        reference_p = np.asarray(umbrella_ramachandran, dtype=np.float64)
+        b = reference_p.shape[0]
+        if reference_p.shape != (b, b) or not (reference_p >= 0).all() or not reference_p.sum() > 0:
+            raise ValueError(f"umbrella_ramachandran must be a non-negative (b, b) histogram, got {reference_p.shape}")
+        flow_angles = np.stack([phi, psi], 1)
+        results["kl_ramachandran_umbrella"], results["kl_ramachandran_umbrella_reweighted"] = _kl_pair(
+            lambda w: histogram_kl(reference_p, periodic_histogram(flow_angles, b, w)), weights
+        )
+        grid = -np.pi + (np.arange(b) + 0.5) * 2 * np.pi / b  # the reference drawn as weighted bin centres
+        grid_phi, grid_psi = np.meshgrid(grid, grid, indexing="ij")
+        panels.append((grid_phi.ravel(), grid_psi.ravel(), reference_p.ravel(), "umbrella MD (MBAR)"))
     results["kl_phi_umbrella"], results["kl_phi_umbrella_reweighted"] = math.nan, math.nan
     if umbrella_profile is not None:
         centers, f = umbrella_profile
         results["kl_phi_umbrella"], results["kl_phi_umbrella_reweighted"] = _kl_pair(
             lambda w: phi_profile_kl(centers, f, phi, weights_q=w), weights
         )
-    ramachandran_panels_figure(panels).savefig(out / "ramachandran.png")
+    ramachandran_panels_figure(panels, bins=bins).savefig(out / "ramachandran.png")
     _phi_profile_figure(phi, log_q[finite], u[finite], samples.log_p_aug[finite], umbrella_profile, out)
 
     positive = np.zeros(len(finite), dtype=bool)

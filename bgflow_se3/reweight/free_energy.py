@@ -150,7 +150,8 @@ def _exp(flow: _Samples, diagnostics: bool, min_ess: float) -> tuple[float, floa
     log_s_a = logsumexp(np.where(flow.in_a, log_w, -np.inf))
     log_s_b = logsumexp(np.where(flow.in_b, log_w, -np.inf))
     value = float(log_s_b - log_s_a)
-    y = flow.in_a * np.exp(log_w - log_s_a) - flow.in_b * np.exp(log_w - log_s_b)  # each part sums to 1
+    # each part sums to 1; exp only inside its own state (elsewhere log_w - log_s_x may overflow, and 0 * inf = NaN)
+    y = np.exp(np.where(flow.in_a, log_w - log_s_a, -np.inf)) - np.exp(np.where(flow.in_b, log_w - log_s_b, -np.inf))
     stderr = float(math.sqrt(n * np.sum((y - y.mean()) ** 2) / (n - 1))) if n > 1 else math.inf
     if diagnostics:
         for name, mask in (("A", flow.in_a), ("B", flow.in_b)):

@@ -27,6 +27,7 @@ __all__ = [
     "combine_repeats",
     "periodic_harmonic_bias",
     "umbrella_free_energy",
+    "unbiased_weights",
     "wrap_angle",
 ]
 
@@ -172,6 +173,35 @@ def umbrella_free_energy(
         n_samples=np.array([s.size for s in production]),
         statistical_inefficiency=np.array(inefficiency),
     )
+
+
+def unbiased_weights(
+    phi_windows: Sequence[np.ndarray], centers: np.ndarray, kappa: float, discard_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """MBAR weights of every production sample of the windows in the unbiased ensemble.
+
+    phi_windows: phi time series (radians) per window, in window order, shapes (T_k,); centers: (K,) radians;
+    kappa: kT / rad^2. The leading ``discard_fraction`` of every series is dropped, as in ``umbrella_free_energy``.
+    Returns ``(keep, weights)``: per window the boolean mask of kept samples (list of (T_k,)) concatenated into
+    one array of shape (sum T_k,), and the weights of the kept samples, shape (n_kept,), summing to 1. Any other
+    observable recorded alongside phi (psi, say) is reweighted with ``weights`` over ``observable[keep]``: MBAR on
+    all (correlated) samples is consistent; only its error estimates would need decorrelated data.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    if len(phi_windows) != centers.size:
+        raise ValueError(f"{len(phi_windows)} time series for {centers.size} windows")
+    keep, kept = [], []
+    for series in phi_windows:
+        series = wrap_angle(np.asarray(series, dtype=np.float64))
+        mask = np.arange(series.size) >= int(discard_fraction * series.size)
+        keep.append(mask)
+        kept.append(series[mask])
+    phi = np.concatenate(kept)
+    n_k = np.array([s.size for s in kept])
+    u_kn = np.vstack([periodic_harmonic_bias(phi, centers, kappa), np.zeros_like(phi)])
+    mbar = checked_mbar(u_kn, np.concatenate([n_k, [0]]))
+    weights = np.asarray(mbar.weights())[:, -1]
+    return np.concatenate(keep), weights / weights.sum()
 
 
 @dataclass(frozen=True)

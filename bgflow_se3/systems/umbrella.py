@@ -1,7 +1,7 @@
 """Umbrella-sampling simulations along a dihedral with OpenMM: biased windows, cached and extendable on disk.
 
 Each window adds a ``CustomTorsionForce`` ``k/2 * dphi^2`` (dphi wrapped into [-pi, pi)) to the System, runs
-Langevin dynamics and stores its phi time series, its final positions and velocities in
+Langevin dynamics and stores its phi and psi time series, its final positions and velocities in
 ``<cache>/window_XXX.npz``; ``<cache>/config.json`` records the settings, so a later call with more nanoseconds
 continues every window where it stopped instead of starting over.
 """
@@ -26,11 +26,14 @@ __all__ = [
     "add_torsion_bias",
     "default_umbrella_dir",
     "load_profile",
+    "load_window_angles",
     "load_windows",
     "phi_atom_indices",
     "reference_profile",
+    "reference_ramachandran",
     "run_umbrella",
     "shipped_profile",
+    "shipped_ramachandran",
     "window_centers",
     "window_seed",
 ]
@@ -46,8 +49,10 @@ class UmbrellaConfig:
     force_constant: bias stiffness, kJ/mol/rad^2. temperature: K. timestep_fs, friction_per_ps: Langevin.
     hydrogen_mass_amu: hydrogen mass repartitioning (None: natural masses; it leaves the configurational
     distribution unchanged and allows 2 fs without constraints). save_every: steps between stored phi values.
-    equilibration_ps: biased dynamics before the first stored value. platform: OpenMM platform ("Reference" is the
-    fastest on one core for 22 atoms). seed: the run's random seed; every window (and every restart of it) draws its
+    start_at_center: start every window from the shipped structure with phi rotated to the window's centre
+    (bond lengths and angles kept), instead of letting the bias drag phi there (a violent start that leaves
+    slow modes to relax inside the production). equilibration_ps: biased dynamics before the first stored value.
+    platform: OpenMM platform ("Reference" is the fastest on one core for 22 atoms). seed: the run's random seed; every window (and every restart of it) draws its
     OpenMM seeds from ``window_seed(seed, k, ...)``, so runs with different seeds share no random stream.
     """
 
@@ -59,7 +64,8 @@ class UmbrellaConfig:
     friction_per_ps: float = 1.0
     hydrogen_mass_amu: float | None = 3.0
     save_every: int = 250
-    equilibration_ps: float = 20.0
+    start_at_center: bool = True
+    equilibration_ps: float = 50.0
     platform: str = "Reference"
     seed: int = 0
 
@@ -111,13 +117,34 @@ def add_torsion_bias(system, atoms: Sequence[int], force_constant: float, center
 
 def phi_atom_indices(topology) -> list[int]:
     """Atom indices (4,) of the first backbone phi, found by mdtraj from the topology."""
+    return _backbone_dihedral(topology, "phi")
+
+
+def psi_atom_indices(topology) -> list[int]:
+    """Atom indices (4,) of the first backbone psi, found by mdtraj from the topology."""
+    return _backbone_dihedral(topology, "psi")
+
+
+def _backbone_dihedral(topology, name: str) -> list[int]:
     import mdtraj
 
     top = mdtraj.Topology.from_openmm(topology)
-    indices, _ = mdtraj.compute_phi(mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3)), top), periodic=False)
+    compute = {"phi": mdtraj.compute_phi, "psi": mdtraj.compute_psi}[name]
+    indices, _ = compute(mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3)), top), periodic=False)
     if len(indices) == 0:
-        raise ValueError("the topology has no backbone phi dihedral")
+        raise ValueError(f"the topology has no backbone {name} dihedral")
     return [int(a) for a in indices[0]]
+
+
+def _start_at(positions_nm: np.ndarray, topology, atoms: Sequence[int], value: float) -> np.ndarray:
+    """positions (n, 3) with the dihedral ``atoms`` rotated to ``value`` radians (the smaller side moves)."""
+    import torch
+
+    from ..sampling.dihedrals import set_torsion
+
+    bonds = [(a.index, b.index) for a, b in topology.bonds()]
+    x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))[None]
+    return set_torsion(x, bonds, atoms, value)[0].numpy()
 
 
 def _run_window(args: tuple) -> tuple[int, float]:
@@ -136,6 +163,7 @@ def _run_window(args: tuple) -> tuple[int, float]:
     if config.hydrogen_mass_amu is not None:
         system = repartition_hydrogen_mass(system, aldp.topology, config.hydrogen_mass_amu)
     atoms = phi_atom_indices(aldp.topology)
+    psi_atoms = psi_atom_indices(aldp.topology)
     center = float(window_centers(config.n_windows)[k])
     add_torsion_bias(system, atoms, config.force_constant, center)
     steps_per_ns = config.steps_per_ns
@@ -143,6 +171,9 @@ def _run_window(args: tuple) -> tuple[int, float]:
     if path.exists():
         stored = np.load(path)
         phi, steps_done = list(stored["phi"]), int(stored["steps"])
+        if "psi" not in stored.files:
+            raise ValueError(f"{path} was written before psi was recorded: extend it in a fresh cache instead")
+        psi = list(stored["psi"])
         context = langevin_context(
             system,
             stored["positions"],
@@ -154,10 +185,13 @@ def _run_window(args: tuple) -> tuple[int, float]:
         )
         context.setVelocities(stored["velocities"] * unit.nanometer / unit.picosecond)
     else:
-        phi, steps_done = [], 0
+        phi, psi, steps_done = [], [], 0
+        start_positions = aldp.positions_nm
+        if config.start_at_center:
+            start_positions = _start_at(start_positions, aldp.topology, atoms, center)
         context = langevin_context(
             system,
-            aldp.positions_nm,
+            start_positions,
             temperature=config.temperature,
             timestep_fs=config.timestep_fs,
             friction_per_ps=config.friction_per_ps,
@@ -170,11 +204,12 @@ def _run_window(args: tuple) -> tuple[int, float]:
     target_steps = int(round(target_ns * steps_per_ns))
     integrator = context.getIntegrator()
     n_chunks = max(0, (target_steps - steps_done) // config.save_every)
-    positions_index = np.array(atoms)
+    phi_index, psi_index = np.array(atoms), np.array(psi_atoms)
     for _ in range(n_chunks):
         integrator.step(config.save_every)
         x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        phi.append(_dihedral(x[positions_index]))
+        phi.append(_dihedral(x[phi_index]))
+        psi.append(_dihedral(x[psi_index]))
     steps_done += n_chunks * config.save_every
     state = context.getState(getPositions=True, getVelocities=True)
     positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -182,7 +217,15 @@ def _run_window(args: tuple) -> tuple[int, float]:
         raise RuntimeError(f"window {k} blew up (non-finite positions); use a smaller time step")
     velocities = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, phi=np.asarray(phi), steps=steps_done, positions=positions, velocities=velocities, center=center)
+    np.savez(
+        tmp,
+        phi=np.asarray(phi),
+        psi=np.asarray(psi),
+        steps=steps_done,
+        positions=positions,
+        velocities=velocities,
+        center=center,
+    )
     tmp.replace(path)
     return k, time.perf_counter() - start
 
@@ -230,20 +273,29 @@ def run_umbrella(config: UmbrellaConfig, ns_per_window: float, cache: Path, work
 
 def load_windows(cache: Path) -> tuple[UmbrellaConfig, list[np.ndarray], float]:
     """The cached run: its config, the phi time series of every window (radians), and ns of production each."""
+    config, phi, _, ns = load_window_angles(cache)
+    return config, phi, ns
+
+
+def load_window_angles(cache: Path) -> tuple[UmbrellaConfig, list[np.ndarray], list[np.ndarray] | None, float]:
+    """The cached run: config, phi and psi time series of every window (radians; psi None for caches written
+    before psi was recorded), and ns of production each."""
     cache = Path(cache)
     config_path = cache / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"no umbrella run cached in {cache}; run systems/aldp/umbrella.py first")
     config = UmbrellaConfig(**json.loads(config_path.read_text()))
-    series, steps = [], []
+    series, psi, steps = [], [], []
     for k in range(config.n_windows):
         path = cache / f"window_{k:03d}.npz"
         if not path.exists():
             raise FileNotFoundError(f"window {k} missing in {cache}; run the recipe again to complete it")
         stored = np.load(path)
         series.append(np.asarray(stored["phi"], dtype=np.float64))
+        psi.append(np.asarray(stored["psi"], dtype=np.float64) if "psi" in stored.files else None)
         steps.append(int(stored["steps"]))
-    return config, series, min(steps) / config.steps_per_ns
+    psi_series = None if any(p is None for p in psi) else psi
+    return config, series, psi_series, min(steps) / config.steps_per_ns
 
 
 def default_umbrella_dir(solvent: str = "implicit") -> Path:
@@ -290,3 +342,27 @@ def load_profile(cache: Path, missing_ok: bool = False) -> tuple[np.ndarray, np.
         raise FileNotFoundError(message)
     stored = np.load(path)
     return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
+
+
+def shipped_ramachandran(solvent: str = "implicit") -> np.ndarray:
+    """The umbrella (phi, psi) reference shipped with the package: probability, shape (64, 64), sums to 1.
+
+    ``bgflow_se3/systems/data/aldp/umbrella_ramachandran_<solvent>.npz``, written by ``systems/aldp/umbrella.py``
+    (MBAR-reweighted umbrella windows; provenance in the JSON beside it). Bins as ``periodic_histogram``: 64 equal
+    bins per angle on [-pi, pi), index [phi, psi]. Only ``implicit`` is shipped; others raise ``FileNotFoundError``.
+    """
+    from importlib import resources
+
+    path = resources.files("bgflow_se3.systems") / "data" / "aldp" / f"umbrella_ramachandran_{solvent}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Ramachandran reference is shipped for {solvent!r}; run systems/aldp/umbrella.py")
+    with resources.as_file(path) as file:
+        return np.asarray(np.load(file)["p"], dtype=np.float64)
+
+
+def reference_ramachandran(cache: Path, solvent: str = "implicit") -> np.ndarray:
+    """The (phi, psi) histogram in ``cache`` when the recipe wrote one there, else the shipped one."""
+    path = Path(cache) / "ramachandran.npz"
+    if path.exists():
+        return np.asarray(np.load(path)["p"], dtype=np.float64)
+    return shipped_ramachandran(solvent)

@@ -30,8 +30,11 @@ F(rest) (``delta_f_phi_0_2_kT``), in kT:
   they do not (p < 0.05), i.e. when the single-run errors understate the true scatter.
 - how many ns in total +/-0.1 kT would need, from the repeat scatter (from the block error with one repeat).
 
-Files: CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined
-F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
+Files: CACHE/ramachandran.npz, the MBAR-reweighted (phi, psi) probability histogram of the unbiased ensemble
+(64 x 64 periodic bins, ``bgflow_se3.analysis.ramachandran.periodic_histogram``; mean over the repeats as ``p``,
+each repeat's in ``p_repeats``): the Ramachandran reference of ``evaluate_dipeptide``, which plain MD cannot give
+here (phi > 0 is ~4 kT up and crossings take nanoseconds).
+CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
 keys that examples/free_energy_aldp.py and ``bgflow_se3.systems.umbrella.load_profile`` read), and
 CACHE/summary.json with the per-repeat and combined numbers of both states.
 
@@ -58,10 +61,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bgflow_se3.reweight.umbrella import combine_profiles, combine_repeats, umbrella_free_energy
-from bgflow_se3.systems.umbrella import UmbrellaConfig, load_windows, run_umbrella, window_centers
+from bgflow_se3.analysis.ramachandran import periodic_histogram
+from bgflow_se3.reweight.umbrella import combine_profiles, combine_repeats, umbrella_free_energy, unbiased_weights
+from bgflow_se3.systems.umbrella import UmbrellaConfig, load_window_angles, load_windows, run_umbrella, window_centers
 
 TARGET_KT = 0.1  # the error the "ns needed" line aims at
+RAMACHANDRAN_BINS = 64  # the convention of ramachandran_kl
 
 
 def phi_positive(phi: np.ndarray) -> np.ndarray:
@@ -88,7 +93,7 @@ def repeat_cache(cache: Path, seed: int) -> Path:
 
 def analyse_repeat(cache: Path, seed: int, bins: int, n_blocks: int) -> dict:
     """Both state free energies and the profile of one cached repeat, as a JSON-able record (profile as arrays)."""
-    config, series, done_ns = load_windows(cache)
+    config, series, psi, done_ns = load_window_angles(cache)
     centers = window_centers(config.n_windows)
     record = {
         "seed": seed,
@@ -110,6 +115,10 @@ def analyse_repeat(cache: Path, seed: int, bins: int, n_blocks: int) -> dict:
         if profile is None:  # the same for every state
             profile = result.profile
     record["profile"] = {"centers": profile.centers[0], "f": profile.f, "df": profile.df}
+    if psi is not None:  # the MBAR-reweighted (phi, psi) histogram of the unbiased ensemble
+        keep, weights = unbiased_weights(series, centers, config.kappa)
+        angles = np.stack([np.concatenate(series), np.concatenate(psi)], axis=1)[keep]
+        record["ramachandran"] = periodic_histogram(angles, RAMACHANDRAN_BINS, weights)
     return record
 
 
@@ -208,7 +217,16 @@ def write_outputs(summary: dict, records: list[dict], cache: Path, out: Path | N
         delta_f_phi_positive_repeats=np.array(positive["per_repeat"]),
         f_repeats=f_repeats,
     )
-    repeats = [{k: v for k, v in r.items() if k != "profile"} for r in records]
+    histograms = [r["ramachandran"] for r in records if "ramachandran" in r]
+    if histograms:  # the reference Ramachandran histogram: mean probability over the repeats that recorded psi
+        np.savez(
+            cache / "ramachandran.npz",
+            p=np.mean(histograms, axis=0),
+            p_repeats=np.stack(histograms),
+            bins=RAMACHANDRAN_BINS,
+            total_ns=float(sum(r["total_ns"] for r in records if "ramachandran" in r)),
+        )
+    repeats = [{k: v for k, v in r.items() if k not in ("profile", "ramachandran")} for r in records]
     out = out or cache / "summary.json"
     out.write_text(json.dumps({**summary, "repeats": repeats}, indent=1))
     return profile_path, out

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.analysis.ramachandran import periodic_histogram
 from bgflow_se3.energy import TorchForceField
 from bgflow_se3.sampling import minimise
 from bgflow_se3.sampling.dihedrals import set_torsion, torsion_angle
@@ -54,6 +55,9 @@ def test_d_samples_are_excluded_from_the_l_free_energy(tmp_path):
         pos, neg = mask & (phi > 0), mask & (phi <= 0)
         return -(np.logaddexp.reduce(-u[pos]) - np.logaddexp.reduce(-u[neg]))
 
+    # a reference (phi, psi) histogram equal to the reweighted L samples': its reweighted KL must vanish
+    psi = torsion_angle(x, PSI_ATOMS).numpy()
+    reference = periodic_histogram(np.stack([phi, psi], 1)[is_l], 16, np.exp(-(u[is_l] - u[is_l].min())))
     results = {}
     for restrict in (True, False):
         with warnings.catch_warnings():
@@ -67,8 +71,12 @@ def test_d_samples_are_excluded_from_the_l_free_energy(tmp_path):
                 n_bootstrap=0,
                 restrict_to_l=restrict,
                 min_effective_samples=1.0,
+                umbrella_ramachandran=reference,
             )
     assert results[True]["d_chirality_fraction"] == 0.5
+    assert abs(results[True]["kl_ramachandran_umbrella_reweighted"]) < 1e-9
+    assert results[False]["kl_ramachandran_umbrella_reweighted"] > 0.05  # the D copies sit at mirrored angles
+    assert results[True]["kl_ramachandran_umbrella"] > 0.05  # unweighted: every sample counts alike
     assert math.isclose(results[True]["dF_phi_positive_minus_negative_kT"], delta_f(is_l), abs_tol=1e-6)
     # counted with their own phi, the D copies pull the estimate towards 0 (mirror: phi -> -phi)
     assert math.isclose(results[False]["dF_phi_positive_minus_negative_kT"], delta_f(np.ones_like(is_l)), abs_tol=1e-6)

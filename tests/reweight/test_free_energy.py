@@ -68,6 +68,18 @@ def test_bootstrap_error_matches_asymptotic_error(problem):
     assert bootstrap.stderr == pytest.approx(asymptotic.stderr, rel=0.25)
 
 
+def test_exp_error_survives_states_whose_weights_differ_by_e_to_the_800(problem):
+    """Shifting u by -800 on state B moves Delta F by 800 and leaves the error alone; before the fix, exp(log w -
+    log S_A) overflowed on B samples, 0 * inf gave NaN and EXP raised ConvergenceError for a valid estimate."""
+    log_q, u, in_a = _flow(problem, 4000, 5)
+    plain = free_energy_difference(log_q, u, in_a, ~in_a, method="exp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value RuntimeWarning either
+        shifted = free_energy_difference(log_q, np.where(in_a, u, u - 800.0), in_a, ~in_a, method="exp")
+    assert shifted.value == pytest.approx(plain.value + 800.0, abs=1e-9)
+    assert shifted.stderr == pytest.approx(plain.stderr, rel=1e-9)
+
+
 def test_infinite_energies_get_zero_weight(problem):
     log_q, u, in_a = _flow(problem, 4000, 4)
     clean = free_energy_difference(log_q, u, in_a, ~in_a)

@@ -7,8 +7,8 @@ from bgflow_se3.errors import LowOverlapWarning
 from bgflow_se3.reweight.umbrella import (
     combine_profiles,
     combine_repeats,
-    periodic_harmonic_bias,
     umbrella_free_energy,
+    unbiased_weights,
     wrap_angle,
 )
 
@@ -18,9 +18,15 @@ def _potential(phi):
     return 2.0 * np.cos(phi + 0.5) + 1.2 * np.cos(2 * phi) + 1.5 * np.sin(phi)
 
 
+def _bias(phi, center, kappa):
+    """The windows' bias written out here, independently of the library: kappa/2 (phi - c wrapped)^2, kT."""
+    d = np.mod(phi - center + np.pi, 2 * np.pi) - np.pi
+    return 0.5 * kappa * d**2
+
+
 def _sample(center, kappa, n, rng):
     grid = np.linspace(-np.pi, np.pi, 20001)[:-1]
-    log_p = -_potential(grid) - periodic_harmonic_bias(grid, np.array([center]), kappa)[0]
+    log_p = -_potential(grid) - _bias(grid, center, kappa)
     p = np.exp(log_p - log_p.max())
     cdf = np.cumsum(p) / p.sum()
     return grid[np.searchsorted(cdf, rng.uniform(size=n))] + rng.uniform(0, grid[1] - grid[0], n)
@@ -133,3 +139,34 @@ def test_combine_profiles_cancels_offsets_and_uses_the_scatter():
     f[1, 2] = np.inf  # a bin empty in one repeat is empty in the combination
     mean, df = combine_profiles(f, np.full_like(f, 0.3))
     assert np.isinf(mean[2]) and np.isinf(df[2]) and np.isfinite(mean[[0, 1, 3, 4]]).all()
+
+
+def _psi_mean(phi):
+    return 2.5 * np.sin(phi) - 0.5
+
+
+def test_unbiased_weights_recover_a_joint_phi_psi_histogram():
+    """psi ~ von Mises around a phi-dependent mean: the MBAR weights of the windows' samples reproduce the exact
+    joint (phi, psi) histogram of the unbiased density; the unweighted samples do not."""
+    from bgflow_se3.analysis.ramachandran import histogram_kl, periodic_histogram
+
+    rng = np.random.default_rng(5)
+    centers = -np.pi + 2 * np.pi * np.arange(18) / 18
+    kappa = 15.0
+    phi_windows = [_sample(c, kappa, 800, rng) for c in centers]
+    psi_windows = [wrap_angle(rng.vonmises(_psi_mean(phi), 2.0)) for phi in phi_windows]
+    keep, weights = unbiased_weights(phi_windows, centers, kappa, discard_fraction=0.25)
+    assert keep.shape == (18 * 800,) and keep.sum() == 18 * 600 and weights.shape == (18 * 600,)
+    assert np.isclose(weights.sum(), 1.0) and (weights >= 0).all()
+    angles = np.stack([np.concatenate(phi_windows), np.concatenate(psi_windows)], 1)[keep]
+    estimate = periodic_histogram(angles, 12, weights)
+    # exact histogram on a fine grid: p(phi) vonMises(psi; mean(phi), 2)
+    fine = -np.pi + (np.arange(720) + 0.5) * 2 * np.pi / 720
+    f_phi, f_psi = np.meshgrid(fine, fine, indexing="ij")
+    density = np.exp(-_potential(f_phi) + 2.0 * np.cos(f_psi - _psi_mean(f_phi)))
+    exact = periodic_histogram(np.stack([f_phi.ravel(), f_psi.ravel()], 1), 12, density.ravel())
+    assert histogram_kl(exact, estimate) < 0.02
+    unweighted = periodic_histogram(angles, 12)
+    assert histogram_kl(exact, unweighted) > 0.1
+    # the phi > 0 mass, against the exact one
+    assert abs(estimate[6:].sum() - exact[6:].sum()) < 0.02

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianMixtureEnergy, centre
 
 from bgflow_se3.train import (
     AnnealedImportanceSampler,
@@ -14,6 +13,7 @@ from bgflow_se3.train import (
     effective_sample_size,
     log_normalizer,
 )
+from tests.train._helpers import GaussianMixtureEnergy, centre
 
 
 def broad_flow(flow, sigma_x=1.6, sigma_a=0.12):

@@ -1,6 +1,7 @@
 import math
 
 import torch
+from scipy.stats import truncnorm
 
 from bgflow_se3.train import HamiltonianMonteCarlo, JointFlow, autograd_log_density
 
@@ -97,12 +98,24 @@ def test_projected_hmc_keeps_the_centre_of_mass_and_samples_the_subspace(generat
 
 
 def test_non_finite_density_is_rejected_and_gradients_clamped(generator):
-    def log_prob(z):  # a wall: -inf beyond z0 > 2, huge gradient elsewhere
-        lp = -1e6 * z[:, 1] - 0.5 * z.pow(2).sum(-1)
+    # a standard Gaussian truncated by a wall (-inf beyond z_0 > 2), plus a ripple that changes log p by at most
+    # 1e-6 but has gradients up to 100: unclamped, every leapfrog kick is ~eps * 100, the kinetic energy explodes and
+    # every proposal is rejected (the chains never move); clamped at max_grad = 2, HMC still mixes, and the
+    # Metropolis test keeps the truncated Gaussian invariant.
+    def log_prob(z):
+        lp = -0.5 * z.pow(2).sum(-1) + 1e-6 * torch.sin(1e8 * z).sum(-1)
         return torch.where(z[:, 0] > 2.0, torch.full_like(lp, -math.inf), lp)
 
-    z0 = torch.zeros(256, 2, dtype=torch.float64)
-    hmc = HamiltonianMonteCarlo(1, step_size=3.0, max_grad=10.0)
-    point, _ = run_chains(hmc, z0, 5, generator, log_prob)
+    n, wall = 20000, 2.0
+    z0 = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    z0[:, 0] = torch.as_tensor(truncnorm.rvs(-math.inf, wall, size=n, random_state=1))
+    hmc = HamiltonianMonteCarlo(1, step_size=0.3, max_grad=2.0)
+    hmc.freeze()
+    point, rates = run_chains(hmc, z0, 10, generator, log_prob)
     assert torch.isfinite(point.z).all() and torch.isfinite(point.log_prob).all()
-    assert (point.z[:, 0] <= 2.0).all()
+    assert (point.z[:, 0] <= wall).all()
+    assert min(rates) > 0.2, rates  # unclamped: < 1e-4
+    assert (point.z - z0).abs().max(1).values.median() > 0.5  # chains moved
+    mean = torch.tensor([truncnorm.mean(-math.inf, wall), 0.0], dtype=torch.float64)
+    std = torch.tensor([truncnorm.std(-math.inf, wall), 1.0], dtype=torch.float64)
+    assert_moments(point.z, mean, std, n)

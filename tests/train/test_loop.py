@@ -2,8 +2,8 @@ import json
 import math
 from dataclasses import replace
 
+import pytest
 import torch
-from conftest import GaussianAugmentedFlow, GaussianMixtureEnergy, centre
 
 from bgflow_se3.train import (
     FABObjective,
@@ -14,6 +14,7 @@ from bgflow_se3.train import (
     fit_kl,
     fit_ml,
 )
+from tests.train._helpers import GaussianAugmentedFlow, GaussianMixtureEnergy, centre
 
 MEAN = centre(torch.tensor([[1.0, 0.0], [-0.5, 0.8], [0.2, -0.6]], dtype=torch.float64))
 
@@ -119,6 +120,45 @@ def test_fit_ml_learns_the_data_distribution(generator):
     torch.testing.assert_close(centre(flow.mu_x.detach()), MEAN, atol=0.05, rtol=0)
     assert abs(flow.log_sigma_x.exp().item() - 0.4) < 0.03
     assert result.series("loss")[-20:].mean() < result.series("loss")[:5].mean() - 1.0
+
+
+def test_fit_ml_with_kl_weight_mixes_the_data_and_the_target(generator):
+    """loss = NLL(data) + kl_weight * KL(q || p) over isotropic Gaussians q = N(m, s^2) on the k-dim CoM-free
+    subspace, with data of mean MEAN and variance sd^2 and target p = N(MEAN, sp^2): m = MEAN and, per unit k,
+    d/ds [log s + sd^2 / (2 s^2) + kl_weight * (s^2 / (2 sp^2) - log s)] = 0, i.e. with y = s^2
+    kl_weight / sp^2 * y^2 + (1 - kl_weight) * y - sd^2 = 0. For sd = 0.3, sp = 0.6: s = 0.528 at kl_weight = 3
+    (0.424 at kl_weight 1, 0.3 without the KL term)."""
+    sd, sp, kl_weight = 0.3, 0.6, 3.0
+    eps = centre(torch.randn(4096, 3, 2, generator=generator, dtype=torch.float64))
+    eps = eps - eps.mean(0)
+    k = (3 - 1) * 2
+    eps = eps / eps.pow(2).sum((1, 2)).mean().div(k).sqrt()  # empirical mean 0 and variance 1 per dof, exactly
+    data = MEAN + sd * eps
+    a, b, c = kl_weight / sp**2, 1 - kl_weight, -(sd**2)
+    expected = math.sqrt((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a))
+    assert abs(expected - 0.528) < 1e-3
+    flow = GaussianAugmentedFlow().double()
+    result = fit_ml(
+        flow,
+        data,
+        batch_size=256,
+        target=gaussian_target(sigma=sp),
+        kl_weight=kl_weight,
+        n_iterations=300,
+        lr=0.03,
+        warmup_iterations=10,
+        final_lr_fraction=0.05,
+        progress=False,
+    )
+    assert result.n_target_evaluations == 300 * 256  # the KL term draws a batch from the flow every iteration
+    torch.testing.assert_close(centre(flow.mu_x.detach()), MEAN, atol=0.02, rtol=0)
+    assert abs(flow.log_sigma_x.exp().item() - expected) < 0.01, (flow.log_sigma_x.exp().item(), expected)
+
+
+def test_fit_ml_with_kl_weight_needs_a_target():
+    data = MEAN + torch.zeros(8, 3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="target"):
+        fit_ml(GaussianAugmentedFlow().double(), data, kl_weight=1.0, n_iterations=1, progress=False)
 
 
 def test_fit_kl_matches_a_gaussian_target():

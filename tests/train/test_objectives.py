@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianAugmentedFlow, GaussianMixtureEnergy, centre, log_normal_subspace
 
 from bgflow_se3.train import (
     FABObjective,
@@ -11,6 +10,7 @@ from bgflow_se3.train import (
     maximum_likelihood_loss,
     reverse_kl_loss,
 )
+from tests.train._helpers import GaussianAugmentedFlow, GaussianMixtureEnergy, centre, log_normal_subspace
 
 MEAN = centre(torch.tensor([[0.5, 0.0], [-0.3, 0.8], [0.2, -0.1]], dtype=torch.float64))
 
