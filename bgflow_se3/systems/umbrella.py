@@ -52,8 +52,9 @@ class UmbrellaConfig:
     start_at_center: start every window from the shipped structure with phi rotated to the window's centre
     (bond lengths and angles kept), instead of letting the bias drag phi there (a violent start that leaves
     slow modes to relax inside the production). equilibration_ps: biased dynamics before the first stored value.
-    platform: OpenMM platform ("Reference" is the fastest on one core for 22 atoms). seed: the run's random seed; every window (and every restart of it) draws its
-    OpenMM seeds from ``window_seed(seed, k, ...)``, so runs with different seeds share no random stream.
+    platform: OpenMM platform ("Reference" is the fastest on one core for 22 atoms). seed: the run's random
+    seed; every window (and every restart of it) draws its OpenMM seeds from ``window_seed(seed, k, ...)``, so runs
+    with different seeds share no random stream.
     """
 
     solvent: str = "implicit"

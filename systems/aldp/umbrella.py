@@ -34,7 +34,8 @@ Files: CACHE/ramachandran.npz, the MBAR-reweighted (phi, psi) probability histog
 (64 x 64 periodic bins, ``bgflow_se3.analysis.ramachandran.periodic_histogram``; mean over the repeats as ``p``,
 each repeat's in ``p_repeats``): the Ramachandran reference of ``evaluate_dipeptide``, which plain MD cannot give
 here (phi > 0 is ~4 kT up and crossings take nanoseconds).
-CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
+CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined
+F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
 keys that examples/free_energy_aldp.py and ``bgflow_se3.systems.umbrella.load_profile`` read), and
 CACHE/summary.json with the per-repeat and combined numbers of both states.
 
