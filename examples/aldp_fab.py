@@ -40,7 +40,7 @@ from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
-from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile
+from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
 from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
 
 TEMPERATURE = 300.0
@@ -148,6 +148,7 @@ def main() -> None:
         batch_size=4096,
         reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
         umbrella_profile=reference_profile(args.umbrella),
+        umbrella_ramachandran=reference_ramachandran(args.umbrella),
         restrict_to_l=True,
     )
     summary = {

@@ -34,7 +34,7 @@ from bgflow_se3.analysis import evaluate_dipeptide
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
-from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile
+from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
 from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,
@@ -167,6 +167,7 @@ def main() -> None:
         generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
         reference_md=frames[n_train:],
         umbrella_profile=reference_profile(args.umbrella),
+        umbrella_ramachandran=reference_ramachandran(args.umbrella),
     )
     summary = {
         "mode": mode,

@@ -32,3 +32,23 @@ def test_the_shipped_profile_is_a_usable_reference(tmp_path):
     np.testing.assert_array_equal(fallback[1], f)
     with pytest.raises(FileNotFoundError):
         shipped_profile("vacuum")
+
+
+def test_the_shipped_ramachandran_reference_is_a_usable_reference(tmp_path):
+    """A normalised 64 x 64 (phi, psi) histogram whose phi > 0 mass agrees with the shipped profile's."""
+    from bgflow_se3.systems.umbrella import reference_ramachandran, shipped_profile, shipped_ramachandran
+
+    p = shipped_ramachandran("implicit")
+    assert p.shape == (64, 64) and (p >= 0).all() and np.isclose(p.sum(), 1.0)
+    phi = -np.pi + (np.arange(64) + 0.5) * 2 * np.pi / 64
+    positive = p[phi > 0].sum()
+    assert 0.005 < positive < 0.1  # alpha_L and its neighbours: a few kT above the phi < 0 basins
+    # the C7eq / beta basin (phi < 0, psi > 0) holds most of the mass, as every force field of this family has it
+    psi = phi
+    assert p[np.ix_(phi < 0, psi > 0)].sum() > 0.5
+    centers, f = shipped_profile("implicit")
+    profile_positive = np.exp(-f[centers > 0]).sum() / np.exp(-f).sum()
+    assert abs(np.log(positive / profile_positive)) < 0.1  # the same run, binned two ways
+    np.testing.assert_array_equal(reference_ramachandran(tmp_path), p)  # an empty cache falls back to it
+    with pytest.raises(FileNotFoundError):
+        shipped_ramachandran("vacuum")
