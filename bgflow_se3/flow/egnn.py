@@ -8,8 +8,6 @@ is equivariant to rotations, reflections, translations and permutations of the n
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor, nn
 
@@ -63,92 +61,35 @@ def _orthogonalise_frame_weights(w: Tensor, group: int) -> Tensor:
     return g.reshape(b, n, n, v, m)
 
 
-class Pairs(NamedTuple):
-    """The N (N - 1) / 2 unordered atom pairs i < j, and the matrices that sum pair quantities onto atoms."""
-
-    i: Tensor  # (P,) long
-    j: Tensor  # (P,) long
-    incidence: Tensor  # (N, P): 1 where the atom is either end of the pair
-    signed: Tensor  # (N, P): +1 at i, -1 at j (pair vectors x_i - x_j point away from j)
-    first: Tensor  # (N, P): 1 at i
-    second: Tensor  # (N, P): 1 at j
-
-    @classmethod
-    def of(cls, n: int, dtype: torch.dtype, device: torch.device) -> Pairs:
-        i, j = torch.triu_indices(n, n, offset=1, device=device)
-        p = torch.arange(i.numel(), device=device)
-        first = torch.zeros(n, i.numel(), dtype=dtype, device=device)
-        second = torch.zeros_like(first)
-        first[i, p], second[j, p] = 1.0, 1.0
-        return cls(i, j, first + second, first - second, first, second)
-
-    def gather(self, nodes: Tensor, matrix: Tensor) -> Tensor:
-        """Pair values sum_n matrix[n, p] nodes[:, n]: nodes (B, N, *F) -> (B, P, *F), as one matrix product
-        (cheaper than indexing, whose backward scatters)."""
-        b, n = nodes.shape[:2]
-        return (matrix.T @ nodes.reshape(b, n, -1)).reshape(b, -1, *nodes.shape[2:])
-
-    def scatter(self, pairs: Tensor, matrix: Tensor) -> Tensor:
-        """Atom values sum_p matrix[n, p] pairs[:, p]: pairs (B, P, *F) -> (B, N, *F)."""
-        b, p = pairs.shape[:2]
-        return (matrix @ pairs.reshape(b, p, -1)).reshape(b, -1, *pairs.shape[2:])
-
-    def to_dense(self, forward: Tensor, backward: Tensor) -> Tensor:
-        """(B, N, N, C) with [i, j] = forward and [j, i] = backward (both (B, P, C)) and zeros on the diagonal."""
-        b, p, c = forward.shape
-        n = self.incidence.shape[0]
-        index = torch.cat([self.i * n + self.j, self.j * n + self.i])
-        dense = forward.new_zeros(b, n * n, c).index_copy(1, index, torch.cat([forward, backward], dim=1))
-        return dense.view(b, n, n, c)
-
-
-class EdgeMLP(nn.Module):
-    """The edge network: a two-layer SiLU MLP whose first layer is split over its inputs (Satorras et al., eq. 3).
-
-    Edge tensors, (B, P, hidden) over the P atom pairs, dominate time and memory, so this network materialises as
-    few of them as it can: no LayerNorm (whose backward re-reads every element) and no residual branch.
-    ``forward(nodes, edge)``: nodes (B, P, H), the two atoms' features already through their part of the first
-    layer and summed, edge (B, P, n_edge) the raw edge features. Returns (B, P, n_out).
-    """
-
-    def __init__(self, n_edge: int, hidden: int, n_out: int) -> None:
-        super().__init__()
-        self.edge_in = nn.Linear(n_edge, hidden)
-        self.out = nn.Linear(hidden, n_out)
-
-    def forward(self, nodes: Tensor, edge: Tensor) -> Tensor:
-        return self.out(torch.nn.functional.silu(self.edge_in(edge) + nodes))
-
-
 class _EGNNLayer(nn.Module):
-    """One message-passing layer on unordered pairs: m_ij = m_ji = phi_e(h_i + h_j, |x_i - x_j|^2) (symmetric in
-    the two atoms, so each pair is computed once: half the edge work of ordered pairs, and no self-pairs)."""
-
     def __init__(self, hidden: int, n_mult: int, mlp_blocks: int, coord_scale: float) -> None:
         super().__init__()
         self.n_mult = n_mult
-        self.node = nn.Linear(hidden, hidden, bias=False)
-        self.phi_e = EdgeMLP(n_mult * (1 + N_RBF), hidden, hidden)
-        # phi_x reads the message through one linear layer: the message is already an MLP's output, and a second
-        # edge-sized layer here cost as much as phi_e itself
-        self.phi_x = nn.Linear(hidden, n_mult)
+        self.phi_e = ResidualMLP(2 * hidden + n_mult * (1 + N_RBF), hidden, hidden, mlp_blocks)
+        self.phi_x = ResidualMLP(hidden, n_mult, hidden, mlp_blocks)
         with torch.no_grad():  # small coordinate steps at initialisation (reference implementation: 1e-3)
-            self.phi_x.weight.mul_(coord_scale)
-            self.phi_x.bias.mul_(coord_scale)
+            self.phi_x.out.weight.mul_(coord_scale)
+            self.phi_x.out.bias.mul_(coord_scale)
         self.phi_h = ResidualMLP(2 * hidden, hidden, hidden, mlp_blocks)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, pos: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor, Tensor]:
-        """h: (B, N, H); pos: (B, N, M, d). Returns (h, pos, messages (B, P, H))."""
+    def forward(self, h: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h: (B, N, H); pos: (B, N, M, d); mask: (N, N) with zero diagonal. Returns (h, pos, messages)."""
         n = h.shape[1]
-        diff = pairs.gather(pos, pairs.signed)  # (B, P, M, d): x_i - x_j
+        diff = pos[:, :, None] - pos[:, None, :]  # (B, N, N, M, d): x_i - x_j
         dist2 = (diff * diff).sum(-1)
-        edge = torch.cat([dist2, _rbf(dist2, N_RBF).flatten(-2)], dim=-1)
-        m = torch.nn.functional.silu(self.phi_e(pairs.gather(self.node(h), pairs.incidence), edge))  # (B, P, H)
-        step = diff / (safe_norm(diff, keepdim=True) + 1.0) * self.phi_x(m)[..., None]  # (B, P, M, d)
-        shift = pairs.scatter(step, pairs.signed) / (n - 1)
-        received = pairs.scatter(m, pairs.incidence) / (n - 1)
-        h = h + self.phi_h(torch.cat([self.norm(h), received], dim=-1))
+        rbf = _rbf(dist2, N_RBF).flatten(-2)
+        # phi_e(cat[h_i, h_j, edge]) with its input layer split, so no (B, N, N, 2H) tensor is built
+        w = self.phi_e.inp.weight
+        hdim = h.shape[-1]
+        node_i = h @ w[:, :hdim].T + self.phi_e.inp.bias
+        node_j = h @ w[:, hdim : 2 * hdim].T
+        edge = torch.cat([dist2, rbf], dim=-1) @ w[:, 2 * hdim :].T
+        pre = node_i[:, :, None] + node_j[:, None, :] + edge
+        m = self.phi_e.forward_hidden(pre) * mask[..., None]  # (B, N, N, H)
+        unit = diff / (safe_norm(diff, keepdim=True) + 1.0)
+        shift = (unit * self.phi_x(m)[..., None] * mask[..., None, None]).sum(2) / (n - 1)
+        h = h + self.phi_h(torch.cat([self.norm(h), m.sum(2) / (n - 1)], dim=-1))
         return h, pos + shift, m
 
 
@@ -192,10 +133,7 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(_EGNNLayer(hidden, n_mult, mlp_blocks, coord_scale) for _ in range(n_layers))
         # the vector head sees a radial basis of the distances, so that different output vectors weight the
         # neighbours differently and are not all nearly parallel at initialisation
-        # (ordered: atom i's weight for neighbour j differs from j's for i, else every output sums to zero)
-        self.vec_node_self = nn.Linear(hidden, hidden, bias=False)
-        self.vec_node_other = nn.Linear(hidden, hidden, bias=False)
-        self.vec_edge = EdgeMLP(hidden + n_mult * N_RBF, hidden, n_vectors * n_mult)
+        self.vec_edge = ResidualMLP(hidden + n_mult * N_RBF, n_vectors * n_mult, hidden, mlp_blocks)
         self.vec_node = ResidualMLP(hidden, n_vectors * n_mult, hidden, mlp_blocks) if n_mult > 1 else None
         self.norm_out = nn.LayerNorm(hidden)
 
@@ -209,23 +147,17 @@ class EGNN(nn.Module):
             intra = ((pos[:, :, iu] - pos[:, :, ju]) ** 2).sum(-1)  # (B, N, n_pairs)
             h = torch.cat([h, intra], dim=-1)
         h = self.node_in(h)
-        pairs = Pairs.of(n, pos.dtype, pos.device)
+        mask = 1.0 - torch.eye(n, dtype=pos.dtype, device=pos.device)
         x = pos
         msg = None
         for layer in self.layers:
-            h, x, msg = layer(h, x, pairs)
+            h, x, msg = layer(h, x, mask)
         if msg is None:  # no message-passing layer: messages from the embedding alone
-            msg = pairs.gather(h, pairs.incidence)
-        diff = pairs.gather(x, pairs.signed)
-        edge = self.vec_edge.edge_in(torch.cat([msg, _rbf((diff * diff).sum(-1), N_RBF).flatten(-2)], dim=-1))
-        own, other = self.vec_node_self(h), self.vec_node_other(h)
-        w_ij, w_ji = (  # weight of neighbour j for atom i, and of i for j
-            self.vec_edge.out(torch.nn.functional.silu(edge + pairs.gather(own, first) + pairs.gather(other, second)))
-            for first, second in ((pairs.first, pairs.second), (pairs.second, pairs.first))
-        )
-        w = pairs.to_dense(w_ij, w_ji).reshape(b, n, n, self.n_vectors, m)  # zero for j = i
-        full = x[:, :, None] - x[:, None, :]
-        unit = full / (safe_norm(full, keepdim=True) + 1.0)  # (B, N, N, M, d)
+            msg = (h[:, :, None] + h[:, None, :]) * mask[..., None]
+        diff = x[:, :, None] - x[:, None, :]
+        unit = diff / (safe_norm(diff, keepdim=True) + 1.0)  # (B, N, N, M, d)
+        rbf = _rbf((diff * diff).sum(-1), N_RBF).flatten(-2)
+        w = self.vec_edge(torch.cat([msg, rbf], dim=-1)).reshape(b, n, n, self.n_vectors, m) * mask[..., None, None]
         # Scale the weights to unit root-mean-square over neighbours, so that output vectors have length O(1).
         # The neighbour-average weight is kept: it gives the direction away from (or towards) the neighbours, the
         # only equivariant direction where the neighbours are equidistant, and the one that changes pair distances.
