@@ -21,7 +21,7 @@ from ..energy.base import Energy
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from ..reweight.fes import free_energy_surface
-from ..train.evaluate import sample_with_energies
+from ..sampling.flow_samples import sample_with_energies
 from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
 from .dihedrals import as_mdtraj_topology, phi_psi
 from .plots import free_energy_profile_figure, ramachandran_panels_figure

@@ -1,5 +1,23 @@
-"""Sampling on energies without a flow: batched Langevin dynamics (training data, proposals' starting points)."""
+"""Sampling, below training and analysis: batched Langevin dynamics (training data, starting points), HMC and
+annealed importance sampling (``hmc``, ``ais``; FAB and ``state_ais`` use them), the packed augmented state of a flow
+(``joint``), and flow samples with their target energies (``flow_samples``). Imports nothing from ``train``."""
 
+from .ais import AISResult, AnnealedImportanceSampler
+from .flow_samples import EnergySamples, sample_with_energies
+from .hmc import HamiltonianMonteCarlo, HMCPoint
+from .joint import JointFlow, TargetDensity
 from .langevin import LangevinTrajectory, langevin_dynamics, minimise
 
-__all__ = ["LangevinTrajectory", "langevin_dynamics", "minimise"]
+__all__ = [
+    "AISResult",
+    "AnnealedImportanceSampler",
+    "EnergySamples",
+    "HMCPoint",
+    "HamiltonianMonteCarlo",
+    "JointFlow",
+    "LangevinTrajectory",
+    "TargetDensity",
+    "langevin_dynamics",
+    "minimise",
+    "sample_with_energies",
+]

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..energy.base import Energy
-from ..train.ais import AnnealedImportanceSampler
-from ..train.hmc import HamiltonianMonteCarlo
+from .ais import AnnealedImportanceSampler
+from .hmc import HamiltonianMonteCarlo
 
 __all__ = ["AnnealedStateSamples", "anneal_to_states"]
 

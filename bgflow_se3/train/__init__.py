@@ -1,12 +1,12 @@
 """Training: maximum likelihood, reverse KL and FAB, with one training loop."""
 
-from .ais import AISResult, AnnealedImportanceSampler
+from ..sampling.ais import AISResult, AnnealedImportanceSampler
+from ..sampling.hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
+from ..sampling.joint import JointFlow, TargetDensity
 from .buffer import BufferBatch, PrioritisedReplayBuffer
 from .curves import plot_training_curves
 from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
 from .fit import fit_fab, fit_kl, fit_ml
-from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
-from .joint import JointFlow, TargetDensity
 from .loop import TrainConfig, Trainer, TrainResult
 from .metrics import effective_sample_size, log_normalizer
 from .objectives import (

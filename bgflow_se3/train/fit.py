@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..energy.base import Energy
-from .joint import TargetDensity
+from ..sampling.joint import TargetDensity
 from .loop import TrainConfig, Trainer, TrainResult
 from .objectives import FABObjective, MaximumLikelihoodObjective, MLKLObjective, ReverseKLObjective
 

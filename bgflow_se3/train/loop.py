@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..energy.base import Energy
+from ..sampling.joint import JointFlow, TargetDensity
 from .curves import plot_training_curves
-from .joint import JointFlow, TargetDensity
 from .metrics import effective_sample_size
 from .objectives import LossTerms, Objective
 

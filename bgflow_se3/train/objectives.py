@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..energy.base import Energy
-from .ais import AnnealedImportanceSampler
+from ..sampling.ais import AnnealedImportanceSampler
+from ..sampling.hmc import HamiltonianMonteCarlo
+from ..sampling.joint import JointFlow, TargetDensity
 from .buffer import BufferBatch, PrioritisedReplayBuffer
-from .hmc import HamiltonianMonteCarlo
-from .joint import JointFlow, TargetDensity
 from .metrics import effective_sample_size
 
 __all__ = [
