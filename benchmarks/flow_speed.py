@@ -24,7 +24,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "flow_speed.json"
@@ -34,14 +38,39 @@ SIZES = {
 }
 
 
-def _log_q_backward(flow, x, a) -> None:
+# Shared with gpu_suite.py. This module imports nothing from bgflow_se3 at the top, so that each worker can take
+# bgflow_se3 from its own tree.
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, min_seconds: float) -> float:
+    """Median seconds per call of ``fn`` after one warm-up call; each repeat loops until ``min_seconds``."""
+    fn()
+    synchronise(device)
+    times = []
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            synchronise(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        times.append(elapsed / calls)
+    return statistics.median(times)
+
+
+def log_q_backward(flow: torch.nn.Module, x: torch.Tensor, a: torch.Tensor) -> None:
+    """One maximum-likelihood step's work: joint log q(x, a) and its backward pass."""
     flow.zero_grad(set_to_none=True)
     (-flow.log_prob_joint(x, a).mean()).backward()
 
 
-def _sample(flow, n: int) -> None:
-    import torch
-
+def sample_without_grad(flow: torch.nn.Module, n: int) -> None:
+    """n samples with their log q, no graph."""
     with torch.no_grad():
         flow.sample(n)
 
@@ -59,8 +88,6 @@ def _identity(t):
 
 def worker(size: str, batches: list[int], min_seconds: float) -> dict:
     """Runs inside the worker process (``bgflow_se3`` imported from its tree); returns per-batch numbers."""
-    import torch
-
     from bgflow_se3 import AugmentedCouplingFlow
     from bgflow_se3.systems import load_aldp
 
@@ -77,19 +104,14 @@ def worker(size: str, batches: list[int], min_seconds: float) -> dict:
 
         saved: dict[int, int] = {}
         with torch.autograd.graph.saved_tensors_hooks(functools.partial(_count, saved, parameters), _identity):
-            _log_q_backward(flow, x, a)
+            log_q_backward(flow, x, a)
         row = {"batch": batch, "saved_mb_per_configuration": sum(saved.values()) / batch / 2**20}
         tasks = {
-            "log_q_backward": functools.partial(_log_q_backward, flow, x, a),
-            "sample": functools.partial(_sample, flow, batch),
+            "log_q_backward": functools.partial(log_q_backward, flow, x, a),
+            "sample": functools.partial(sample_without_grad, flow, batch),
         }
         for name, fn in tasks.items():
-            fn()  # warm-up
-            calls, start = 0, time.perf_counter()
-            while calls == 0 or time.perf_counter() - start < min_seconds:
-                fn()
-                calls += 1
-            row[f"{name}_configurations_per_s"] = batch * calls / (time.perf_counter() - start)
+            row[f"{name}_configurations_per_s"] = batch / timed(fn, torch.device("cpu"), 1, min_seconds)
         rows.append(row)
     return {"n_parameters": sum(p.numel() for p in flow.parameters()), "rows": rows}
 

@@ -26,7 +26,6 @@ import argparse
 import functools
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.flow_speed import log_q_backward, sample_without_grad, timed
 from bgflow_se3 import AugmentedCouplingFlow, TorchForceField
 from bgflow_se3.energy import kT_in_kJ_per_mol
 from bgflow_se3.systems import load_aldp
@@ -63,29 +63,6 @@ TINY = dict(
     training_seconds=0.0,  # two iterations, whatever they take
     compile=False,
 )
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, min_seconds: float) -> float:
-    """Median seconds per call of ``fn`` after one warm-up call; each repeat loops until ``min_seconds``."""
-    fn()
-    synchronise(device)
-    times = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            synchronise(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        times.append(elapsed / calls)
-    return statistics.median(times)
 
 
 def aldp_configurations(n: int, seed: int = 0) -> torch.Tensor:
@@ -149,18 +126,6 @@ def energy_section(device: torch.device, setup: dict) -> dict:
                 rate = batch / seconds
                 rows.append({**row, "evaluations_per_s": rate, "x_openmm_loop": rate / loop["evaluations_per_s"]})
     return {"openmm_loop": loop, "torchforcefield": rows}
-
-
-def log_q_backward(flow: AugmentedCouplingFlow, x: torch.Tensor, a: torch.Tensor) -> None:
-    """One maximum-likelihood step's work: joint log q(x, a) and its backward pass."""
-    flow.zero_grad(set_to_none=True)
-    (-flow.log_prob_joint(x, a).mean()).backward()
-
-
-def sample_without_grad(flow: AugmentedCouplingFlow, n: int) -> None:
-    """n samples with their log q, no graph."""
-    with torch.no_grad():
-        flow.sample(n)
 
 
 def flow_section(device: torch.device, setup: dict, sizes: dict[str, dict]) -> list[dict]:

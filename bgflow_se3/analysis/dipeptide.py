@@ -137,11 +137,12 @@ def evaluate_dipeptide(
     panels = [(phi, psi, None, "flow samples")]
     if weights is not None:
         panels.append((phi, psi, weights, "flow samples, reweighted"))
+    flow_angles = np.stack([phi, psi], 1)
     results = {"kl_md": math.nan, "kl_md_reweighted": math.nan}
     if reference_md is not None:
         ref_phi, ref_psi = phi_psi(top, reference_md)
         panels.append((ref_phi, ref_psi, None, "MD reference"))
-        reference, flow_angles = np.stack([ref_phi, ref_psi], 1), np.stack([phi, psi], 1)
+        reference = np.stack([ref_phi, ref_psi], 1)
         results["kl_md"], results["kl_md_reweighted"] = _kl_pair(
             lambda w: ramachandran_kl(reference, flow_angles, bins=bins, weights_q=w), weights
         )
@@ -151,7 +152,6 @@ def evaluate_dipeptide(
         b = reference_p.shape[0]
         if reference_p.shape != (b, b) or not (reference_p >= 0).all() or not reference_p.sum() > 0:
             raise ValueError(f"umbrella_ramachandran must be a non-negative (b, b) histogram, got {reference_p.shape}")
-        flow_angles = np.stack([phi, psi], 1)
         results["kl_ramachandran_umbrella"], results["kl_ramachandran_umbrella_reweighted"] = _kl_pair(
             lambda w: histogram_kl(reference_p, periodic_histogram(flow_angles, b, w)), weights
         )

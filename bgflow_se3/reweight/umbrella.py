@@ -65,6 +65,13 @@ class UmbrellaResult:
     statistical_inefficiency: np.ndarray
 
 
+def _production(series: np.ndarray, discard_fraction: float) -> tuple[np.ndarray, int]:
+    """One window's phi series wrapped into [-pi, pi) (float64), and the index where production starts (the leading
+    ``discard_fraction`` is equilibration)."""
+    series = wrap_angle(np.asarray(series, dtype=np.float64))
+    return series, int(discard_fraction * series.size)
+
+
 def _subsample(series: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, float]:
     """Decorrelated samples of one window (pymbar.timeseries on its own bias energy) and the inefficiency g."""
     timeseries = import_pymbar().timeseries
@@ -140,8 +147,7 @@ def umbrella_free_energy(
     state_b = state_b or (lambda phi: ~state_a(phi))
     production = []
     for k, series in enumerate(phi_windows):
-        series = wrap_angle(np.asarray(series, dtype=np.float64))
-        start = int(discard_fraction * series.size)
+        series, start = _production(series, discard_fraction)
         if series.size - start < 2 * n_blocks:
             raise ValueError(f"window {k} has {series.size} samples: too few for {n_blocks} blocks")
         production.append(series[start:])
@@ -192,10 +198,9 @@ def unbiased_weights(
         raise ValueError(f"{len(phi_windows)} time series for {centers.size} windows")
     keep, kept = [], []
     for series in phi_windows:
-        series = wrap_angle(np.asarray(series, dtype=np.float64))
-        mask = np.arange(series.size) >= int(discard_fraction * series.size)
-        keep.append(mask)
-        kept.append(series[mask])
+        series, start = _production(series, discard_fraction)
+        keep.append(np.arange(series.size) >= start)
+        kept.append(series[start:])
     phi = np.concatenate(kept)
     n_k = np.array([s.size for s in kept])
     u_kn = np.vstack([periodic_harmonic_bias(phi, centers, kappa), np.zeros_like(phi)])

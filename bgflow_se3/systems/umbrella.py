@@ -311,14 +311,19 @@ def shipped_profile(solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
     (4 repeats x 36 windows x 0.5 ns; its provenance and caveats in the JSON beside it), so that plots and the phi
     KL have a reference on a fresh machine. Only ``implicit`` is shipped; others raise ``FileNotFoundError``.
     """
+    stored = _shipped_arrays(f"umbrella_profile_{solvent}.npz", f"umbrella profile for {solvent!r}")
+    return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
+
+
+def _shipped_arrays(name: str, what: str) -> dict[str, np.ndarray]:
+    """The arrays of ``bgflow_se3/systems/data/aldp/<name>``; ``FileNotFoundError`` naming ``what`` and the recipe."""
     from importlib import resources
 
-    path = resources.files("bgflow_se3.systems") / "data" / "aldp" / f"umbrella_profile_{solvent}.npz"
+    path = resources.files("bgflow_se3.systems") / "data" / "aldp" / name
     if not path.is_file():
-        raise FileNotFoundError(f"no umbrella profile is shipped for {solvent!r}; run systems/aldp/umbrella.py")
-    with resources.as_file(path) as file:
-        stored = np.load(file)
-        return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
+        raise FileNotFoundError(f"no {what} is shipped; run systems/aldp/umbrella.py")
+    with resources.as_file(path) as file, np.load(file) as stored:
+        return {key: stored[key] for key in stored.files}
 
 
 def reference_profile(cache: Path, solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
@@ -352,13 +357,8 @@ def shipped_ramachandran(solvent: str = "implicit") -> np.ndarray:
     (MBAR-reweighted umbrella windows; provenance in the JSON beside it). Bins as ``periodic_histogram``: 64 equal
     bins per angle on [-pi, pi), index [phi, psi]. Only ``implicit`` is shipped; others raise ``FileNotFoundError``.
     """
-    from importlib import resources
-
-    path = resources.files("bgflow_se3.systems") / "data" / "aldp" / f"umbrella_ramachandran_{solvent}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no Ramachandran reference is shipped for {solvent!r}; run systems/aldp/umbrella.py")
-    with resources.as_file(path) as file:
-        return np.asarray(np.load(file)["p"], dtype=np.float64)
+    stored = _shipped_arrays(f"umbrella_ramachandran_{solvent}.npz", f"Ramachandran reference for {solvent!r}")
+    return np.asarray(stored["p"], dtype=np.float64)
 
 
 def reference_ramachandran(cache: Path, solvent: str = "implicit") -> np.ndarray:
