@@ -24,6 +24,7 @@ import numpy as np
 __all__ = [
     "UmbrellaConfig",
     "add_torsion_bias",
+    "biased_system",
     "default_umbrella_dir",
     "load_profile",
     "load_window_angles",
@@ -52,6 +53,10 @@ class UmbrellaConfig:
     start_at_center: start every window from the shipped structure with phi rotated to the window's centre
     (bond lengths and angles kept), instead of letting the bias drag phi there (a violent start that leaves
     slow modes to relax inside the production). equilibration_ps: biased dynamics before the first stored value.
+    exchange_every_ps: None runs the windows independently; a time (ps) runs them as Hamiltonian replica exchange
+    (``replica_exchange.run_replica_exchange``): every that many ps, neighbouring windows try to swap their
+    configurations (Metropolis on the bias energies), so slow coordinates the bias does not touch (psi) relax in
+    the windows where they move fast and travel to the others.
     platform: OpenMM platform ("Reference" is the fastest on one core for 22 atoms). seed: the run's random
     seed; every window (and every restart of it) draws its OpenMM seeds from ``window_seed(seed, k, ...)``, so runs
     with different seeds share no random stream.
@@ -67,6 +72,7 @@ class UmbrellaConfig:
     save_every: int = 250
     start_at_center: bool = True
     equilibration_ps: float = 50.0
+    exchange_every_ps: float | None = None
     platform: str = "Reference"
     seed: int = 0
 
@@ -148,25 +154,36 @@ def _start_at(positions_nm: np.ndarray, topology, atoms: Sequence[int], value: f
     return set_torsion(x, bonds, atoms, value)[0].numpy()
 
 
+def biased_system(config: UmbrellaConfig, center: float) -> tuple:
+    """The window System of ``config`` with its bias at ``center`` (radians; the global parameter ``phi0``).
+
+    Returns (AlanineDipeptide, openmm.System with repartitioned masses and the phi bias, phi atoms (4,), psi
+    atoms (4,)).
+    """
+    from .aldp import load_aldp
+    from .simulation import repartition_hydrogen_mass
+
+    aldp = load_aldp(config.solvent)
+    system = copy.deepcopy(aldp.system)
+    if config.hydrogen_mass_amu is not None:
+        system = repartition_hydrogen_mass(system, aldp.topology, config.hydrogen_mass_amu)
+    atoms = phi_atom_indices(aldp.topology)
+    add_torsion_bias(system, atoms, config.force_constant, center)
+    return aldp, system, atoms, psi_atom_indices(aldp.topology)
+
+
 def _run_window(args: tuple) -> tuple[int, float]:
     """Extend window ``k`` to ``target_ns`` of production; returns (k, seconds spent)."""
     config_dict, k, target_ns, cache = args
     import openmm
     import openmm.unit as unit
 
-    from .aldp import load_aldp
-    from .simulation import langevin_context, repartition_hydrogen_mass
+    from .simulation import langevin_context
 
     config = UmbrellaConfig(**config_dict)
     path = Path(cache) / f"window_{k:03d}.npz"
-    aldp = load_aldp(config.solvent)
-    system = copy.deepcopy(aldp.system)
-    if config.hydrogen_mass_amu is not None:
-        system = repartition_hydrogen_mass(system, aldp.topology, config.hydrogen_mass_amu)
-    atoms = phi_atom_indices(aldp.topology)
-    psi_atoms = psi_atom_indices(aldp.topology)
     center = float(window_centers(config.n_windows)[k])
-    add_torsion_bias(system, atoms, config.force_constant, center)
+    aldp, system, atoms, psi_atoms = biased_system(config, center)
     steps_per_ns = config.steps_per_ns
     start = time.perf_counter()
     if path.exists():
@@ -242,7 +259,7 @@ def _check_config(config: UmbrellaConfig, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / "config.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = asdict(UmbrellaConfig(**json.loads(path.read_text())))  # fields added later take their defaults
         if stored != asdict(config):
             raise ValueError(
                 f"the cache {cache} was made with other settings {stored}; use another cache directory "
@@ -255,10 +272,15 @@ def _check_config(config: UmbrellaConfig, cache: Path) -> None:
 def run_umbrella(config: UmbrellaConfig, ns_per_window: float, cache: Path, workers: int = 1) -> float:
     """Run (or extend) every window to ``ns_per_window`` of production; returns the wall time in seconds.
 
-    Windows already at that length are skipped; ``workers`` processes run windows in parallel.
+    Windows already at that length are skipped; ``workers`` processes run windows in parallel. With
+    ``config.exchange_every_ps`` set the windows run as replica exchange (``run_replica_exchange``).
     """
     cache = Path(cache)
     _check_config(config, cache)
+    if config.exchange_every_ps is not None:
+        from .replica_exchange import run_replica_exchange
+
+        return run_replica_exchange(config, ns_per_window, cache, workers=workers)
     tasks = [(asdict(config), k, ns_per_window, str(cache)) for k in range(config.n_windows)]
     start = time.perf_counter()
     if workers <= 1:

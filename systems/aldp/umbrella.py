@@ -244,6 +244,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat")
     parser.add_argument("--cache", type=Path, default=None, help="default ~/.cache/bgflow_se3/aldp_umbrella/SOLVENT")
     parser.add_argument("--out", type=Path, default=None, help="JSON summary (default CACHE/summary.json)")
+    parser.add_argument(
+        "--exchange-every-ps",
+        type=float,
+        default=1.0,
+        help="replica exchange between neighbouring windows every this many ps (0: independent windows)",
+    )
     parser.add_argument("--smoke", action="store_true", help="12 soft windows x 4 ps in a separate cache (seconds)")
     parser.add_argument("--analyse-only", action="store_true", help="no simulation: analyse the cached repeats")
     args = parser.parse_args()
@@ -253,14 +259,17 @@ def main() -> None:
     logging.getLogger("pymbar").setLevel(logging.WARNING)
 
     root = Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella"
+    exchange = args.exchange_every_ps if args.exchange_every_ps > 0 else None
+    protocol = "" if exchange is None else "_exchange"  # independent windows and replica exchange never share a cache
     if args.smoke:
         settings = dict(n_windows=12, force_constant=60.0, equilibration_ps=1.0, save_every=50)
+        settings["exchange_every_ps"] = None if exchange is None else 0.1
         ns = 0.004
-        cache = args.cache or root / f"smoke_{args.solvent}"
+        cache = args.cache or root / f"smoke_{args.solvent}{protocol}"
     else:
-        settings = dict(n_windows=args.windows, force_constant=args.force_constant)
+        settings = dict(n_windows=args.windows, force_constant=args.force_constant, exchange_every_ps=exchange)
         ns = args.ns_per_window
-        cache = args.cache or root / args.solvent
+        cache = args.cache or root / f"{args.solvent}{protocol}"
     if (cache / "config.json").exists():
         print(
             f"note: {cache} holds a single run in the old layout; repeats now live in {cache}/seed_<seed>. To reuse "
