@@ -5,6 +5,7 @@ __all__ = [
     "ConvergenceError",
     "EmptyStateError",
     "EnergyEvaluationError",
+    "InsufficientMemoryError",
     "LowOverlapWarning",
     "NonFiniteInputError",
     "UnsupportedForceError",
@@ -35,6 +36,10 @@ class EnergyEvaluationError(BgflowError, RuntimeError):
 
 class WorkerError(BgflowError, RuntimeError):
     """A worker process died or timed out more often than the retry policy allows."""
+
+
+class InsufficientMemoryError(BgflowError, MemoryError):
+    """A call would need more memory than the device has free; raised before it allocates, naming the size."""
 
 
 class ConvergenceError(BgflowError, RuntimeError):

@@ -23,10 +23,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import NonFiniteInputError
+from ..memory import check_fits
 from .couplings import PROJECTIONS, Projection, ProjectionCoupling
 from .geometry import centre_on_aug, centre_on_x, remove_com
 
 __all__ = ["AugmentedCouplingFlow", "FlowSample"]
+
+#: batches below this size skip the memory guard (measuring the graph costs two tiny passes)
+_GUARD_MIN_BATCH = 64
 
 
 class FlowSample(NamedTuple):
@@ -97,6 +101,9 @@ class AugmentedCouplingFlow(nn.Module):
         self.projection = projection
         self.sigma_aug, self.length_scale = float(sigma_aug), float(length_scale)
         self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.sample_chunk_size = 1024  # configurations per pass of ``sample`` under no_grad
+        self._graph_bytes: dict[tuple[Any, ...], float] = {}  # measured autograd graph bytes per configuration
+        self._measuring = False
         self.register_buffer("atom_types", types.long(), persistent=True)
         kwargs: dict[str, Any] = dict(
             dim=dim,
@@ -200,6 +207,52 @@ class AugmentedCouplingFlow(nn.Module):
         a_nodes, ld_a, aux_a = self.couplings_a[i].inverse(a.transpose(1, 2), x.unsqueeze(2), types)
         return x, a_nodes.transpose(1, 2), ld_x + ld_a, aux_x + aux_a
 
+    def graph_bytes_per_configuration(self) -> float:
+        """Bytes the autograd graph of one pass (all blocks, no checkpointing) saves per configuration.
+
+        Measured once per dtype and device with saved-tensor hooks on batches of 1 and 3 (the difference, so
+        parameters saved once per batch do not count), then cached.
+        """
+        key = (self._dtype, self.atom_types.device)
+        if key not in self._graph_bytes:
+            saved = []
+            checkpointing, self.gradient_checkpointing, self._measuring = self.gradient_checkpointing, False, True
+            try:
+                for batch in (1, 3):
+                    generator = torch.Generator().manual_seed(0)
+                    x = remove_com(torch.randn((batch, self.n_atoms, self.dim), generator=generator, dtype=self._dtype))
+                    a = x.unsqueeze(1) + self.sigma_aug * torch.randn(
+                        (batch, self.n_aug, self.n_atoms, self.dim), generator=generator, dtype=self._dtype
+                    )
+                    total = 0
+
+                    def pack(t: Tensor) -> Tensor:
+                        nonlocal total
+                        total += t.numel() * t.element_size()
+                        return t
+
+                    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                        self.inverse_with_log_det(x.to(self.atom_types.device), a.to(self.atom_types.device))
+                    saved.append(total)
+            finally:
+                self.gradient_checkpointing, self._measuring = checkpointing, False
+            self._graph_bytes[key] = max(0.0, (saved[1] - saved[0]) / 2)
+        return self._graph_bytes[key]
+
+    def _guard_memory(self, batch: int, device: torch.device, what: str) -> None:
+        """Raise ``InsufficientMemoryError`` before a graph of ``batch`` configurations that cannot fit."""
+        if self._measuring or batch < _GUARD_MIN_BATCH or not torch.is_grad_enabled():
+            return
+        per_config = self.graph_bytes_per_configuration()
+        if self.gradient_checkpointing:  # block inputs are kept; one block's graph lives while it is recomputed
+            per_config = per_config / len(self.couplings_a)
+        check_fits(
+            batch * per_config,
+            device,
+            f"{what} of {batch} configurations with gradients",
+            "use a smaller batch, gradient_checkpointing=True, or torch.no_grad() when no gradient is needed",
+        )
+
     def _run_block(
         self, block: Callable[[int, Tensor, Tensor], tuple[Tensor, ...]], i: int, x: Tensor, a: Tensor
     ) -> tuple[Tensor, ...]:
@@ -213,6 +266,7 @@ class AugmentedCouplingFlow(nn.Module):
         Returns (x, a, log|det J|, aux): x CoM-free, log-det on the (n_atoms - 1 + n_aug * n_atoms) * dim
         dimensional state space, aux the mean reference-vector loss over couplings, both (batch,).
         """
+        self._guard_memory(zx.shape[0], zx.device, "the flow's forward pass")
         x, a = zx, za
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         aux = torch.zeros_like(logdet)
@@ -226,6 +280,7 @@ class AugmentedCouplingFlow(nn.Module):
 
         Returns (zx, za, log|det J^-1|, aux), the last two of shape (batch,).
         """
+        self._guard_memory(x.shape[0], x.device, "the flow's inverse pass")
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         aux = torch.zeros_like(logdet)
         for i in reversed(range(len(self.couplings_a))):
@@ -238,12 +293,23 @@ class AugmentedCouplingFlow(nn.Module):
         """Draw n samples (reparameterised: differentiable w.r.t. the parameters) with their joint log q(x, a).
 
         Follows grad mode: with grad on (the default) it builds the graph that reverse-KL training needs, which
-        costs memory linear in n; call it under ``torch.no_grad()`` when only the samples are wanted.
+        costs memory linear in n (``InsufficientMemoryError`` up front when it cannot fit); call it under
+        ``torch.no_grad()`` when only the samples are wanted: it then runs ``sample_chunk_size`` configurations
+        at a time (the same draws and results as one pass), so memory stays bounded for any n.
         """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         zx = remove_com(self._randn((n, self.n_atoms, self.dim), generator)) * self.length_scale
         za = zx.unsqueeze(1) + self.sigma_aug * self._randn((n, self.n_aug, self.n_atoms, self.dim), generator)
         log_base = self.base_log_prob(zx, za)
-        x, a, logdet, _ = self.forward_with_log_det(zx, za)
+        if torch.is_grad_enabled() or n <= self.sample_chunk_size:
+            x, a, logdet, _ = self.forward_with_log_det(zx, za)
+        else:
+            parts = [
+                self.forward_with_log_det(zc, ac)
+                for zc, ac in zip(zx.split(self.sample_chunk_size), za.split(self.sample_chunk_size))
+            ]
+            x, a, logdet = (torch.cat([p[i] for p in parts]) for i in range(3))
         return FlowSample(x, a, log_base - logdet)
 
     def log_prob_joint_and_aux(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
@@ -289,6 +355,8 @@ class AugmentedCouplingFlow(nn.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._check(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and (requires_grad or x.requires_grad)):
+            # the graph spans every chunk: guard the whole batch * n_samples up front
+            self._guard_memory(x.shape[0] * n_samples, x.device, "the marginal log q")
             x = remove_com(x).repeat_interleave(n_samples, dim=0)
             a = self.sample_aug_target(x, generator)
             log_w = torch.cat(

@@ -157,3 +157,58 @@ def test_gradient_checkpointing_saves_much_less(generator):
     assert saved["ckpt"] < 0.1 * saved["plain"], saved
     with torch.no_grad():  # no effect without grad
         torch.testing.assert_close(ckpt.log_prob_joint(x, a), plain.log_prob_joint(x, a), atol=1e-10, rtol=0)
+
+
+def test_graph_estimate_matches_the_saved_tensors(generator):
+    # The guard's per-configuration estimate (all saved tensors, batch 3 minus batch 1) against the distinct
+    # storages saved for a batch of 64: within a factor of 2 (shared storages are counted once here).
+    flow = make_flow()
+    per_config = flow.graph_bytes_per_configuration()
+    x = configurations(flow, 64, generator)
+    a = flow.sample_aug_target(x, generator)
+    saved, _ = saved_tensor_bytes(flow, lambda: flow.log_prob_joint(x, a))
+    assert 0.5 < 64 * per_config / saved < 2.0
+
+
+def test_memory_guard_raises_before_allocating_and_names_the_size(generator, monkeypatch):
+    import bgflow_se3.memory as memory
+    from bgflow_se3.errors import InsufficientMemoryError
+
+    flow = make_flow(n_blocks=4)
+    per_config = flow.graph_bytes_per_configuration()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(100 * per_config))  # room for ~80
+    x = configurations(flow, 200, generator)
+    with pytest.raises(InsufficientMemoryError, match=r"200 configurations .* would need about .* only"):
+        flow.sample(200)
+    with pytest.raises(InsufficientMemoryError, match="log q"):
+        flow.log_prob(x[:40], n_samples=4, requires_grad=True)  # 160 (configuration, draw) pairs in one graph
+    with torch.no_grad():  # no graph, chunked: fits whatever n
+        assert flow.sample(200).x.shape == (200, flow.n_atoms, flow.dim)
+    assert flow.log_prob(x, n_samples=4).shape == (200,)
+    flow.gradient_checkpointing = True  # one block's graph at a time: 200 / 4 blocks fits
+    flow.sample(200).log_q.sum().backward()
+
+
+def test_sampling_without_grad_in_chunks_gives_the_same_draws():
+    flow = make_flow()
+    with torch.no_grad():
+        flow.sample_chunk_size = 7
+        chunked = flow.sample(30, generator=torch.Generator().manual_seed(5))
+        flow.sample_chunk_size = 1024
+        whole = flow.sample(30, generator=torch.Generator().manual_seed(5))
+    for c, w in zip(chunked, whole):
+        torch.testing.assert_close(c, w, rtol=0, atol=1e-12)
+
+
+def test_available_memory_reads_the_cgroup_limit(tmp_path, monkeypatch):
+    import bgflow_se3.memory as memory
+
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("1000000\n")
+    usage.write_text("250000\n")
+    real_path = memory.Path
+    mapping = {"/sys/fs/cgroup/memory.max": limit, "/sys/fs/cgroup/memory.current": usage}
+    monkeypatch.setattr(memory, "Path", lambda p: real_path(mapping.get(str(p), str(p))))
+    assert memory.available_bytes("cpu") == 750_000
+    limit.write_text("max\n")
+    assert memory.available_bytes("cpu") > 750_000
