@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from typing import Any
@@ -125,7 +124,7 @@ class OpenMMEnergy(Energy):
     system: a non-periodic openmm.System without constraints or virtual sites (see ``check_system``; the
     ``allow_*`` flags lift those checks). temperature: kelvin, a float or an openmm Quantity.
     platform, platform_properties: as for ``openmm.Context`` ("Reference" is deterministic, so results repeat
-    bit for bit; with workers on "CPU", each Context gets ``cpu_count // n_workers`` threads unless "Threads" is
+    bit for bit; with workers on "CPU", each Context gets ``usable_cores() // n_workers`` threads unless "Threads" is
     given). n_workers: 1 evaluates in this process; more start that many worker processes (fresh
     interpreters, spawn semantics, never fork), each with its own Context, and split each batch into chunks across
     them. The results equal ``n_workers=1`` exactly. Workers import only numpy and openmm (not torch, not your
@@ -182,7 +181,9 @@ class OpenMMEnergy(Energy):
 
             if self.platform == "CPU" and "Threads" not in (platform_properties or {}):
                 # n_workers Contexts each starting one thread per core would oversubscribe the machine
-                threads = str(max(1, (os.cpu_count() or 1) // self.n_workers))
+                from ..threads import usable_cores
+
+                threads = str(max(1, usable_cores() // self.n_workers))
                 platform_properties = {**(platform_properties or {}), "Threads": threads}
 
             self._backend = WorkerPool(
