@@ -4,6 +4,11 @@ generator trained by FAB, with an error bar.
 python examples/aldp_fab.py --quick     # the README's main job: < 10 min on 2 CPU cores
 python examples/aldp_fab.py --long      # ~0.015 kT statistical error in < 1 h on 2 CPU cores
 python examples/aldp_fab.py             # GPU: the augmented coupling flow trained from scratch by FAB (see FULL)
+torchrun --nproc_per_node 4 examples/aldp_fab.py   # the same on 4 GPUs, data parallel (examples/slurm_multinode.sh)
+
+Under torchrun every rank runs FAB with the sizes below on its own device (its own TorchForceField, AIS batch and
+replay buffer: the global batch is the batch size x the number of ranks), gradients are summed over ranks, and
+rank 0 alone samples, reweights and writes the results.
 
 CPU modes (--quick, --long) start from the internal-coordinate flow shipped with the package
 (``bgflow_se3/systems/data/aldp/icflow_implicit.pt``, made by ``systems/aldp/pretrain_flow.py``: maximum
@@ -41,7 +46,7 @@ from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
 from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
-from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, training_summary
+from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, init_from_env, training_summary
 
 TEMPERATURE = 300.0
 FAB_FINE_TUNE = dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, step_size=0.002, ais_chunk_size=None)
@@ -78,7 +83,7 @@ FULL = dict(
 )
 
 
-def build_flow(setup: dict, aldp, device: str):
+def build_flow(setup: dict, aldp, device: str | torch.device):
     """The pretrained internal-coordinate flow (CPU modes) or a fresh augmented coupling flow (GPU mode)."""
     if setup["pretrained"]:
         flow, provenance = load_pretrained_aldp_flow("implicit")
@@ -119,12 +124,14 @@ def main() -> None:
     out = args.out or Path("runs") / f"aldp_fab_{name}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    ctx = init_from_env(backend=None if args.device.startswith("cuda") else "gloo")  # torchrun: data parallel
+    device = ctx.device if ctx.distributed else torch.device(args.device)
     torch.manual_seed(args.seed)
 
     aldp = load_aldp("implicit")
     # training energies in float32 on the device; the target is the L enantiomer
-    energy = RestrictedEnergy(TorchForceField.from_system(aldp.system, TEMPERATURE).to(args.device), is_l_form)
-    flow, flow_info = build_flow(setup, aldp, args.device)
+    energy = RestrictedEnergy(TorchForceField.from_system(aldp.system, TEMPERATURE).to(device), is_l_form)
+    flow, flow_info = build_flow(setup, aldp, device)
     objective = FABObjective(TargetDensity(energy, energy_cut=1e3), **setup["fab"])
     n_iterations = args.iterations or setup["n_iterations"]
     config = TrainConfig(
@@ -135,16 +142,19 @@ def main() -> None:
         progress=not args.no_progress,
         checkpoint_every=0 if name in ("smoke", "quick") else 500,
     )
-    result = Trainer(flow, objective, config, out_dir=out).run(resume=args.resume)
+    result = Trainer(flow, objective, config, out_dir=out, distributed=ctx).run(resume=args.resume)
+    ctx.close()
+    if not ctx.is_main:  # rank 0 samples, reweights and writes
+        return
 
     # sample, weight with float64 energies, save and analyse: chirality, Ramachandran KL, phi-state free energy
     scores = evaluate_dipeptide(
         flow.double(),
-        TorchForceField.from_system(aldp.system, TEMPERATURE).to(args.device),
+        TorchForceField.from_system(aldp.system, TEMPERATURE).to(device),
         aldp.topology,
         args.samples or setup["n_samples"],
         out,
-        generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
+        generator=torch.Generator(device=device).manual_seed(args.seed + 1),
         batch_size=4096,
         reference_md=load_aldp_md(folder=args.md_data, missing_ok=True),
         umbrella_profile=reference_profile(args.umbrella),
@@ -154,7 +164,8 @@ def main() -> None:
     summary = {
         "mode": name,
         "energy_backend": "TorchForceField",
-        "device": args.device,
+        "device": str(device),
+        "world_size": ctx.world_size,
         "flow": type(flow).__name__,
         **flow_info,
         **training_summary(result),

@@ -5,6 +5,10 @@ python examples/dw4_fab.py --quick --flow kernel     # Köhler et al.'s radial-k
 python examples/dw4_fab.py --quick --flow environment  # the kernel CNF whose pair function sees the environments
 python examples/dw4_fab.py --quick --flow augmented  # the augmented coupling flow at CPU size (learns slowly)
 python examples/dw4_fab.py                           # the paper-sized augmented coupling flow (GPU recommended)
+torchrun --nproc_per_node 2 examples/dw4_fab.py --quick  # data parallel: 2 ranks (GPUs, or CPU processes with gloo)
+
+Under torchrun every rank runs its own AIS batch and replay buffer of the sizes below (the global batch is the batch
+size x the number of ranks), gradients are summed over ranks, and rank 0 writes the files and evaluates.
 
 --flow picks the model: "averaged" (``GroupAveragedFlow``: a spline flow on canonical-frame internal coordinates,
 averaged over all 24 permutations and the mirror image, so exactly E(2) x S_4 invariant; the default of --quick),
@@ -49,6 +53,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     fab_scores,
+    init_from_env,
     training_summary,
 )
 
@@ -135,10 +140,12 @@ def main() -> None:
     kind = args.flow or ("averaged" if args.quick else "augmented")
     setup = SETUPS[mode, kind]
     out = args.out or Path("runs") / f"dw4_fab_{mode}_{kind}"
+    ctx = init_from_env(backend=None if args.device.startswith("cuda") else "gloo")  # torchrun: data parallel
+    device = ctx.device if ctx.distributed else torch.device(args.device)
     torch.manual_seed(args.seed)
 
     dtype = torch.float64 if args.float64 else torch.float32  # float32 trains faster; evaluation is in float64
-    flow = build_flow(kind, setup["flow"]).to(args.device, dtype)
+    flow = build_flow(kind, setup["flow"]).to(device, dtype)
     objective = FABObjective(DoubleWellEnergy(), step_size=0.05, **setup["fab"])
     config = TrainConfig(
         n_iterations=args.iterations or setup["n_iterations"],
@@ -147,16 +154,20 @@ def main() -> None:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    trainer = Trainer(flow, objective, config, out_dir=out)
+    trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
     start = time.perf_counter()
     result = trainer.run(resume=args.resume)
+    ctx.close()
+    if not ctx.is_main:  # rank 0 evaluates and writes
+        return
     flow.double()
-    generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     scores = fab_scores(trainer.model, objective, setup["n_eval"], generator)
     summary = {
         "mode": mode,
         "flow": kind,
-        "device": str(args.device),
+        "device": str(device),
+        "world_size": ctx.world_size,
         "wall_time_s_this_call": time.perf_counter() - start,
         **training_summary(result),
         **scores,

@@ -2,6 +2,10 @@
 
 python examples/dw4_ml.py --quick           # 2 CPU cores, a few minutes
 python examples/dw4_ml.py                   # paper-sized flow and 1e4 training samples
+torchrun --nproc_per_node 2 examples/dw4_ml.py --quick  # data parallel: each rank a disjoint slice of the global batch
+
+Under torchrun the batch size is per rank; the global batch (batch size x ranks) is drawn as one process with that
+batch would draw it, so the training does not depend on the number of ranks. Rank 0 makes the data and evaluates.
 
 The reference data come from batched HMC on the DW4 energy (many chains, burn-in, thinning); they are cached in
 --out as data.pt. Outputs: checkpoint.pt, metrics.jsonl, training_curves.png, results.json.
@@ -24,6 +28,7 @@ from bgflow_se3.train import (
     autograd_log_density,
     effective_sample_size,
     fit_ml,
+    init_from_env,
 )
 
 QUICK = dict(flow=dict(n_blocks=2, hidden=32, egnn_layers=1), n_train=1000, n_iterations=300, batch_size=128, lr=1e-3)
@@ -61,20 +66,21 @@ def main() -> None:
     setup = QUICK if args.quick else FULL
     out = args.out or Path("runs") / ("dw4_ml_quick" if args.quick else "dw4_ml")
     out.mkdir(parents=True, exist_ok=True)
+    ctx = init_from_env(backend=None if args.device.startswith("cuda") else "gloo")  # torchrun: data parallel
+    device = ctx.device if ctx.distributed else torch.device(args.device)
     torch.manual_seed(args.seed)
     energy = DoubleWellEnergy()
 
     data_path = out / "data.pt"
-    if data_path.exists():
-        data = torch.load(data_path)
-    else:
+    if not data_path.exists() and ctx.is_main:
         generator = torch.Generator().manual_seed(args.seed)
-        data = mcmc_samples(energy, setup["n_train"] + 1000, generator)
-        torch.save(data, data_path)
+        torch.save(mcmc_samples(energy, setup["n_train"] + 1000, generator), data_path)
+    ctx.barrier()  # the other ranks read rank 0's data
+    data = torch.load(data_path)
     train, test = data[:-1000], data[-1000:]
 
     flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **setup["flow"]).to(
-        args.device, torch.float32
+        device, torch.float32
     )
     result = fit_ml(
         flow,
@@ -90,11 +96,14 @@ def main() -> None:
         out_dir=out,
         resume=args.resume,
     )
+    ctx.close()
+    if not ctx.is_main:
+        return
     flow.double()
     model, density = JointFlow(flow), TargetDensity(energy)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     with torch.no_grad():
-        nll = -flow.log_prob(test.to(args.device), n_samples=20, generator=generator).mean()
+        nll = -flow.log_prob(test.to(device), n_samples=20, generator=generator).mean()
         z, log_q = model.sample(4096, generator)
         log_w = density.joint(model, z) - log_q
 

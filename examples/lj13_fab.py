@@ -2,6 +2,7 @@
 
 python examples/lj13_fab.py --quick         # 2 CPU cores, a few minutes: a tiny flow, a check of the pipeline
 python examples/lj13_fab.py                 # the paper-sized flow (GPU recommended)
+torchrun --nproc_per_node 4 examples/lj13_fab.py  # data parallel on 4 GPUs: AIS batch and buffer per rank
 
 Target: LennardJonesEnergy(13) (ordered pairs + harmonic tether, reduced units; systems/lj13/README.md). The full
 mode uses the LJ13 settings of the augmented-coupling-flow paper (12 blocks, EGNN 3 layers of width 128, n_aug 1,
@@ -36,6 +37,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     fab_scores,
+    init_from_env,
     marginal_nll,
     sample_with_energies,
     training_summary,
@@ -136,12 +138,12 @@ def main() -> None:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     setup = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
     out = args.out or Path("runs") / ("lj13_fab" if mode == "full" else f"lj13_fab_{mode}")
+    ctx = init_from_env(backend=None if args.device.startswith("cuda") else "gloo")  # torchrun: data parallel
+    device = ctx.device if ctx.distributed else torch.device(args.device)
     torch.manual_seed(args.seed)
 
     dtype = torch.float64 if args.float64 else torch.float32  # float32 trains faster; evaluation is in float64
-    flow = AugmentedCouplingFlow(13, dim=3, n_aug=1, length_scale=1.0, sigma_aug=0.1, **setup["flow"]).to(
-        args.device, dtype
-    )
+    flow = AugmentedCouplingFlow(13, dim=3, n_aug=1, length_scale=1.0, sigma_aug=0.1, **setup["flow"]).to(device, dtype)
     energy = LennardJonesEnergy(13)
     objective = FABObjective(energy, step_size=0.02, aux_weight=10.0, **setup["fab"])
     n_iterations = args.iterations or setup["n_iterations"]
@@ -153,16 +155,20 @@ def main() -> None:
         progress=not args.no_progress,
         checkpoint_every=0 if mode != "full" else 500,
     )
-    trainer = Trainer(flow, objective, config, out_dir=out)
+    trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
     start = time.perf_counter()
     result = trainer.run(resume=args.resume)
+    ctx.close()
+    if not ctx.is_main:  # rank 0 evaluates and writes
+        return
     flow.double()
-    generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     scores = fab_scores(JointFlow(flow), objective, setup["n_eval"], generator)
-    scores.update(energy_scores(flow, energy, setup["n_eval"], setup["n_nll"], generator, args.device))
+    scores.update(energy_scores(flow, energy, setup["n_eval"], setup["n_nll"], generator, str(device)))
     summary = {
         "mode": mode,
-        "device": str(args.device),
+        "device": str(device),
+        "world_size": ctx.world_size,
         **training_summary(result),
         **scores,
         "n_parameters": sum(p.numel() for p in flow.parameters()),

@@ -1,10 +1,11 @@
-"""Training: maximum likelihood, reverse KL and FAB, with one training loop."""
+"""Training: maximum likelihood, reverse KL and FAB, with one training loop (one process or data parallel)."""
 
 from ..sampling.ais import AISResult, AnnealedImportanceSampler
 from ..sampling.hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from ..sampling.joint import JointFlow, TargetDensity
 from .buffer import BufferBatch, PrioritisedReplayBuffer
 from .curves import plot_training_curves
+from .distributed import DistributedContext, init_from_env, rank_seed
 from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
 from .fit import fit_fab, fit_kl, fit_ml
 from .loop import TrainConfig, Trainer, TrainResult
@@ -25,6 +26,7 @@ __all__ = [
     "AISResult",
     "AnnealedImportanceSampler",
     "BufferBatch",
+    "DistributedContext",
     "EnergySamples",
     "FABObjective",
     "HMCPoint",
@@ -48,10 +50,12 @@ __all__ = [
     "fit_fab",
     "fit_kl",
     "fit_ml",
+    "init_from_env",
     "log_normalizer",
     "marginal_nll",
     "maximum_likelihood_loss",
     "plot_training_curves",
+    "rank_seed",
     "reverse_kl_loss",
     "sample_with_energies",
     "training_summary",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -159,6 +160,50 @@ class PrioritisedReplayBuffer:
             "position": self.position,
             "n_dropped": self.n_dropped,
         }
+
+    def _ordered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x, a, log w, log q_old of the stored samples, oldest first, each with leading dimension ``length``."""
+        if self.x is None or self.length == 0:
+            raise ValueError("the buffer is empty")
+        start = self.position if self.length == self.max_length else 0
+        order = (start + torch.arange(self.length, device=self.x.device)) % self.max_length
+        return self.x[order], self.a[order], self.log_w[order], self.log_q_old[order]
+
+    @classmethod
+    def from_shards(cls, states: list[dict], rank: int, world_size: int) -> PrioritisedReplayBuffer:
+        """Rank ``rank``'s share of the buffers of several ranks (``state_dict()``s): re-sharding for a resume on
+        ``world_size`` ranks.
+
+        The samples of all buffers are pooled by age (the i-th newest of every buffer next to each other, newest last)
+        and dealt out round robin, so every new rank gets a like mix of every old rank's samples, old and new; a
+        share larger than ``max_length`` keeps its newest. Weights and log q_old travel with their samples (AIS log
+        weights of one target and one flow are comparable across ranks). Sizes come from ``states[0]``; rank 0 keeps
+        the count of dropped samples. The share may hold fewer than ``min_length`` samples: top it up (FAB's
+        ``setup`` does).
+        """
+        if not states or not 0 <= rank < world_size:
+            raise ValueError(f"need at least one buffer state and 0 <= rank < world_size, got {len(states)}, {rank}")
+        parts, ages = [], []
+        for state in states:
+            buffer = cls(int(state["max_length"]), int(state["min_length"]))
+            buffer.load_state_dict(state)
+            if len(buffer):
+                parts.append(buffer._ordered())
+                ages.append(torch.arange(len(buffer) - 1, -1, -1, dtype=torch.float64))  # 0 = newest
+        new = cls(int(states[0]["max_length"]), int(states[0]["min_length"]))
+        n_dropped = sum(int(s["n_dropped"]) for s in states) if rank == 0 else 0
+        if not parts:
+            new.n_dropped = n_dropped
+            return new
+        pooled = [torch.cat([p[k].to(parts[0][k].device) for p in parts]) for k in range(4)]
+        shard = torch.cat([torch.full_like(age, float(i)) for i, age in enumerate(ages)])
+        age = torch.cat(ages)
+        order = np.lexsort((shard.numpy(), -age.numpy()))  # oldest first; ties in the order of the old ranks
+        mine = torch.as_tensor(order[rank::world_size].copy(), device=pooled[0].device)
+        if len(mine):
+            new.add(*(t[mine] for t in pooled))
+        new.n_dropped = n_dropped  # zero-weight samples (log w = -inf, never drawn again) are left out, not counted
+        return new
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``."""

@@ -1,4 +1,9 @@
-"""One-call training: ``fit_ml``, ``fit_kl`` and ``fit_fab`` build the objective and run the ``Trainer``."""
+"""One-call training: ``fit_ml``, ``fit_kl`` and ``fit_fab`` build the objective and run the ``Trainer``.
+
+Launched by ``torchrun`` they train data parallel (the ``Trainer`` notices the launch, see ``train/distributed.py``):
+``batch_size`` is then per rank, so the global batch is ``batch_size`` x world size; call them identically on every
+rank, with the flow (and a ``TorchForceField`` target) on the rank's device and an ``out_dir`` every rank can read.
+"""
 
 from __future__ import annotations
 

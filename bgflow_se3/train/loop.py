@@ -7,6 +7,19 @@ is below ``min_log_q``, are masked out of the mean; a step whose gradient norm i
 skip and mask is counted. Checkpoints hold the flow, optimiser, scheduler, objective (replay buffer, HMC step sizes,
 target-evaluation count), loop counters, history and RNG states, so ``run(resume=True)`` continues to the same
 state as an uninterrupted run.
+
+Data parallel (``torch.distributed``, e.g. launched by ``torchrun``; see ``train/distributed.py``): every rank runs
+the objective on its own batch (ML: its slice of a global batch; reverse KL: its own flow samples; FAB: its own AIS
+batch and replay buffer), the loss is the masked mean over all ranks' samples, and the gradients are summed over
+ranks by one all-reduce before the guards, which then decide alike on every rank. The global batch is
+``batch_size`` x world size. Each rank's generator is seeded ``seed + rank``; the flow starts from rank 0's weights.
+Rank 0 alone writes metrics, checkpoints and plots; the history (identical on every rank) holds global values:
+loss, target evaluations and masked samples summed over ranks, the objective's metrics (ESS, acceptance, buffer
+length, wall time) averaged over ranks. A checkpoint holds the global state once (flow, optimiser, scheduler,
+counters, history, HMC step sizes, the shared generator) and the per-rank state of every rank (replay buffer,
+generators). Resuming on as many ranks continues exactly; on another number of ranks (also from or to a single
+process) the replay buffers are pooled and re-sharded, each rank's generator is re-seeded from (seed, rank,
+iteration), and FAB tops up buffers below their minimum: reproducible, not bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from tqdm.auto import tqdm
 from ..energy.base import Energy
 from ..sampling.joint import JointFlow, TargetDensity
 from .curves import plot_training_curves
+from .distributed import DistributedContext, init_from_env, rank_seed
 from .metrics import effective_sample_size
 from .objectives import LossTerms, Objective
 
@@ -38,6 +52,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"
+#: record keys summed over ranks; keys in _SHARED_KEYS are equal on every rank; the others are averaged
+_SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples")
+_SHARED_KEYS = ("iteration", "lr", "grad_norm", "ess", "n_skipped_nonfinite", "n_skipped_outlier", "n_skipped_masked")
 
 
 @dataclass(frozen=True)
@@ -49,8 +66,9 @@ class TrainConfig:
     to ``final_lr_fraction * lr`` at ``n_iterations``. Gradient guards: see the module docstring.
     eval_every: every this many iterations, the reverse ESS of ``n_eval`` fresh flow samples is logged (needs an
     evaluation target; 0 = never). checkpoint_every: also checkpoint every this many iterations (0: only at the end
-    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it). progress: tqdm bar;
-    plot: write the training-curve PNG at the end of ``run`` (with an out_dir).
+    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it; rank r of a distributed run
+    uses seed + r). progress: tqdm bar (rank 0 only); plot: write the training-curve PNG at the end of ``run`` (with
+    an out_dir).
     """
 
     n_iterations: int = 1000
@@ -89,7 +107,8 @@ class TrainResult:
     history: one record per iteration (``iteration``, ``loss``, ``lr``, ``grad_norm``, ``n_target_evaluations``,
     ``wall_time_s``, counters, and the objective's metrics such as ``ess_flow`` / ``ess_ais`` / ``ess``).
     Counters: skipped steps (non-finite gradient, outlier norm, all samples masked) and masked samples.
-    Paths are None without an output folder.
+    Paths are None without an output folder. Under ``torch.distributed`` every rank gets the same result, with the
+    counts summed over ranks (the files are rank 0's).
     """
 
     history: list[dict[str, float]]
@@ -133,6 +152,10 @@ class Trainer:
     flow: a flow following FLOW_PROTOCOL (augmented or not). objective: e.g. ``FABObjective``.
     out_dir: folder for checkpoint, metrics log (JSON lines) and training-curve plot; None keeps nothing on disk.
     eval_target: energy for the periodic reverse ESS (``config.eval_every``); defaults to the objective's target.
+    distributed: the ranks to train on; None detects them (``init_from_env()``: the process group of a
+    ``torchrun`` launch, started if needed, or a single process). Pass ``DistributedContext()`` to train in this
+    process alone inside a distributed job. Every rank must build the same flow, objective and config; the flow
+    must live on ``distributed.device`` under NCCL.
     """
 
     def __init__(
@@ -142,6 +165,7 @@ class Trainer:
         config: TrainConfig | None = None,
         out_dir: str | Path | None = None,
         eval_target: Energy | TargetDensity | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.flow = flow
         self.model = JointFlow(flow)
@@ -155,7 +179,18 @@ class Trainer:
         self.optimizer = torch.optim.Adam(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         device = self.model.parameter.device
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.dist = distributed if distributed is not None else init_from_env()
+        self.generator = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed, self.dist.rank))
+        self.shared_generator: torch.Generator | None = None
+        if self.dist.distributed:
+            if self.dist.backend == "nccl" and device.type != "cuda":
+                raise ValueError(
+                    f"the NCCL backend reduces CUDA tensors but the flow is on {device}: move it to "
+                    f"{self.dist.device}, or start the process group with backend='gloo' to train on CPUs"
+                )
+            self.shared_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            self.dist.broadcast_module(flow)
+            objective.distribute(self.dist, self.shared_generator)
         self.iteration = 0
         self.counters = _Counters()
         self.grad_norms: deque[float] = deque(maxlen=cfg.grad_history)
@@ -171,6 +206,8 @@ class Trainer:
 
     # ---- one gradient update -------------------------------------------------------------------------------
     def _masked_loss(self, terms: list[tuple[float, LossTerms]]) -> Tensor | None:
+        if self.dist.distributed:
+            return self._masked_loss_all_ranks(terms)
         total = None
         for weight, t in terms:
             mask = torch.isfinite(t.loss) & torch.isfinite(t.log_q) & (t.log_q > self.config.min_log_q)
@@ -182,8 +219,23 @@ class Trainer:
             total = term if total is None else total + term
         return total
 
+    def _masked_loss_all_ranks(self, terms: list[tuple[float, LossTerms]]) -> Tensor | None:
+        """This rank's part of the masked mean over all ranks' samples: sum of its valid losses / valid count of all
+        ranks, per term. The parts sum to the global loss, their gradients to its gradient. None (on every rank)
+        when a term has no valid sample on any rank."""
+        masks = [torch.isfinite(t.loss) & torch.isfinite(t.log_q) & (t.log_q > self.config.min_log_q) for _, t in terms]
+        for mask in masks:
+            self.counters.n_masked_samples += int(mask.numel()) - int(mask.sum())
+        counts = self.dist.all_reduce_floats([float(mask.sum()) for mask in masks])
+        if min(counts) == 0:
+            return None
+        parts = [weight * t.loss[mask].sum() / n for (weight, t), mask, n in zip(terms, masks, counts)]
+        return sum(parts[1:], parts[0])
+
     def _guarded_step(self) -> float:
         cfg = self.config
+        if self.dist.distributed:  # every rank reduces the same list, whichever gradients it holds
+            self.dist.all_reduce_gradients([p for p in self.flow.parameters() if p.requires_grad])
         params = [p for p in self.flow.parameters() if p.grad is not None]
         if not params:
             raise RuntimeError("the loss does not depend on any flow parameter; check the objective")
@@ -231,17 +283,28 @@ class Trainer:
         record.update(self.objective.metrics())
         cfg = self.config
         if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.eval_target is not None:
-            record["ess"] = self.reverse_ess(cfg.n_eval)
+            record["ess"] = self._reverse_ess_all_ranks(cfg.n_eval)
         return record
 
-    def reverse_ess(self, n: int) -> float:
-        """Normalised reverse ESS of n fresh flow samples on the augmented joint, log w = log p~ + log pi - log q."""
-        if self.eval_target is None:
-            raise ValueError("no evaluation target: pass eval_target to the Trainer")
+    def _log_weights(self, n: int) -> Tensor:
         with torch.no_grad():
             z, log_q = self.model.sample(n, self.generator)
-            log_w = self.eval_target.joint(self.model, z) - log_q
-        return effective_sample_size(log_w)
+            return self.eval_target.joint(self.model, z) - log_q
+
+    def reverse_ess(self, n: int) -> float:
+        """Normalised reverse ESS of n fresh flow samples on the augmented joint, log w = log p~ + log pi - log q.
+
+        Drawn by this process alone (no collective), with the loop's generator."""
+        if self.eval_target is None:
+            raise ValueError("no evaluation target: pass eval_target to the Trainer")
+        return effective_sample_size(self._log_weights(n))
+
+    def _reverse_ess_all_ranks(self, n: int) -> float:
+        """The reverse ESS of about n samples drawn ceil(n / world size) per rank (collective)."""
+        if not self.dist.distributed:
+            return self.reverse_ess(n)
+        per_rank = -(-n // self.dist.world_size)
+        return effective_sample_size(self.dist.all_gather_cat(self._log_weights(per_rank)))
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, until: int | None = None, resume: bool | str | Path = False) -> TrainResult:
@@ -262,7 +325,7 @@ class Trainer:
             elif not isinstance(resume, bool):
                 raise FileNotFoundError(f"checkpoint {path} does not exist")
         stop = cfg.n_iterations if until is None else min(int(until), cfg.n_iterations)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._rewrite_metrics()
         start = time.perf_counter()
@@ -270,12 +333,16 @@ class Trainer:
             self.objective.setup(self.model, self.generator)
             self.counters.setup_done = True
         self.counters.wall_time_s += time.perf_counter() - start
-        with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not cfg.progress, desc="train") as bar:
+        show = cfg.progress and self.dist.is_main
+        with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
             while self.iteration < stop:
                 start = time.perf_counter()
                 record = self._iterate()
                 self.counters.wall_time_s += time.perf_counter() - start
                 record.update(self._counter_record())
+                if self.dist.distributed:
+                    record = self._reduce_record(record)
+                    self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
                 self.history.append(record)
                 self._append_metrics(record)
                 bar.update(1)
@@ -285,16 +352,19 @@ class Trainer:
         checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
         plot_path = None
         if self.out_dir is not None and self.history and cfg.plot:
-            plot_path = plot_training_curves(self.history, self._path(PLOT_NAME))
+            plot_path = self._path(PLOT_NAME)
+            if self.dist.is_main:
+                plot_training_curves(self.history, plot_path)
+        n_evaluations, n_masked = self._global_counts()
         return TrainResult(
             history=list(self.history),
             iterations=self.iteration,
-            n_target_evaluations=self.n_target_evaluations,
+            n_target_evaluations=n_evaluations,
             wall_time_s=self.counters.wall_time_s,
             n_skipped_nonfinite=self.counters.n_skipped_nonfinite,
             n_skipped_outlier=self.counters.n_skipped_outlier,
             n_skipped_masked=self.counters.n_skipped_masked,
-            n_masked_samples=self.counters.n_masked_samples,
+            n_masked_samples=n_masked,
             checkpoint_path=checkpoint_path,
             metrics_path=self._path(METRICS_NAME),
             plot_path=plot_path,
@@ -307,9 +377,27 @@ class Trainer:
 
     @property
     def n_target_evaluations(self) -> int:
-        """Configurations passed to the target energy so far: by the objective and by the ESS evaluations."""
+        """Configurations passed to the target energy so far: by the objective and by the ESS evaluations.
+
+        This process's count (under ``torch.distributed`` rank 0 also holds what a checkpoint it resumed from counted;
+        the sum over ranks is the run's, as in the history and ``TrainResult``)."""
         extra = self._separate_eval_target
         return self.objective.n_target_evaluations + (0 if extra is None else extra.n_evaluations)
+
+    def _global_counts(self) -> tuple[int, int]:
+        """Target evaluations and masked samples summed over ranks (collective)."""
+        local = [float(self.n_target_evaluations), float(self.counters.n_masked_samples)]
+        n_evaluations, n_masked = self.dist.all_reduce_floats(local)
+        return int(round(n_evaluations)), int(round(n_masked))
+
+    def _reduce_record(self, record: dict[str, float]) -> dict[str, float]:
+        """The global record: ``_SUMMED_KEYS`` summed over ranks, ``_SHARED_KEYS`` kept, the rest averaged."""
+        keys = sorted(k for k in record if k not in _SHARED_KEYS)
+        values = self.dist.all_reduce_floats([float(record[k]) for k in keys])
+        out = dict(record)
+        for key, value in zip(keys, values):
+            out[key] = value if key in _SUMMED_KEYS else value / self.dist.world_size
+        return out
 
     def _counter_record(self) -> dict[str, float]:
         c = self.counters
@@ -328,7 +416,7 @@ class Trainer:
 
     def _append_metrics(self, record: dict[str, float]) -> None:
         path = self._path(METRICS_NAME)
-        if path is not None:
+        if path is not None and self.dist.is_main:
             with path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -339,54 +427,116 @@ class Trainer:
             for record in self.history:
                 f.write(json.dumps(record) + "\n")
 
+    def _rng_state(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write the full training state (see the module docstring); default ``out_dir/checkpoint.pt``."""
+        """Write the full training state (see the module docstring); default ``out_dir/checkpoint.pt``.
+
+        Under ``torch.distributed`` every rank must call it (it gathers the per-rank states); rank 0 writes, and every
+        rank returns once the file is complete.
+        """
         path = Path(path) if path is not None else self._path(CHECKPOINT_NAME)
         if path is None:
             raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
         self.counters.grad_norms = list(self.grad_norms)
+        extra = self._separate_eval_target
+        rank_state = {"objective": self.objective.state_dict(), "rng": self._rng_state()}
+        counters = asdict(self.counters)
+        eval_evaluations = 0 if extra is None else extra.n_evaluations
+        if self.dist.distributed:  # global counts, and every rank's own state on rank 0
+            n_objective, eval_evaluations, counters["n_masked_samples"] = (
+                int(round(v))
+                for v in self.dist.all_reduce_floats(
+                    [self.objective.n_target_evaluations, eval_evaluations, self.counters.n_masked_samples]
+                )
+            )
+            shards = self.dist.gather_objects(_to_cpu(rank_state))
+            if not self.dist.is_main:
+                self.dist.barrier()  # return once rank 0 has written the file
+                return path
+            rank_state = shards[0]
+            rank_state["objective"]["n_target_evaluations"] = n_objective
         state = {
             "format": 1,
+            "world_size": self.dist.world_size,
             "iteration": self.iteration,
             "config": asdict(self.config),
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "objective": self.objective.state_dict(),
-            "eval_target_evaluations": 0
-            if self._separate_eval_target is None
-            else self._separate_eval_target.n_evaluations,
-            "counters": asdict(self.counters),
+            "objective": rank_state["objective"],
+            "eval_target_evaluations": eval_evaluations,
+            "counters": counters,
             "history": self.history,
-            "rng": {
-                "generator": self.generator.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rank_state["rng"],
         }
+        if self.dist.distributed:
+            state["rng"]["shared"] = self.shared_generator.get_state()
+            state["rank_states"] = shards[1:]  # ranks 1 .. world_size - 1: replay buffers, generators
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
         logger.info("checkpoint at iteration %d written to %s", self.iteration, path)
+        self.dist.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the state written by ``save_checkpoint``."""
+        """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring)."""
         state = torch.load(Path(path), map_location=self.model.parameter.device, weights_only=False)
         if state.get("format") != 1:
             raise ValueError(f"{path} is not a bgflow_se3 training checkpoint (format {state.get('format')})")
+        rank, world_size = self.dist.rank, self.dist.world_size
+        ranks = [{"objective": state["objective"], "rng": state["rng"]}, *state.get("rank_states", [])]
+        saved_world_size = len(ranks)
+        saved_shared = state["rng"].get("shared")
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.objective.load_state_dict(state["objective"])
+        self.objective.load_shards([r["objective"] for r in ranks], rank, world_size)
         if self._separate_eval_target is not None:
-            self._separate_eval_target.n_evaluations = int(state["eval_target_evaluations"])
+            self._separate_eval_target.n_evaluations = int(state["eval_target_evaluations"]) if rank == 0 else 0
         self.counters = _Counters(**state["counters"])
+        if rank != 0:
+            self.counters.n_masked_samples = 0  # rank 0 holds the run's count
         self.grad_norms = deque(self.counters.grad_norms, maxlen=self.config.grad_history)
         self.history = list(state["history"])
         self.iteration = int(state["iteration"])
-        self.generator.set_state(state["rng"]["generator"].cpu())
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        if self.shared_generator is not None:  # the shared stream (a single process's data stream is its generator)
+            shared = saved_shared if saved_shared is not None else ranks[0]["rng"]["generator"]
+            self.shared_generator.set_state(shared.cpu())
+        if saved_world_size == world_size:
+            rng = ranks[rank]["rng"]
+            generator = saved_shared if not self.dist.distributed and saved_shared is not None else rng["generator"]
+            self.generator.set_state(generator.cpu())
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        else:
+            if not self.dist.distributed and saved_shared is not None:
+                self.generator.set_state(saved_shared.cpu())  # a single process continues the global data stream
+            else:
+                self.generator.manual_seed(rank_seed(self.config.seed, rank, self.iteration))
+            torch.manual_seed(rank_seed(self.config.seed, rank, self.iteration))
+            self.counters.setup_done = False  # re-sharded replay buffers may need topping up
+            logger.info(
+                "resumed a checkpoint of %d rank(s) on %d: per-rank state re-sharded, generators re-seeded",
+                saved_world_size,
+                world_size,
+            )
+
+
+def _to_cpu(obj: object) -> object:
+    """obj with every tensor in (nested) dicts, lists and tuples moved to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

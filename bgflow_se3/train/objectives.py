@@ -4,6 +4,12 @@ Every loss comes per sample, shape (batch,), so that the training loop can mask 
 finite. Each objective is a small stateful object the loop drives: ``setup`` once, then per iteration
 ``batches`` (data, or one AIS batch pushed into the replay buffer and several buffer draws), and per batch
 ``losses`` (a list of (weight, ``LossTerms``) whose masked means are summed) and ``after_update``.
+
+Under ``torch.distributed`` (see ``train/distributed.py``) the loop calls ``distribute`` once: data objectives then
+draw the global batch (``batch_size`` x world size) with a generator every rank shares and keep their own slice, so
+the run does not depend on the number of ranks; FAB runs its AIS batch and replay buffer per rank and keeps the HMC
+step sizes equal on every rank. ``load_shards`` restores the per-rank states of a checkpoint, also one written by a
+different number of ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from ..sampling.ais import AnnealedImportanceSampler
 from ..sampling.hmc import HamiltonianMonteCarlo
 from ..sampling.joint import JointFlow, TargetDensity
 from .buffer import BufferBatch, PrioritisedReplayBuffer
+from .distributed import DistributedContext
 from .metrics import effective_sample_size
 
 __all__ = [
@@ -107,6 +114,15 @@ class Objective:
 
     #: the target density whose evaluations are counted, if any
     target: TargetDensity | None = None
+    #: the ranks this objective runs on and the generator they share (set by ``distribute``; None: one process)
+    context: DistributedContext | None = None
+    shared_generator: torch.Generator | None = None
+
+    def distribute(self, context: DistributedContext, shared_generator: torch.Generator) -> None:
+        """Called once by the loop under ``torch.distributed``, before ``setup``: the context of this rank and a
+        generator seeded identically on every rank (for draws that must agree across ranks, e.g. the data batch)."""
+        self.context = context
+        self.shared_generator = shared_generator
 
     def setup(self, model: JointFlow, generator: torch.Generator) -> None:
         """Called once before the first iteration (not again on resume)."""
@@ -140,16 +156,42 @@ class Objective:
         if self.target is not None:
             self.target.n_evaluations = int(state["n_target_evaluations"])
 
+    def load_shards(self, states: list[dict], rank: int, world_size: int) -> None:
+        """Restore rank ``rank`` of ``world_size`` from the per-rank ``state_dict()``s of a checkpoint (rank order).
+
+        The checkpoint may come from another number of ranks (``len(states)``): with the same number each rank takes
+        its own state, otherwise rank 0's (subclasses re-shard what is per rank). ``states[0]`` holds the run's
+        total target evaluations; rank 0 takes it and the others start at 0, so the sum over ranks stays right.
+        """
+        self.load_state_dict(states[rank] if len(states) == world_size else states[0])
+        if self.target is not None:
+            self.target.n_evaluations = int(states[0]["n_target_evaluations"]) if rank == 0 else 0
+
 
 class _DataMixin:
     data: Tensor
     batch_size: int
+    context: DistributedContext | None
+    shared_generator: torch.Generator | None
 
     def _data_batch(self, model: JointFlow, generator: torch.Generator) -> Tensor:
+        """z of this rank's ``batch_size`` data samples, shape (batch_size, 1 + n_aug, n_atoms, dim).
+
+        One process draws with ``generator``. Under ``torch.distributed`` (DistributedSampler-like) the global batch
+        of ``batch_size * world_size`` indices, with replacement, and its augmentation noise come from the generator
+        every rank shares; rank r keeps the disjoint slice r. The global batch is then the one a single process
+        with ``batch_size * world_size`` draws, whatever the number of ranks (augmenting the whole batch on every
+        rank costs one Gaussian draw per configuration).
+        """
         p = model.parameter
-        idx = torch.randint(len(self.data), (self.batch_size,), generator=generator, device=generator.device)
+        ctx, shared = self.context, self.shared_generator
+        world, rank = (1, 0) if ctx is None or shared is None else (ctx.world_size, ctx.rank)
+        gen = generator if ctx is None or shared is None else shared
+        n = self.batch_size * world
+        idx = torch.randint(len(self.data), (n,), generator=gen, device=gen.device)
         x = self.data[idx.to(self.data.device)].to(dtype=p.dtype, device=p.device)
-        return model.augment(x, generator)
+        z = model.augment(x, gen)
+        return z if world == 1 else z[rank * self.batch_size : (rank + 1) * self.batch_size]
 
 
 def _check_data(data: Tensor) -> Tensor:
@@ -283,11 +325,21 @@ class FABObjective(Objective):
             "buffer_length": float(len(self.buffer)),
         }
 
+    def _synchronise_step_sizes(self) -> None:
+        """Under ``torch.distributed``: every rank's HMC step sizes become their geometric mean over ranks, so the
+        step sizes stay one global state (each rank adapts them by its own acceptance; the mean keeps the vote)."""
+        ctx = self.context
+        if ctx is None or not ctx.distributed or self.ais.hmc is None:
+            return
+        log_step = ctx.all_reduce_sum(self.ais.hmc.step_sizes.log()) / ctx.world_size
+        self.ais.hmc.step_sizes = log_step.exp()
+        self._metrics["hmc_step_size"] = float(self.ais.hmc.step_sizes.mean())
+
     def setup(self, model: JointFlow, generator: torch.Generator) -> None:
         needed = -(-self.buffer.min_length // self.batch_size)
         for _ in range(3 * needed + 10):
             if self.buffer.ready:
-                return
+                break
             self._ais_into_buffer(model, generator)
         if not self.buffer.ready:
             raise RuntimeError(
@@ -296,9 +348,11 @@ class FABObjective(Objective):
                 "log q is) almost everywhere the flow samples; check the energy, the units of the flow's length_scale, "
                 "or lower buffer_min_length"
             )
+        self._synchronise_step_sizes()  # once per rank: the AIS batches above may differ in number between ranks
 
     def batches(self, model: JointFlow, generator: torch.Generator) -> list[BufferBatch]:
         self._ais_into_buffer(model, generator)
+        self._synchronise_step_sizes()
         return self.buffer.sample_batches(self.batch_size, self.n_updates, generator)
 
     def losses(self, model: JointFlow, batch: BufferBatch, generator: torch.Generator) -> list[tuple[float, LossTerms]]:
@@ -326,3 +380,12 @@ class FABObjective(Objective):
         self.buffer.load_state_dict(state["buffer"])
         if self.ais.hmc is not None:
             self.ais.hmc.load_state_dict(state["hmc"])
+
+    def load_shards(self, states: list[dict], rank: int, world_size: int) -> None:
+        """As ``Objective.load_shards``; from another number of ranks the replay buffers of all saved ranks are pooled
+        and dealt out again (``PrioritisedReplayBuffer.from_shards``), the HMC step sizes (equal on every rank) come
+        from rank 0. A rank whose new buffer holds fewer than ``buffer_min_length`` samples tops it up by AIS in
+        ``setup``, which the loop runs again after a change of the number of ranks."""
+        super().load_shards(states, rank, world_size)
+        if len(states) != world_size:
+            self.buffer = PrioritisedReplayBuffer.from_shards([s["buffer"] for s in states], rank, world_size)
