@@ -4,9 +4,15 @@ and TorchForceField (float64, float32, and float64 through autograd).
     PYTHONPATH=. python benchmarks/energy_throughput.py --quick          # batch 256 only
     PYTHONPATH=. python benchmarks/energy_throughput.py --out results.json
     PYTHONPATH=. python benchmarks/energy_throughput.py --systems aldp_implicit --backends TorchForceField --threads 1
+    PYTHONPATH=. python benchmarks/energy_throughput.py --batch-sizes 1024 --backends TorchForceField --threads 1 \
+        --systems aldp_amber14_obc2 aldp_amber14_gbn2 aldp_openmmtools_implicit aldp_amber19_cmap aldp_charmm36_cmap
 
-Systems: alanine dipeptide in vacuum and in OBC implicit solvent, and LJ13. Every backend returns reduced energies
-(batch,) and forces (batch, n_atoms, 3) as float64 torch tensors from float64 positions, so all do the same work.
+Systems: alanine dipeptide in vacuum and in OBC implicit solvent (amber99sbildn, GBSAOBCForce), LJ13, and alanine
+dipeptide with custom forces: amber14 + implicit/obc2.xml and + implicit/gbn2.xml (CustomGBForce), openmmtools'
+AlanineDipeptideImplicit (CustomGBForce OBC2 from its prmtop), ff19SB (amber19-all.xml, CMAPTorsionForce) and
+CHARMM36 (charmm36_2024.xml: CMAPTorsionForce, CustomNonbondedForce, CustomBondForce; building it takes a minute).
+Systems are built only when selected (``--systems``). Every backend returns reduced energies (batch,) and forces
+(batch, n_atoms, 3) as float64 torch tensors from float64 positions, so all do the same work.
 The baseline is the loop the peer libraries run (setPositions + getState(getEnergy, getForces), unit-aware values),
 measured in the same run. Prints evaluations per second and the ratio to the baseline, writes JSON.
 
@@ -113,18 +119,54 @@ BACKENDS: list[Backend] = [
 ]
 
 
-def make_targets(max_batch: int, seed: int = 0) -> list[Target]:
+def _aldp_forcefield_system(*files: str) -> Any:
+    """The shipped alanine dipeptide topology under openmm.app force-field ``files``: NoCutoff, unconstrained."""
+    import openmm.app as app
+
+    forcefield = app.ForceField(*files)
+    topology = load_aldp("vacuum").topology
+    return forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None, removeCMMotion=False)
+
+
+def _openmmtools_aldp_implicit() -> Any:
+    import warnings
+
+    from openmmtools import testsystems
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return testsystems.AlanineDipeptideImplicit(constraints=None).system
+
+
+#: Alanine dipeptide Systems by target name (all on the shipped aldp.pdb atom order, 22 atoms).
+ALDP_SYSTEMS: dict[str, Callable[[], Any]] = {
+    "aldp_vacuum": lambda: load_aldp("vacuum").system,
+    "aldp_implicit": lambda: load_aldp("implicit").system,
+    "aldp_amber14_obc2": lambda: _aldp_forcefield_system("amber14-all.xml", "implicit/obc2.xml"),
+    "aldp_amber14_gbn2": lambda: load_aldp("gbn2").system,
+    "aldp_openmmtools_implicit": _openmmtools_aldp_implicit,
+    "aldp_amber19_cmap": lambda: _aldp_forcefield_system("amber19-all.xml"),
+    "aldp_charmm36_cmap": lambda: _aldp_forcefield_system("charmm36_2024.xml"),
+}
+TARGET_NAMES = (*ALDP_SYSTEMS, "lj13")
+
+
+def make_targets(max_batch: int, seed: int = 0, systems: list[str] | None = None) -> list[Target]:
+    """The selected targets (default: all), each with ``max_batch`` configurations drawn with ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    targets = []
-    for solvent in ("vacuum", "implicit"):
-        aldp = load_aldp(solvent)
-        x0 = torch.from_numpy(aldp.positions_nm)
-        x = x0 + 0.02 * torch.randn(max_batch, *x0.shape, generator=g, dtype=torch.float64)
-        targets.append(Target(f"aldp_{solvent}", aldp.system, 300.0, x))
-    lj = lennard_jones_system(13)
+    x0 = torch.from_numpy(load_aldp("vacuum").positions_nm)
+    aldp_x = x0 + 0.02 * torch.randn(max_batch, *x0.shape, generator=g, dtype=torch.float64)
     grid = torch.cartesian_prod(*[torch.arange(3, dtype=torch.float64)] * 3)[:13] * 1.1
-    x = grid + 0.1 * torch.randn(max_batch, 13, 3, generator=g, dtype=torch.float64)
-    targets.append(Target("lj13", lj.system, lj.temperature, x))
+    lj_x = grid + 0.1 * torch.randn(max_batch, 13, 3, generator=g, dtype=torch.float64)
+    targets = []
+    for name in TARGET_NAMES:
+        if systems is not None and name not in systems:
+            continue
+        if name == "lj13":
+            lj = lennard_jones_system(13)
+            targets.append(Target("lj13", lj.system, lj.temperature, lj_x))
+        else:
+            targets.append(Target(name, ALDP_SYSTEMS[name](), 300.0, aldp_x))
     return targets
 
 
@@ -149,9 +191,7 @@ def run(batch_sizes: list[int], repeats: int, backends: list[Backend], systems: 
     """Time every backend on every target and batch size; repeats are interleaved across backends, so that a change
     in background load (this machine is shared) hits all of them alike. Reports the median of the repeats."""
     rows = []
-    for target in make_targets(max(batch_sizes)):
-        if systems is not None and target.name not in systems:
-            continue
+    for target in make_targets(max(batch_sizes), systems=systems):
         evaluators, setup_s, usable = [], [], []
         try:
             for backend in backends:
@@ -219,7 +259,9 @@ def main() -> None:
     parser.add_argument(
         "--backends", nargs="+", default=None, help="run only backends whose name contains one of these strings"
     )
-    parser.add_argument("--systems", nargs="+", default=None, help="e.g. aldp_implicit (default: all)")
+    parser.add_argument(
+        "--systems", nargs="+", default=None, choices=TARGET_NAMES, help="e.g. aldp_implicit (default: all)"
+    )
     args = parser.parse_args()
     batch_sizes, repeats = ([256], 3) if args.quick else (args.batch_sizes, args.repeats)
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import BgflowError
 
 __all__ = ["build_parser", "main", "run_free_energy"]
 
@@ -41,12 +44,34 @@ def _load_system(name: str | None, xml: Path | None, pdb: Path | None) -> tuple[
 
 
 def _load_samples(path: Path) -> dict[str, np.ndarray]:
-    data = dict(np.load(path))
+    """The arrays of a samples .npz, checked for names and shapes; a bad file exits with a one-line message."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise ValueError("it holds a single array, not named arrays")
+        with archive:
+            data = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise SystemExit(
+            f"cannot read {path} as an .npz of samples ({type(error).__name__}: {error}); "
+            "write it with numpy.savez(path, x=..., log_q=..., [u=..., log_p_aug=...])"
+        ) from None
     missing = {"x", "log_q"} - set(data)
     if missing:
         raise SystemExit(f"{path} lacks {sorted(missing)}: save x (n, n_atoms, 3) in nm and log_q (n,) in nats")
-    if data["x"].ndim != 3 or data["x"].shape[-1] != 3:
-        raise SystemExit(f"x in {path} must have shape (n, n_atoms, 3), got {data['x'].shape}")
+    x = data["x"]
+    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] == 0:
+        raise SystemExit(f"x in {path} must have shape (n, n_atoms, 3) with n >= 1, got {x.shape}")
+    for name in ("log_q", "u", "log_p_aug"):
+        if name in data and data[name].shape != (x.shape[0],):
+            raise SystemExit(
+                f"{name} in {path} must have shape ({x.shape[0]},) (one per sample), got {data[name].shape}"
+            )
+    for name, array in data.items():
+        if array.dtype.kind not in "fiu":
+            raise SystemExit(f"{name} in {path} must be numbers, got dtype {array.dtype}")
+    if not np.isfinite(x).all():
+        raise SystemExit(f"x in {path} holds NaN or inf coordinates: drop those samples first")
     return data
 
 
@@ -123,18 +148,23 @@ def run_free_energy(
 
 
 def _free_energy(args: argparse.Namespace) -> int:
+    samples = _load_samples(args.samples)
     system, topology = _load_system(args.system, args.system_xml, args.pdb)
-    summary = run_free_energy(
-        _load_samples(args.samples),
-        system,
-        topology,
-        temperature=args.temperature,
-        out=args.out,
-        umbrella_cache=args.umbrella_cache,
-        bins=args.bins,
-        n_bootstrap=args.n_bootstrap,
-        seed=args.seed,
-    )
+    try:
+        summary = run_free_energy(
+            samples,
+            system,
+            topology,
+            temperature=args.temperature,
+            out=args.out,
+            umbrella_cache=args.umbrella_cache,
+            bins=args.bins,
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+        )
+    except (BgflowError, ValueError) as error:  # bad data or an estimate that cannot be trusted: one line, no trace
+        logger.debug("free-energy failed", exc_info=True)
+        raise SystemExit(f"bgflow-se3 free-energy: {type(error).__name__}: {error}") from None
     print(
         f"Delta F(phi in (0, 2) vs rest) = {summary['delta_f_kT']:.3f} +/- {summary['delta_f_stderr_kT']:.3f} kT "
         f"({summary['delta_f_method']}); ESS {summary['ess_count']:.0f} of {summary['n_samples']} "

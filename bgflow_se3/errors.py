@@ -2,12 +2,15 @@
 
 __all__ = [
     "BgflowError",
+    "CheckpointError",
     "ConvergenceError",
     "EmptyStateError",
     "EnergyEvaluationError",
     "InsufficientMemoryError",
     "LowOverlapWarning",
     "NonFiniteInputError",
+    "OutputWriteError",
+    "TrainingInterrupted",
     "UnsupportedForceError",
     "UnsupportedSystemError",
     "WorkerError",
@@ -52,3 +55,37 @@ class LowOverlapWarning(UserWarning):
 
 class EmptyStateError(BgflowError, ValueError):
     """A state (a boolean mask over samples) holds no sample with nonzero weight, so its free energy is undefined."""
+
+
+class CheckpointError(BgflowError, ValueError):
+    """A training checkpoint cannot be resumed: unreadable (truncated, corrupt) or written by another setup (flow
+    class or size, objective); the message names the file and the mismatch."""
+
+
+class OutputWriteError(BgflowError, OSError):
+    """The training output cannot be written (folder not writable, not a folder, disk full); ``errno`` is the
+    operating system's, and the message names the file and what on disk is still intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at SIGINT or SIGTERM after its last complete iteration, with the checkpoint written.
+
+    A ``KeyboardInterrupt`` (not a ``BgflowError``) on purpose: ``except Exception`` does not swallow a request to
+    stop. signum: the signal; iteration: iterations completed; checkpoint_path: the checkpoint written (None without
+    an output folder); result: the ``TrainResult`` so far; exit_code: 128 + signum, the shell's convention.
+    ``Trainer.run(resume=True)`` continues from the checkpoint.
+    """
+
+    def __init__(
+        self, message: str, signum: int, iteration: int, checkpoint_path: object = None, result: object = None
+    ) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+        self.iteration = int(iteration)
+        self.checkpoint_path = checkpoint_path
+        self.result = result
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status a program stopped by this signal reports: 128 + signum (130 for SIGINT, 143 SIGTERM)."""
+        return 128 + self.signum

@@ -158,10 +158,13 @@ def _fixed_threads() -> tuple[int, str] | None:
     return None
 
 
-def apply_thread_policy(n_workers: int = 0) -> ThreadPlan:
-    """Plan (``plan_threads``) and set torch's thread count; returns the plan (its reason says why)."""
+def apply_thread_policy(n_workers: int = 0, cores: int | None = None, busy: int | None = None) -> ThreadPlan:
+    """Plan (``plan_threads``) and set torch's thread count; returns the plan (its reason says why).
+
+    cores, busy: as for ``plan_threads`` (e.g. a rank's share of the cores when several ranks share a machine).
+    """
     global _applied
-    plan = plan_threads(n_workers)
+    plan = plan_threads(n_workers, cores, busy)
     if torch.get_num_threads() != plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     _applied = plan.torch_threads

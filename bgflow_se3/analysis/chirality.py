@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .dihedrals import as_mdtraj_topology
+from .dihedrals import _coordinates, as_mdtraj_topology
 
 __all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_signs", "d_chirality_fraction"]
 
@@ -35,14 +35,14 @@ def chirality_signs(topology: Any, x: Any) -> np.ndarray:
 
     x: positions in nm, shape (batch, n_atoms, 3) (numpy or torch). +1 is L (``L_CHIRALITY_SIGN``), -1 is D.
     """
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
+    x = _coordinates(x)
     centres = chiral_centres(topology)
     if x.ndim != 3 or x.shape[2] != 3:
         raise ValueError(f"x must have shape (batch, n_atoms, 3) in nm, got {x.shape}")
     if len(centres) == 0:
         raise ValueError("the topology has no residue with N, CA, C and CB atoms: no chirality to report")
+    if not np.isfinite(x).all():
+        raise ValueError("x holds NaN or inf; drop those samples before computing chirality")
     n, ca, c, cb = (x[:, centres[:, i]] for i in range(4))
     return np.sign(np.einsum("bki,bki->bk", n - ca, np.cross(c - ca, cb - ca)))
 
@@ -50,4 +50,6 @@ def chirality_signs(topology: Any, x: Any) -> np.ndarray:
 def d_chirality_fraction(topology: Any, x: Any) -> float:
     """Fraction of configurations x (batch, n_atoms, 3), nm, with at least one D alpha carbon, in [0, 1]."""
     signs = chirality_signs(topology, x)
+    if len(signs) == 0:
+        raise ValueError("x holds no configuration: the D fraction of an empty batch is undefined")
     return float(np.mean((signs != L_CHIRALITY_SIGN).any(axis=1)))

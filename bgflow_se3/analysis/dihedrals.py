@@ -29,13 +29,36 @@ def as_mdtraj_topology(topology: Any):
     raise TypeError(f"topology must be an mdtraj.Topology or openmm.app.Topology, got {type(topology).__name__}")
 
 
+def _coordinates(x: Any) -> np.ndarray:
+    """Positions (numpy array or torch tensor on any device) as float64 numpy; integer or complex input and
+    ``meta`` tensors (no data) raise ``TypeError`` / ``ValueError``."""
+    if hasattr(x, "detach"):
+        if getattr(x, "is_meta", False):
+            raise ValueError("coordinates are a tensor on the 'meta' device, which holds no data")
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"coordinates must be floating point (nm), got dtype {x.dtype}")
+    return x.astype(np.float64)
+
+
+def _check_angles(angles: np.ndarray) -> np.ndarray:
+    """float64 angles; NaN (degenerate geometry, or coordinates too large for mdtraj's float32) raises."""
+    angles = np.asarray(angles, dtype=np.float64)
+    if not np.isfinite(angles).all():
+        bad = int(np.flatnonzero(~np.isfinite(angles).reshape(len(angles), -1).all(axis=1))[0])
+        raise ValueError(
+            f"a dihedral angle is undefined (NaN) for configuration {bad}: atoms coincide, or coordinates are too "
+            "large for mdtraj's float32 arithmetic (keep them well below 1e15 nm)"
+        )
+    return angles
+
+
 def _trajectory(topology: Any, x: Any):
     import mdtraj
 
     top = as_mdtraj_topology(topology)
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    xyz = np.asarray(x, dtype=np.float64)
+    xyz = _coordinates(x)
     if xyz.ndim == 2:
         xyz = xyz[None]
     if xyz.ndim != 3 or xyz.shape[1:] != (top.n_atoms, 3):
@@ -53,7 +76,7 @@ def dihedral_angles(x: Any, atoms: Any, topology: Any) -> np.ndarray:
     import mdtraj
 
     atoms = np.atleast_2d(np.asarray(atoms, dtype=np.int64))
-    return np.asarray(mdtraj.compute_dihedrals(_trajectory(topology, x), atoms, periodic=False), dtype=np.float64)
+    return _check_angles(mdtraj.compute_dihedrals(_trajectory(topology, x), atoms, periodic=False))
 
 
 def backbone_dihedrals(topology: Any, x: Any) -> BackboneDihedrals:
@@ -66,7 +89,7 @@ def backbone_dihedrals(topology: Any, x: Any) -> BackboneDihedrals:
     traj = _trajectory(topology, x)
     phi_atoms, phi = mdtraj.compute_phi(traj, periodic=False)
     psi_atoms, psi = mdtraj.compute_psi(traj, periodic=False)
-    return BackboneDihedrals(phi.astype(np.float64), psi.astype(np.float64), phi_atoms, psi_atoms)
+    return BackboneDihedrals(_check_angles(phi), _check_angles(psi), phi_atoms, psi_atoms)
 
 
 def phi_psi(topology: Any, x: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,17 @@ def energy_for_device(system: Any, temperature: float, device: str, n_workers: i
 
     device: "cuda..." gives ``TorchForceField`` on that device (batched on the GPU); anything else gives
     ``OpenMMEnergy`` with ``n_workers`` processes (the Reference platform; call ``close()`` when done).
+    Raises ``ValueError`` for a device that is neither CPU nor CUDA (e.g. "meta", a typo).
     """
-    if str(device).startswith("cuda"):
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}") from error
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]' (energies need real data), got {device!r}")
+    if kind == "cuda":
         from .torch_forcefield import TorchForceField
 
         return TorchForceField.from_system(system, temperature).to(device), "TorchForceField"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import NonFiniteInputError
+from ..errors import EnergyEvaluationError, NonFiniteInputError
 
 __all__ = ["MOLAR_GAS_CONSTANT", "Energy", "kT_in_kJ_per_mol"]
 
@@ -34,8 +35,12 @@ class Energy(nn.Module):
       configuration ``(n_atoms, dim)`` is treated as a batch of one and returns shape ``(1,)``;
     - integer, complex and half-precision inputs raise ``TypeError`` (half precision cannot hold the energies
       of molecular systems);
+    - a tensor on the ``meta`` device, or on another device than the energy's parameters, raises ``ValueError``;
     - a configuration with NaN or infinite coordinates gets ``u = +inf`` and zero force when
-      ``on_error="inf"`` (the default), and raises ``NonFiniteInputError`` when ``on_error="raise"``.
+      ``on_error="inf"`` (the default), and raises ``NonFiniteInputError`` when ``on_error="raise"``;
+    - a finite configuration whose energy comes out NaN or -inf (coincident particles, overflow of the input
+      dtype) gets ``u = +inf`` and zero force too, or raises ``EnergyEvaluationError`` when ``on_error="raise"``;
+      an energy that overflows to +inf stays +inf.
 
     Subclasses implement ``_reduced_energy(x)`` for finite, validated ``x``. They may override ``force``
     when forces come cheaper than through autograd.
@@ -53,8 +58,12 @@ class Energy(nn.Module):
             raise ValueError(f"n_atoms and dim must be positive, got n_atoms={n_atoms}, dim={dim}")
         if on_error not in ("inf", "raise"):
             raise ValueError(f"on_error must be 'inf' or 'raise', got {on_error!r}")
-        if temperature is not None and not temperature > 0:
-            raise ValueError(f"temperature must be positive (kelvin), got {temperature}")
+        if temperature is not None and (
+            isinstance(temperature, (str, bytes, bool)) or not hasattr(temperature, "__float__")
+        ):
+            raise TypeError(f"temperature must be a number in kelvin, got {type(temperature).__name__}")
+        if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be positive and finite (kelvin), got {temperature}")
         self.n_atoms = int(n_atoms)
         self.dim = int(dim)
         self.temperature = None if temperature is None else float(temperature)
@@ -83,6 +92,16 @@ class Energy(nn.Module):
             x = x.unsqueeze(0)
         if x.ndim != 3 or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"positions must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
+        if x.device.type == "meta":
+            raise ValueError("positions are on the 'meta' device, which holds no data; pass a CPU or CUDA tensor")
+        reference = next(self.buffers(), None)
+        if reference is None:
+            reference = next(self.parameters(), None)
+        if reference is not None and reference.device != x.device:
+            raise ValueError(
+                f"positions are on {x.device} but this energy's parameters on {reference.device}; "
+                f"move one of them (x.to({str(reference.device)!r}) or energy.to({str(x.device)!r}))"
+            )
         return x
 
     def finite_mask(self, x: Tensor) -> Tensor:
@@ -101,11 +120,27 @@ class Energy(nn.Module):
         x = self.validate(x)
         finite = self.finite_mask(x)
         if bool(finite.all()):
-            return self._reduced_energy(x)
+            return self._failed_to_inf(self._reduced_energy(x), x.dtype)
         # Evaluate on a harmless stand-in so that no NaN enters autograd, then mark those rows +inf.
         safe = torch.where(finite[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        u = self._reduced_energy(safe)
+        u = self._failed_to_inf(self._reduced_energy(safe), x.dtype, finite)
         return torch.where(finite, u, torch.full_like(u, float("inf")))
+
+    def _failed_to_inf(self, u: Tensor, dtype: torch.dtype, rows: Tensor | None = None) -> Tensor:
+        """``u`` with NaN and infinite energies of finite configurations (``rows``) set to +inf, or raise."""
+        failed = torch.isnan(u) | (u == -math.inf)  # +inf is a valid answer (weight 0), e.g. RestrictedEnergy
+        if rows is not None:
+            failed = failed & rows
+        if not bool(failed.any()):
+            return u
+        if self.on_error == "raise":
+            index = int(failed.nonzero()[0])
+            raise EnergyEvaluationError(
+                f"{int(failed.sum())} of {len(u)} configurations with finite coordinates have a non-finite energy "
+                f"(first at batch index {index}: {float(u[index])}; coincident particles or overflow of {dtype}); "
+                "pass on_error='inf' to get u=+inf and zero force for them instead"
+            )
+        return torch.where(failed, torch.full_like(u, float("inf")), u)
 
     def reduced_energy(self, x: Tensor) -> Tensor:
         """Alias of ``forward``: u(x) = E(x) / kT, shape ``(batch,)``."""
@@ -120,9 +155,11 @@ class Energy(nn.Module):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             u = self(x)
-            finite_u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
+            ok = torch.isfinite(u)
+            finite_u = torch.where(ok, u, torch.zeros_like(u))
             (grad,) = torch.autograd.grad(finite_u.sum(), x)
-        return -grad
+        # where() passes zero gradient to the +inf rows, but 0 * inf inside their graph can still leave NaN there
+        return torch.where(ok[:, None, None], -grad, torch.zeros_like(grad))
 
     def _reduced_energy(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -275,7 +275,8 @@ def _obc_pairs(
     # Two rare cases, checked on the closest approach of each pair over the batch before any full-size mask:
     # the atom that sees lies inside the scaled sphere of the other (r < s - rho), or that sphere does not
     # reach it (r <= rho - s, the pair then adds nothing).
-    r_min = r.amin(dim=-1, keepdim=True)
+    # A NaN row (coincident atoms: r = 0 * inf) must not hide the rare cases of the other rows: NaN counts as 0.
+    r_min = r.amin(dim=-1, keepdim=True).nan_to_num_(nan=0.0)
     if _any(r_min < obc.inside_below):
         outside = r >= obc.inside_below
         term += (obc.inv_rho_seeing - lower).mul_(2.0).masked_fill_(outside, 0.0)

@@ -43,13 +43,22 @@ __all__ = [
     "compile_force",
 ]
 
-#: Force classes with a torch version; ``CMMotionRemover`` is accepted and ignored (it adds no energy).
+#: Force classes with a torch version; ``CMMotionRemover`` is accepted and ignored (it adds no energy). The standard
+#: forces go through the fused analytic pass, the others (custom forces, CMAP) through autograd.
 SUPPORTED_FORCES = (
     "HarmonicBondForce",
     "HarmonicAngleForce",
     "PeriodicTorsionForce",
     "NonbondedForce",
     "GBSAOBCForce",
+    "CMAPTorsionForce",
+    "CustomBondForce",
+    "CustomAngleForce",
+    "CustomTorsionForce",
+    "CustomExternalForce",
+    "CustomCompoundBondForce",
+    "CustomNonbondedForce",
+    "CustomGBForce",
     "CMMotionRemover",
 )
 _IGNORED_FORCES = ("CMMotionRemover",)
@@ -372,6 +381,10 @@ _TERM_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
     "NonbondedForce": NonbondedTerm.from_force,
     "GBSAOBCForce": GBSAOBCTerm.from_force,
 }
+#: Terms with a form in the fused analytic pass; every other term is evaluated through autograd.
+_FUSED_TERMS = (HarmonicBondTerm, HarmonicAngleTerm, PeriodicTorsionTerm, NonbondedTerm, GBSAOBCTerm)
+#: Forces whose particles must be the System's (per-particle parameters for every particle).
+_PER_PARTICLE_FORCES = ("NonbondedForce", "GBSAOBCForce", "CustomNonbondedForce", "CustomGBForce")
 
 
 def _plain(value: Any) -> float:
@@ -379,22 +392,41 @@ def _plain(value: Any) -> float:
     return float(value._value) if hasattr(value, "_value") else float(value)
 
 
+def _term_builders() -> dict[str, Callable[[Any, int], ForceTerm]]:
+    """Every force class name with a torch version -> its builder ``(force, force_index) -> ForceTerm``.
+
+    The custom-force and CMAP modules subclass ``ForceTerm``, so they are imported here, on first use.
+    """
+    from .cmap import CMAPTorsionTerm
+    from .custom_bonded import CUSTOM_BONDED_BUILDERS
+    from .custom_nonbonded import CustomGBTerm, CustomNonbondedTerm
+
+    return {
+        **_TERM_BUILDERS,
+        **CUSTOM_BONDED_BUILDERS,
+        "CMAPTorsionForce": CMAPTorsionTerm.from_force,
+        "CustomNonbondedForce": CustomNonbondedTerm.from_force,
+        "CustomGBForce": CustomGBTerm.from_force,
+    }
+
+
 def compile_force(force: Any, force_index: int = -1) -> ForceTerm | None:
     """The torch term of one ``openmm.Force`` (None for ignored forces such as ``CMMotionRemover``).
 
     Raises ``UnsupportedForceError`` for force classes without a torch version and ``UnsupportedSystemError``
-    for supported classes used with cutoffs or other unsupported options.
+    for supported classes used with cutoffs, periodic boundaries or other unsupported options.
     """
     name = type(force).__name__
     if name in _IGNORED_FORCES:
         return None
-    if name not in _TERM_BUILDERS:
+    builders = _term_builders()
+    if name not in builders:
         raise UnsupportedForceError(
             f"force {force_index} ({name}) has no torch version; TorchForceField supports "
             f"{', '.join(SUPPORTED_FORCES)} (CMMotionRemover is ignored). Use OpenMMEnergy for this System, "
             "or remove the force"
         )
-    return _TERM_BUILDERS[name](force, force_index)
+    return builders[name](force, force_index)
 
 
 class TorchForceField(Energy):
@@ -407,30 +439,51 @@ class TorchForceField(Energy):
     (of the chosen force groups). The dtype follows the input (parameters are float64 buffers cast per call;
     float32 is off by about 2e-6 relative in aldp energies and 3e-6 in forces), the device follows ``.to(device)``.
 
-    With ``analytic_gradient=True`` (the default) every term is evaluated with its analytic gradient in one fused
-    pass (``torch_analytic``): Lennard-Jones, Coulomb and OBC share one pair list, so distances are computed
-    once; ``force``/``energy_and_force`` build no autograd graph, and autograd through ``ff(x)`` uses the
-    precomputed gradient (differentiable once; pass ``analytic_gradient=False`` for double backward).
+    With ``analytic_gradient=True`` (the default) the standard terms (bonds, angles, periodic torsions,
+    ``NonbondedForce``, ``GBSAOBCForce``) are evaluated with their analytic gradient in one fused pass
+    (``torch_analytic``): Lennard-Jones, Coulomb and OBC share one pair list, so distances are computed once;
+    the other terms (custom forces, CMAP) are evaluated through autograd and added. ``force``/``energy_and_force``
+    keep no autograd graph beyond one CPU chunk, and autograd through ``ff(x)`` uses the precomputed gradient of
+    the fused part (differentiable once; pass ``analytic_gradient=False`` for double backward).
 
-    Supported forces: ``HarmonicBondForce``, ``HarmonicAngleForce``, ``PeriodicTorsionForce``, ``NonbondedForce``
-    with ``NoCutoff`` (LJ + Coulomb, exclusions, exceptions incl. scaled 1-4), ``GBSAOBCForce`` with ``NoCutoff``
-    (what ``amber99_obc.xml`` and Amber prmtop ``OBC2`` produce); ``CMMotionRemover`` is ignored. An LJ cluster
-    fits as a ``NonbondedForce`` with zero charges. Anything else (``Custom*Force``, ``CustomGBForce`` implicit
-    solvent, ``RBTorsionForce``, ...) raises ``UnsupportedForceError``; periodic boxes, cutoffs, constraints and
-    virtual sites raise ``UnsupportedSystemError``.
+    Supported forces:
+
+    - ``HarmonicBondForce``, ``HarmonicAngleForce``, ``PeriodicTorsionForce``;
+    - ``NonbondedForce`` with ``NoCutoff`` (LJ + Coulomb, exclusions, exceptions incl. scaled 1-4);
+    - ``GBSAOBCForce`` with ``NoCutoff`` (what ``amber99_obc.xml`` and Amber prmtop ``OBC2`` produce);
+    - ``CMAPTorsionForce`` (OpenMM's bicubic maps; CHARMM36, ff19SB);
+    - ``CustomBondForce``, ``CustomAngleForce``, ``CustomTorsionForce``, ``CustomExternalForce``,
+      ``CustomCompoundBondForce`` (``custom_bonded``: umbrella biases, restraints, CHARMM36's 1-4 LJ pairs);
+    - ``CustomNonbondedForce`` with ``NoCutoff`` (per-particle parameters, computed values, tabulated functions,
+      exclusions, interaction groups; CHARMM NBFIX tables) and ``CustomGBForce`` with ``NoCutoff`` (every
+      computed-value and energy-term kind: ``implicit/obc2.xml``, ``gbn2.xml``, openmmtools' implicit systems)
+      (``custom_nonbonded``);
+    - ``CMMotionRemover`` is ignored. An LJ cluster fits as a ``NonbondedForce`` with zero charges.
+
+    Custom expressions are compiled from OpenMM's Lepton language (``expressions``); global parameters take the
+    System's default values (changing them later in an OpenMM Context does not reach this object). Anything else
+    (``RBTorsionForce``, ``CustomHbondForce``, ``CustomCentroidBondForce``, ``CustomManyParticleForce``,
+    ``CustomCVForce``, AMOEBA, ...) raises ``UnsupportedForceError``; periodic boxes, cutoffs (any force),
+    constraints and virtual sites raise ``UnsupportedSystemError``.
 
     Memory: bonded terms are O(n_terms) per configuration; the nonbonded terms are O(n_atoms^2): the fused pass
     holds about 30 ``(n_pairs, batch)`` tensors for OBC (n_pairs = n_atoms (n_atoms - 1) / 2), the autograd
     path a few ``(batch, n_pairs)`` tensors for ``NonbondedForce`` and about 20 dense ``(batch, n_atoms,
-    n_atoms)`` tensors for ``GBSAOBCForce``. Measured peak for alanine dipeptide (22 atoms), energy + forces of
-    a whole batch at once (``cpu_chunk_size=None``): 0.10 MB per configuration in implicit solvent and 0.04 MB
-    in vacuum in float64 (0.05 / 0.02 MB in float32; about 0.13 MB implicit on the autograd path), i.e. about
-    0.4 GB for a batch of 4096 in float64. On CPU, ``cpu_chunk_size`` bounds the working set to one chunk.
+    n_atoms)`` tensors for ``GBSAOBCForce``; a ``CustomGBForce`` keeps the intermediates of its expressions over
+    both orderings of every pair for the backward pass (about 50 ``(2 n_pairs, batch)`` tensors for GBn2).
+    Measured peak for alanine dipeptide (22 atoms), energy + forces of a whole batch at once
+    (``cpu_chunk_size=None``): 0.10 MB per configuration in implicit solvent and 0.04 MB in vacuum in float64
+    (0.05 / 0.02 MB in float32; about 0.13 MB implicit on the autograd path), 0.20 MB with amber14 + GBn2
+    (0.12 MB in float32), i.e. about 0.4 (0.8) GB for a batch of 4096 in float64. On CPU, ``cpu_chunk_size``
+    bounds the working set to one chunk, for the custom terms too (their autograd graph is freed chunk by chunk).
 
     Speed, energy + forces through the fused pass against a per-sample OpenMM Reference loop in the same run
     (2-core CPU shared with other jobs, one torch thread, median of 3 runs; ``benchmarks/energy_throughput.py``):
     aldp implicit at batch 1024 2.3x (float64) and 4.0x (float32) the loop's throughput, vacuum 4.3x and 6.5x
-    (autograd through every term: 0.5x and 1.5x in float64). On a CPU busy with other work keep torch at one
+    (autograd through every term: 0.5x and 1.5x in float64). Systems with custom forces, where OpenMM's Reference
+    platform interprets the expressions per pair, at batch 1024 in float64 (float32): amber14 + OBC2 28x (47x),
+    amber14 + GBn2 28x (49x), openmmtools' AlanineDipeptideImplicit 24x (41x), ff19SB with CMAP 31x (44x),
+    CHARMM36 30x (50x) (load average 3.4-3.7 on the 2 cores). On a CPU busy with other work keep torch at one
     thread (``torch.set_num_threads(1)``): two threads on two busy cores ran 10-30x slower (each of the many
     small kernels waits for the descheduled thread).
     """
@@ -478,8 +531,8 @@ class TorchForceField(Energy):
         cpu_chunk_size: on CPU, batches larger than this are evaluated in chunks of this many configurations,
             which keeps the O(n_atoms^2) intermediates in cache (256 was fastest for aldp, in both dtypes);
             None evaluates the whole batch at once. Other devices always take the whole batch.
-        analytic_gradient: evaluate all terms with analytic gradients in one fused pass (several times faster
-            than autograd for energy + forces); the result is differentiable once only, so pass False for
+        analytic_gradient: evaluate the standard terms with analytic gradients in one fused pass (several times
+            faster than autograd for energy + forces); the result is differentiable once only, so pass False for
             double backward (e.g. losses on forces), which builds the plain autograd graph per term.
         Raises ``UnsupportedSystemError`` / ``UnsupportedForceError`` as described in the class docstring.
         """
@@ -498,10 +551,10 @@ class TorchForceField(Energy):
                 continue
             if isinstance(term, GBSAOBCTerm):
                 term.analytic_gradient = analytic_gradient
-            n_force = force.getNumParticles() if hasattr(force, "getNumParticles") else n_atoms
-            if n_force != n_atoms:
+            if type(force).__name__ in _PER_PARTICLE_FORCES and force.getNumParticles() != n_atoms:
                 raise UnsupportedSystemError(
-                    f"force {index} ({type(force).__name__}) has {n_force} particles, the System {n_atoms}"
+                    f"force {index} ({type(force).__name__}) has {force.getNumParticles()} particles, "
+                    f"the System {n_atoms}"
                 )
             terms.append(term)
         if system.getNumConstraints() > 0:
@@ -532,46 +585,59 @@ class TorchForceField(Energy):
         No NaN policy here: non-finite positions give non-finite energies (``forward`` applies the policy).
         """
         x = self.validate(x)
-        wanted = None if groups is None else frozenset(groups)
-        chunk = self.cpu_chunk_size
-        if not self.analytic_gradient and chunk is not None and x.device.type == "cpu" and x.shape[0] > chunk:
-            return torch.cat([self._energy(part, wanted) for part in x.split(chunk)])
-        return self._energy(x, wanted)
+        if x.shape[0] == 0:
+            return x.new_zeros(0) + 0.0 * x.sum()  # empty, and still attached to x's graph
+        return self._energy(x, None if groups is None else frozenset(groups))
 
     def force(self, x: Tensor) -> Tensor:
         """Force ``-du/dx`` in 1/nm, shape ``(batch, n_atoms, 3)``; zero for configurations with u = +inf."""
         return self.energy_and_force(x)[1]
 
     def energy_and_force(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(u, force)`` from one evaluation without autograd: u (batch,) in kT, force (batch, n_atoms, 3) in
-        1/nm. Non-finite configurations get u = +inf and zero force (or raise, as ``on_error`` says)."""
+        """``(u, force)`` from one evaluation: u (batch,) in kT, force (batch, n_atoms, 3) in 1/nm, no autograd
+        graph kept (terms outside the fused pass are differentiated chunk by chunk). Non-finite configurations, and
+        finite ones whose energy or force is not finite (coincident atoms, float32 overflow), get u = +inf and zero
+        force (or raise, as ``on_error`` says)."""
         x = self.validate(x)
-        if not self.analytic_gradient:
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                u = self(xg)
-                finite_u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
-                (grad,) = torch.autograd.grad(finite_u.sum(), xg)
-            return u.detach(), -grad
+        if x.shape[0] == 0:
+            return x.new_zeros(0), torch.zeros_like(x)
         finite = self.finite_mask(x)
         all_finite = bool(finite.all())
         if not all_finite:
-            x = torch.where(finite[:, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        with torch.no_grad():
-            parameters = self.fused_parameters(None, x.dtype, x.device)
-            energy, grad = self._fused(x, parameters, True, self._chunk(x))
-            u, force = energy / self.kT, grad / -self.kT
+            x = torch.where(finite[:, None, None], x, _stand_in(x))
+        if self.analytic_gradient:
+            with torch.no_grad():
+                parameters = self.fused_parameters(None, x.dtype, x.device)
+                energy, grad = self._fused(x.detach(), parameters, True, self._chunk(x))
+            others = self._autograd_terms(None)
+        else:
+            energy, grad, others = None, None, list(self.terms)
+        if others:
+            compiled = self._compiled if not self.analytic_gradient else None
+            more_energy, more_grad = self._autograd_energy_and_gradient(x, others, compiled)
+            energy = more_energy if energy is None else energy + more_energy
+            grad = more_grad if grad is None else grad + more_grad
+        u, force = energy / self.kT, grad / -self.kT
         if not all_finite:
             u = torch.where(finite, u, torch.full_like(u, float("inf")))
-            force = torch.where(finite[:, None, None], force, torch.zeros_like(force))
+        # Finite rows whose energy is NaN or -inf, or whose force is not finite (coincident atoms, float32
+        # overflow): u = +inf and zero force, or raise, as on_error says.
+        broken = torch.isfinite(u) & ~torch.isfinite(force).flatten(1).all(dim=1)
+        u = self._failed_to_inf(torch.where(broken, torch.full_like(u, float("nan")), u), x.dtype, finite)
+        infinite = torch.isinf(u)
+        if bool(infinite.any()):
+            force = torch.where(infinite[:, None, None], torch.zeros_like(force), force)
         return u, force
 
     def fused_parameters(self, groups: frozenset[int] | None, dtype: torch.dtype, device: torch.device):
-        """The terms of ``groups`` (None: all) as ``torch_analytic.FusedParameters`` in ``dtype`` on ``device``
-        (built once per combination and cached; moving the module clears the cache)."""
+        """The standard terms of ``groups`` (None: all) as ``torch_analytic.FusedParameters`` in ``dtype`` on
+        ``device`` (built once per combination and cached; moving the module clears the cache). Terms without a
+        fused form (custom forces, CMAP) are left out: they go through autograd."""
         key = (groups, dtype, torch.device(device))
         if key not in self._fused_cache:
-            terms = [t for t in self.terms if groups is None or t.force_group in groups]
+            terms = [
+                t for t in self.terms if isinstance(t, _FUSED_TERMS) and (groups is None or t.force_group in groups)
+            ]
             self._fused_cache[key] = _fused_parameters(terms, self.n_atoms, dtype, torch.device(device))
         return self._fused_cache[key]
 
@@ -583,23 +649,56 @@ class TorchForceField(Energy):
         # A compiled pass is fused already (and chunk loops would recompile per batch size).
         return self.cpu_chunk_size if x.device.type == "cpu" and not self._compile else None
 
+    def _parts(self, x: Tensor) -> Sequence[Tensor]:
+        """``x`` split into CPU chunks of ``cpu_chunk_size`` configurations (one part elsewhere)."""
+        chunk = self.cpu_chunk_size
+        if chunk is not None and x.device.type == "cpu" and x.shape[0] > chunk:
+            return x.split(chunk)
+        return (x,)
+
+    def _autograd_terms(self, groups: frozenset[int] | None) -> list[ForceTerm]:
+        """The terms of ``groups`` without a fused analytic form (custom forces, CMAP)."""
+        return [
+            t for t in self.terms if not isinstance(t, _FUSED_TERMS) and (groups is None or t.force_group in groups)
+        ]
+
+    def _autograd_energy_and_gradient(
+        self, x: Tensor, terms: Sequence[ForceTerm], compiled: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Energy (kJ/mol, (batch,)) and dE/dx (kJ/mol/nm, (batch, n_atoms, 3)) of ``terms`` through autograd,
+        chunk by chunk on CPU (each chunk's graph is freed before the next)."""
+        energies, grads = [], []
+        for part in self._parts(x):
+            with torch.enable_grad():
+                xg = part.detach().requires_grad_(True)
+                energy = compiled(xg) if compiled is not None else _sum_terms(xg, terms)
+                (grad,) = torch.autograd.grad(energy.sum(), xg)
+            energies.append(energy.detach())
+            grads.append(grad)
+        if len(energies) == 1:
+            return energies[0], grads[0]
+        return torch.cat(energies), torch.cat(grads)
+
     def _energy(self, x: Tensor, groups: frozenset[int] | None) -> Tensor:
-        if self.analytic_gradient:
-            parameters = self.fused_parameters(groups, x.dtype, x.device)
-            return _FusedEnergy.apply(x, parameters, self._fused, self._chunk(x))
-        if groups is None:
-            return self._compiled(x) if self._compiled is not None else self._total_energy(x)
-        energy = x.new_zeros(x.shape[0])
-        for term in self.terms:
-            if term.force_group in groups:
-                energy = energy + term(x)
+        if not self.analytic_gradient:
+            if groups is None and self._compiled is not None:
+                evaluate = self._compiled
+            else:
+                terms = [t for t in self.terms if groups is None or t.force_group in groups]
+
+                def evaluate(part: Tensor) -> Tensor:
+                    return _sum_terms(part, terms)
+
+            return _concatenate([evaluate(part) for part in self._parts(x)])
+        parameters = self.fused_parameters(groups, x.dtype, x.device)
+        energy = _FusedEnergy.apply(x, parameters, self._fused, self._chunk(x))
+        others = self._autograd_terms(groups)
+        if others:
+            energy = energy + _concatenate([_sum_terms(part, others) for part in self._parts(x)])
         return energy
 
     def _total_energy(self, x: Tensor) -> Tensor:
-        energy = x.new_zeros(x.shape[0])
-        for term in self.terms:
-            energy = energy + term(x)
-        return energy
+        return _sum_terms(x, self.terms)
 
     def _reduced_energy(self, x: Tensor) -> Tensor:
         return self.potential_energy(x) / self.kT
@@ -609,6 +708,26 @@ class TorchForceField(Energy):
             f"n_atoms={self.n_atoms}, temperature={self.temperature}, analytic_gradient={self.analytic_gradient}, "
             f"compiled={self._compile}"
         )
+
+
+def _sum_terms(x: Tensor, terms: Iterable[ForceTerm]) -> Tensor:
+    """Sum of the energies (kJ/mol, (batch,)) of ``terms`` at positions ``x`` (nm, (batch, n_atoms, 3))."""
+    energy = x.new_zeros(x.shape[0])
+    for term in terms:
+        energy = energy + term(x)
+    return energy
+
+
+def _stand_in(x: Tensor) -> Tensor:
+    """Stand-in positions for non-finite rows, shape (n_atoms, 3), nm, in ``x``'s dtype and device: a helix with
+    about 0.5 nm between neighbours, so that no distance, angle or dihedral is degenerate and autograd through
+    every term stays finite."""
+    k = torch.arange(x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.stack([0.3 * torch.cos(1.7 * k), 0.3 * torch.sin(1.7 * k), 0.15 * k], dim=-1)
+
+
+def _concatenate(parts: Sequence[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 def _fused_parameters(
@@ -638,7 +757,7 @@ def _fused_parameters(
             nonbonded.append((t.pairs, t.charge_prod, t.sigma, t.epsilon))
         elif isinstance(t, GBSAOBCTerm):
             obc.append((t.charge, t.radius, t.scale, t.solute_dielectric, t.solvent_dielectric, t.surface_area_energy))
-        else:  # pragma: no cover - every ForceTerm subclass is handled above
+        else:  # pragma: no cover - TorchForceField.fused_parameters passes only _FUSED_TERMS
             raise TypeError(f"no fused form for {type(t).__name__}")
     pairs = make_pair_parameters(n_atoms, nonbonded, obc, dtype, device)
     return FusedParameters(tuple(bonds), tuple(angles), tuple(torsions), pairs)

@@ -168,6 +168,11 @@ class AugmentedCouplingFlow(nn.Module):
         for name, t in (("x", x), ("a", a)):
             if t is None:
                 continue
+            if t.device != self.atom_types.device:
+                raise ValueError(
+                    f"{name} is on {t.device} but the flow's parameters on {self.atom_types.device}; "
+                    f"move one of them ({name}.to({str(self.atom_types.device)!r}) or flow.to({str(t.device)!r}))"
+                )
             if t.dtype != self._dtype:
                 raise TypeError(f"{name} has dtype {t.dtype} but the flow is {self._dtype}; convert one of them")
             if not torch.isfinite(t).all():
@@ -299,6 +304,9 @@ class AugmentedCouplingFlow(nn.Module):
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if n == 0:
+            ref = self._randn((0, self.n_atoms, self.dim), generator)
+            return FlowSample(ref, ref.new_zeros(0, self.n_aug, self.n_atoms, self.dim), ref.new_zeros(0))
         zx = remove_com(self._randn((n, self.n_atoms, self.dim), generator)) * self.length_scale
         za = zx.unsqueeze(1) + self.sigma_aug * self._randn((n, self.n_aug, self.n_atoms, self.dim), generator)
         log_base = self.base_log_prob(zx, za)
@@ -319,6 +327,8 @@ class AugmentedCouplingFlow(nn.Module):
         a: (batch, n_aug, n_atoms, dim).
         """
         self._check(x, a)
+        if x.shape[0] == 0:
+            return x.new_zeros(0), x.new_zeros(0)
         x, a = centre_on_x(x, a)
         zx, za, logdet, aux = self.inverse_with_log_det(x, a)
         return self.base_log_prob(zx, za) + logdet, aux

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_positions
 from .coupling_stack import alternating_masks, zero_output_mlp
 from .splines import n_spline_params, rational_quadratic_spline
 
@@ -308,15 +309,20 @@ class InternalCoordinateFlow(nn.Module):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats on the CoM-free subspace, x (batch, n_atoms, 3) in nm (translation ignored) -> (batch,)."""
-        if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
-            raise ValueError(f"x must have shape (batch, {self.n_atoms}, 3), got {tuple(x.shape)}")
+        x = check_positions(x, self.n_atoms, 3, self.shift)
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         bonds, angles, torsions = internal_coordinates(x, self.zmatrix)
         z, log_det = self._to_latent(torch.cat([bonds, angles, torsions], dim=-1))
         return self._base_log_prob(z) + log_det - self._log_jacobian(bonds, angles)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n configurations x (n, n_atoms, 3), CoM-free, nm, and log q(x) (n,), nats; uniformly rotated."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         ref = self.shift
+        if n == 0:
+            return ref.new_zeros(0, self.n_atoms, 3), ref.new_zeros(0)
         gen_device = generator.device if generator is not None else ref.device
         lin = torch.randn(n, self.n_lin, generator=generator, dtype=ref.dtype, device=gen_device)
         circ = (torch.rand(n, self.n_circ, generator=generator, dtype=ref.dtype, device=gen_device) * 2 - 1) * math.pi

@@ -13,7 +13,15 @@ from ..errors import ConvergenceError, LowOverlapWarning
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MIN_OVERLAP", "checked_bar", "checked_exp", "checked_mbar", "import_pymbar", "overlap_scalar"]
+__all__ = [
+    "DEFAULT_MIN_OVERLAP",
+    "checked_bar",
+    "checked_exp",
+    "checked_mbar",
+    "import_pymbar",
+    "overlap_scalar",
+    "pymbar_errors",
+]
 
 #: Below this MBAR overlap (1 - second eigenvalue of the overlap matrix) BAR/MBAR results are flagged.
 DEFAULT_MIN_OVERLAP = 0.03
@@ -34,7 +42,8 @@ def import_pymbar():
     return pymbar
 
 
-def _pymbar_errors(pymbar) -> tuple[type[BaseException], ...]:
+def pymbar_errors(pymbar=None) -> tuple[type[BaseException], ...]:
+    """The exceptions pymbar raises for failed or untrustworthy solves (to be turned into ``ConvergenceError``)."""
     from pymbar import utils
 
     return (utils.ConvergenceError, utils.ParameterError, utils.BoundsError, FloatingPointError, ArithmeticError)
@@ -49,7 +58,7 @@ def checked_exp(w_F: np.ndarray) -> tuple[float, float]:
     try:
         with np.errstate(under="ignore"):
             result = pymbar.exp(w_F, compute_uncertainty=True)
-    except _pymbar_errors(pymbar) as error:
+    except pymbar_errors(pymbar) as error:
         raise ConvergenceError(f"pymbar.exp failed: {error}") from error
     value, stderr = float(result["Delta_f"]), float(result["dDelta_f"])
     if not (math.isfinite(value) and math.isfinite(stderr)):
@@ -137,7 +146,7 @@ def checked_bar(
     try:
         with np.errstate(all="ignore"):
             result = pymbar.bar(w_F_capped, w_R_capped, compute_uncertainty=False)
-    except _pymbar_errors(pymbar) as error:
+    except pymbar_errors(pymbar) as error:
         raise ConvergenceError(f"pymbar.bar did not converge: {error}") from error
     value = float(result["Delta_f"])
     if value == 0.0:
@@ -167,7 +176,7 @@ def checked_mbar(u_kn: np.ndarray, N_k: np.ndarray):
     unsampled states. Returns the MBAR object.
     """
     pymbar = import_pymbar()
-    errors = _pymbar_errors(pymbar)
+    errors = pymbar_errors(pymbar)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning
-from ._pymbar import DEFAULT_MIN_OVERLAP, checked_bar, checked_mbar
+from ._pymbar import DEFAULT_MIN_OVERLAP, checked_bar, checked_mbar, pymbar_errors
 from .weights import DEFAULT_MIN_ESS, Estimate, as_float_array, as_mask, log_importance_weights
 
 __all__ = ["FreeEnergy", "TargetSamples", "free_energy_difference"]
@@ -110,14 +110,24 @@ def _mbar(flow: _Samples, reference: _Samples | None, diagnostics: bool, min_ess
     u_kn = np.stack([u_flow, u_target, np.where(in_a, u_target, np.inf), np.where(in_b, u_target, np.inf)])
     n_k = np.array([len(flow), 0 if reference is None else len(reference), 0, 0])
     mbar = checked_mbar(u_kn, n_k)
+    errors = pymbar_errors()
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = mbar.compute_free_energy_differences(compute_uncertainty=True)
+        try:
+            result = mbar.compute_free_energy_differences(compute_uncertainty=True)
+        except errors as error:  # e.g. unnormalised weights when log weights span more than float64 can resolve
+            raise ConvergenceError(
+                f"pymbar.MBAR could not estimate F_A - F_B ({error}); the log weights may span too wide a range "
+                "(one sample dominating): check the energies, or try method='exp'"
+            ) from error
     value, stderr = float(result["Delta_f"][3, 2]), float(result["dDelta_f"][3, 2])
     if not (math.isfinite(value) and math.isfinite(stderr)):
         raise ConvergenceError(f"MBAR returned F_A - F_B = {value} +/- {stderr}; a state has too little weight")
     if diagnostics:
-        ess = mbar.compute_effective_sample_number()
+        try:
+            ess = mbar.compute_effective_sample_number()
+        except errors as error:
+            raise ConvergenceError(f"pymbar.MBAR could not compute effective sample numbers: {error}") from error
         for k, name in ((2, "A"), (3, "B")):
             if ess[k] < min_ess:
                 warnings.warn(
@@ -226,7 +236,8 @@ def free_energy_difference(
         state; needs ``reference`` samples in both states).
     reference: ``TargetSamples`` drawn from the target (e.g. MD) with log q, u, masks evaluated on them.
     n_bootstrap: if > 0, the error is the standard deviation of this many bootstrap re-estimates (flow and
-        reference samples resampled independently, with replacement; ``seed`` seeds them); if 0, pymbar's
+        reference samples resampled independently, with replacement; ``seed`` seeds them), or pymbar's asymptotic
+        error where that is larger (without overlap the re-estimates agree on a wrong value); if 0, pymbar's
         asymptotic error (EXP: the delta method; BAR: the two per-state errors in quadrature, which ignores their
         covariance through the shared flow samples and underestimates the error). None (default): 0 for "mbar" and
         "exp", 100 for "bar". Every error assumes independent samples: subsample correlated (MD) data first.
@@ -250,7 +261,13 @@ def free_energy_difference(
     if n_bootstrap is None:
         n_bootstrap = 100 if method == "bar" else 0
     if n_bootstrap > 0:
-        stderr = _bootstrap_stderr(method, flow, ref, n_bootstrap, seed, min_ess, min_overlap)
+        if not math.isfinite(stderr):
+            raise ConvergenceError(
+                f"{label}'s asymptotic error is {stderr}: the states do not overlap, so no bootstrap can give an "
+                "error bar; draw more samples or use a better flow"
+            )
+        # never below the asymptotic error: without overlap the bootstrap re-estimates agree on a wrong value
+        stderr = max(stderr, _bootstrap_stderr(method, flow, ref, n_bootstrap, seed, min_ess, min_overlap))
         label += "+bootstrap"
     return FreeEnergy(value=value, stderr=stderr, method=label)
 

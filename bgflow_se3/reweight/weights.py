@@ -61,11 +61,22 @@ class EffectiveSampleSize(NamedTuple):
     count: float
 
 
+def _to_numpy(values: Any, name: str) -> Any:
+    """A torch tensor (any device) as numpy; anything else unchanged. A ``meta`` tensor holds no data: ValueError."""
+    if hasattr(values, "detach"):  # torch tensor on any device; no torch import needed here
+        if getattr(values, "is_meta", False):
+            raise ValueError(f"{name} is a tensor on the 'meta' device, which holds no data")
+        values = values.detach().cpu().numpy()
+    return values
+
+
 def as_float_array(values: Any, name: str, n: int | None = None, dtype=np.float64) -> np.ndarray:
     """``values`` (numpy array, torch tensor, or sequence) as a 1-D numpy array of length ``n`` (if given)."""
-    if hasattr(values, "detach"):  # torch tensor on any device; no torch import needed here
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values, dtype=dtype)
+    values = _to_numpy(values, name)
+    try:
+        array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be numbers (a numpy array or torch tensor), got {error}") from error
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D of shape (n,), got shape {array.shape}")
     if n is not None and array.shape[0] != n:
@@ -75,9 +86,7 @@ def as_float_array(values: Any, name: str, n: int | None = None, dtype=np.float6
 
 def as_mask(values: Any, name: str, n: int) -> np.ndarray:
     """A boolean mask of shape ``(n,)``; integer or float masks are refused (they usually hide a bug)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    mask = np.asarray(values)
+    mask = np.asarray(_to_numpy(values, name))
     if mask.dtype != np.bool_:
         raise TypeError(f"{name} must be a boolean mask of shape ({n},), got dtype {mask.dtype}")
     if mask.shape != (n,):
@@ -146,6 +155,7 @@ def effective_sample_size(log_w: Any) -> EffectiveSampleSize:
     Returns ``EffectiveSampleSize(fraction, count)`` with count in [1, n].
     """
     log_w = _check_log_w(log_w)
+    log_w = log_w - log_w.max()  # 2 log w overflows for log w > 3.6e307
     count = math.exp(2.0 * logsumexp(log_w) - logsumexp(2.0 * log_w))
     return EffectiveSampleSize(fraction=count / log_w.shape[0], count=count)
 
@@ -158,6 +168,7 @@ def forward_effective_sample_size(log_w: Any) -> EffectiveSampleSize:
     Returns ``EffectiveSampleSize(fraction, count)``; a target sample the flow gives (almost) no density ruins it.
     """
     log_w = _check_log_w(log_w)
+    log_w = log_w - log_w.max()  # the fraction is scale-free; shifting keeps logsumexp(-log_w) finite
     n = log_w.shape[0]
     log_mean_w = logsumexp(log_w) - math.log(n)
     with np.errstate(over="ignore"):

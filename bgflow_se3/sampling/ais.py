@@ -37,6 +37,12 @@ class AISResult(NamedTuple):
     acceptance: Tensor
 
 
+def _check_density(value: Tensor, z: Tensor, name: str) -> None:
+    if not isinstance(value, Tensor) or value.shape != z.shape[:1]:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must return a tensor of shape ({z.shape[0]},), one value per sample, got {shape}")
+
+
 class AnnealedImportanceSampler:
     """AIS with HMC transitions between q and g = p^alpha q^(1 - alpha).
 
@@ -87,8 +93,10 @@ class AnnealedImportanceSampler:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             log_q = log_q_fn(z)
+            _check_density(log_q, z, "log_q_fn")
             (grad_q,) = torch.autograd.grad(log_q.sum(), z)
             log_p = log_p_fn(z)
+            _check_density(log_p, z, "log_p_fn")
             finite_p = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
             (grad_p,) = torch.autograd.grad(finite_p.sum(), z, allow_unused=True)
             if grad_p is None:
@@ -106,7 +114,12 @@ class AnnealedImportanceSampler:
 
         log_q_fn, log_p_fn: z -> (batch,), differentiable in z: the normalised flow density and the unnormalised
         target (for the augmented joint: log p~(x) + log pi(a | x)). Parameter gradients are not taken.
+        Rows where log q or log p is NaN (e.g. non-finite z) end with ``log_w = -inf`` (weight 0); z must be a
+        float32/float64 tensor (``TypeError`` otherwise), and each function must return shape (batch,)
+        (``ValueError`` otherwise).
         """
+        if not isinstance(z, Tensor) or not z.is_floating_point():
+            raise TypeError(f"z must be a float32 or float64 tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         alpha = self.alpha
         log_q, log_p, grad_q, grad_p = self._components(log_q_fn, log_p_fn, z)
         flow_log_w = log_p - log_q

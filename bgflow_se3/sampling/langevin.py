@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..energy.base import Energy
+from ..errors import NonFiniteInputError
 
 __all__ = ["LangevinTrajectory", "langevin_dynamics", "minimise"]
 
@@ -42,6 +43,13 @@ def _energy_and_force(energy: Energy, x: Tensor) -> tuple[Tensor, Tensor]:
     return u.detach(), -grad
 
 
+def _check_start(x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"x must be float32 or float64 positions (nm), got {x.dtype}")
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        raise NonFiniteInputError("x holds NaN or infinite positions; start from finite configurations")
+
+
 def minimise(
     energy: Energy, x: Tensor, n_steps: int = 200, max_displacement: float = 0.005, step: float = 1e-5
 ) -> Tensor:
@@ -51,6 +59,7 @@ def minimise(
     max_displacement (nm) caps each atom's move, so clashes of hand-built starting structures are removed without
     blowing up. x (batch, n_atoms, 3) -> same shape.
     """
+    _check_start(x)
     x = x.clone()
     for _ in range(n_steps):
         _, force = _energy_and_force(energy, x)
@@ -84,6 +93,9 @@ def langevin_dynamics(
         raise ValueError("langevin_dynamics needs an energy with a temperature (kT in kJ/mol)")
     if x.ndim != 3 or masses.shape != (x.shape[1],):
         raise ValueError(f"x must be (n_replicas, n_atoms, 3) and masses (n_atoms,), got {x.shape}, {masses.shape}")
+    _check_start(x)
+    if not bool(torch.isfinite(masses).all() and (masses > 0).all()):
+        raise ValueError(f"masses must be positive and finite (amu), got min {float(masses.min())}")
     if not (timestep_ps > 0 and friction_per_ps > 0 and save_every > 0 and n_steps >= 0):
         raise ValueError("timestep_ps, friction_per_ps and save_every must be positive, n_steps non-negative")
     inv_m = (1.0 / masses.to(x))[None, :, None]

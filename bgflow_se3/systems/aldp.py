@@ -1,4 +1,4 @@
-"""Alanine dipeptide (ACE-ALA-NME, 22 atoms): amber99sbildn in vacuum or OBC implicit solvent, 300 K."""
+"""Alanine dipeptide (ACE-ALA-NME, 22 atoms): amber99sbildn in vacuum or OBC implicit solvent, amber14 + GBn2, 300 K."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["CHIRAL_CENTRE_ATOMS", "PHI_ATOMS", "PSI_ATOMS", "AlanineDipeptide", "is_l_form", "load_aldp"]
+__all__ = ["CHIRAL_CENTRE_ATOMS", "PHI_ATOMS", "PSI_ATOMS", "SOLVENTS", "AlanineDipeptide", "is_l_form", "load_aldp"]
 
-Solvent = Literal["vacuum", "implicit"]
+Solvent = Literal["vacuum", "implicit", "gbn2"]
+#: The shipped Systems: name -> force-field files (openmm.app names); see ``bgflow_se3.systems.builders``.
+SOLVENTS = ("vacuum", "implicit", "gbn2")
 
 #: atom indices of the backbone dihedrals in the shipped topology (checked against mdtraj in the tests)
 PHI_ATOMS = (4, 6, 8, 14)  # C(ACE) - N - CA - C
@@ -36,10 +38,11 @@ def is_l_form(x):
 class AlanineDipeptide:
     """An alanine dipeptide test system, in the openmmtools style.
 
-    system: openmm.System (NoCutoff, no constraints; ``implicit`` adds a GBSAOBCForce).
+    system: openmm.System (NoCutoff, no constraints; ``implicit`` adds a GBSAOBCForce, ``gbn2`` is amber14 with a
+        CustomGBForce).
     topology: openmm.app.Topology.
     positions: openmm Quantity of shape (22, 3), nm: the shipped minimisable starting structure.
-    solvent: "vacuum" or "implicit".
+    solvent: "vacuum", "implicit" or "gbn2".
     """
 
     system: Any
@@ -63,15 +66,21 @@ class AlanineDipeptide:
 
 
 def load_aldp(solvent: Solvent = "implicit") -> AlanineDipeptide:
-    """Load the shipped alanine dipeptide System: ``load_aldp("implicit")`` or ``load_aldp("vacuum")``.
+    """Load a shipped alanine dipeptide System, all NoCutoff, unconstrained, without CMMotionRemover:
 
-    The files live in ``bgflow_se3/systems/data/aldp`` and are rebuilt by ``python systems/aldp/build.py``.
+    - ``"vacuum"``: amber99sbildn.xml;
+    - ``"implicit"`` (default): amber99sbildn.xml + amber99_obc.xml (a ``GBSAOBCForce``, OBC type II);
+    - ``"gbn2"``: amber14-all.xml + implicit/gbn2.xml (GBn2 implicit solvent as a ``CustomGBForce``, Nguyen et al.
+      2013; amber14's ff14SB parameters, so its bonded and nonbonded energies differ from the two above).
+
+    All share the topology and positions of ``aldp.pdb``. The files live in ``bgflow_se3/systems/data/aldp`` and
+    are rebuilt by ``python systems/aldp/build.py``.
     """
     import openmm
     import openmm.app as app
 
-    if solvent not in ("vacuum", "implicit"):
-        raise ValueError(f"solvent must be 'vacuum' or 'implicit', got {solvent!r}")
+    if solvent not in SOLVENTS:
+        raise ValueError(f"solvent must be one of {', '.join(map(repr, SOLVENTS))}, got {solvent!r}")
     data = resources.files("bgflow_se3.systems") / "data" / "aldp"
     with resources.as_file(data / "aldp.pdb") as pdb_path:
         pdb = app.PDBFile(str(pdb_path))

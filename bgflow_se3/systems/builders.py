@@ -6,18 +6,19 @@ from pathlib import Path
 
 __all__ = ["ALDP_FORCEFIELDS", "build_aldp_systems", "write_aldp_files"]
 
-#: Force-field files of the two alanine dipeptide Systems, as named in openmm.app.
+#: Force-field files of the alanine dipeptide Systems, as named in openmm.app.
 ALDP_FORCEFIELDS = {
     "vacuum": ("amber99sbildn.xml",),
     "implicit": ("amber99sbildn.xml", "amber99_obc.xml"),
+    "gbn2": ("amber14-all.xml", "implicit/gbn2.xml"),
 }
 
 
 def build_aldp_systems(topology):
-    """Alanine dipeptide Systems: amber99sbildn (+ amber99_obc), NoCutoff, no constraints, no CMMotionRemover.
+    """Alanine dipeptide Systems of ``ALDP_FORCEFIELDS``, NoCutoff, no constraints, no CMMotionRemover.
 
     topology: openmm.app.Topology of ACE-ALA-NME (22 atoms).
-    Returns a dict ``{"vacuum": System, "implicit": System}``.
+    Returns a dict ``{"vacuum": System, "implicit": System, "gbn2": System}``.
     """
     import openmm.app as app
 
@@ -35,7 +36,7 @@ def build_aldp_systems(topology):
 
 
 def write_aldp_files(directory: str | Path) -> None:
-    """Write ``aldp.pdb``, ``vacuum.xml`` and ``implicit.xml`` into ``directory``.
+    """Write ``aldp.pdb``, ``vacuum.xml``, ``implicit.xml`` and ``gbn2.xml`` into ``directory``.
 
     The structure is openmmtools' alanine dipeptide (the tleap-built ACE-ALA-NME shipped with openmmtools);
     the Systems come from :func:`build_aldp_systems` on the topology read back from the written PDB, so that

@@ -1,7 +1,8 @@
 """Rebuild the shipped alanine dipeptide files: python systems/aldp/build.py [--out DIR].
 
-Writes aldp.pdb (openmmtools' ACE-ALA-NME structure) and the serialized Systems vacuum.xml (amber99sbildn.xml)
-and implicit.xml (amber99sbildn.xml + amber99_obc.xml), NoCutoff, constraints=None, no CMMotionRemover.
+Writes aldp.pdb (openmmtools' ACE-ALA-NME structure) and the serialized Systems vacuum.xml (amber99sbildn.xml),
+implicit.xml (amber99sbildn.xml + amber99_obc.xml) and gbn2.xml (amber14-all.xml + implicit/gbn2.xml), NoCutoff,
+constraints=None, no CMMotionRemover.
 """
 
 import argparse

@@ -10,6 +10,12 @@ Windows: ``--windows`` centres evenly on [-pi, pi), a CustomTorsionForce bias k/
 repartitioning changes masses only, so the configurational distribution (and every phi free energy) is that of
 the shipped System.
 
+Replica exchange (the default, ``--exchange-every-ps 1``): every ps neighbouring windows (a ring) try to swap
+their configurations, accepted by the Metropolis rule on the bias energies (``bgflow_se3.systems.replica_exchange``),
+so psi, the slow coordinate the phi bias does not touch, relaxes where it moves fast and travels into the barrier
+windows where it does not. ``--exchange-every-ps 0`` runs independent windows (the earlier protocol); the two
+protocols keep separate caches (``CACHE`` ends in ``_exchange`` for replica exchange).
+
 Repeats: ``--repeats N`` fully independent runs with seeds ``seed, seed + 1, ..., seed + N - 1``, each cached in
 its own folder ``CACHE/seed_<seed>`` (default CACHE ~/.cache/bgflow_se3/aldp_umbrella/<solvent>) and run (or
 extended, never restarted) one after the other. The OpenMM seeds of every window are hashed from (run seed,

@@ -232,12 +232,13 @@ def test_non_finite_configuration_gets_infinite_energy_and_zero_force(solvent):
 # --- errors -------------------------------------------------------------------------------------------------
 
 
-def test_custom_gb_force_is_named_in_the_error():
-    system = _testsystem("AlanineDipeptideImplicit").system
-    with pytest.raises(UnsupportedForceError, match="CustomGBForce") as info:
+def test_unsupported_custom_force_is_named_in_the_error():
+    system = load_aldp("vacuum").system
+    system.addForce(openmm.CustomCentroidBondForce(2, "distance(g1, g2)"))
+    with pytest.raises(UnsupportedForceError, match="CustomCentroidBondForce") as info:
         TorchForceField.from_system(system)
     assert isinstance(info.value, NotImplementedError)
-    assert "GBSAOBCForce" in str(info.value) and "HarmonicBondForce" in str(info.value)
+    assert "CustomGBForce" in str(info.value) and "HarmonicBondForce" in str(info.value)
 
 
 def _nonbonded(system):

@@ -1,4 +1,5 @@
-"""The shipped alanine dipeptide files (aldp.pdb, vacuum.xml, implicit.xml) are what systems/aldp/build.py makes."""
+"""The shipped alanine dipeptide files (aldp.pdb, vacuum.xml, implicit.xml, gbn2.xml) are what systems/aldp/build.py
+makes."""
 
 import runpy
 import sys
@@ -67,7 +68,7 @@ def test_shipped_pdb_is_the_rebuilt_one(rebuilt):
     np.testing.assert_allclose(pdb.positions.value_in_unit(unit.nanometer), shipped.positions_nm, atol=1e-4)
 
 
-@pytest.mark.parametrize("solvent", ["vacuum", "implicit"])
+@pytest.mark.parametrize("solvent", ["vacuum", "implicit", "gbn2"])
 def test_shipped_system_is_the_rebuilt_one(rebuilt, solvent):
     """Same forces, masses and constraints, and per-force energies and forces equal to 1e-6 relative."""
     import openmm
@@ -77,7 +78,8 @@ def test_shipped_system_is_the_rebuilt_one(rebuilt, solvent):
     system = openmm.XmlSerializer.deserialize((rebuilt / f"{solvent}.xml").read_text())
     names = [type(f).__name__ for f in system.getForces()]
     assert names == [type(f).__name__ for f in shipped.getForces()]
-    assert ("GBSAOBCForce" in names or "CustomGBForce" in names) == (solvent == "implicit")
+    assert ("GBSAOBCForce" in names or "CustomGBForce" in names) == (solvent != "vacuum")
+    assert ("CustomGBForce" in names) == (solvent == "gbn2")
     assert "CMMotionRemover" not in names and system.getNumConstraints() == shipped.getNumConstraints() == 0
     masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
     assert masses == [shipped.getParticleMass(i).value_in_unit(unit.dalton) for i in range(shipped.getNumParticles())]
@@ -87,3 +89,17 @@ def test_shipped_system_is_the_rebuilt_one(rebuilt, solvent):
     np.testing.assert_allclose(energies, shipped_energies, rtol=1e-6, atol=1e-6)
     scale = np.abs(shipped_forces).max()
     np.testing.assert_allclose(forces, shipped_forces, rtol=0, atol=1e-6 * scale)
+
+
+def test_load_aldp_names_the_choices():
+    with pytest.raises(ValueError, match="gbn2"):
+        load_aldp("explicit")
+
+
+def test_gbn2_is_amber14_with_gbn2_on_the_shipped_topology():
+    """The GBn2 System has the shipped topology, amber14 parameters (not amber99sbildn) and GBn2's neck tables."""
+    aldp = load_aldp("gbn2")
+    assert aldp.solvent == "gbn2" and aldp.system.getNumParticles() == 22
+    gb = next(f for f in aldp.system.getForces() if type(f).__name__ == "CustomGBForce")
+    assert sorted(gb.getTabulatedFunctionName(i) for i in range(gb.getNumTabulatedFunctions())) == ["getd0", "getm0"]
+    assert gb.getNonbondedMethod() == gb.NoCutoff

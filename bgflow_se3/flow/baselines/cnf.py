@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positions
+
 __all__ = [
     "ContinuousFlow",
     "TraceMethod",
@@ -168,11 +170,7 @@ class ContinuousFlow(nn.Module):
         return next(self.parameters())
 
     def _check(self, x: Tensor) -> Tensor:
-        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, self.dim):
-            raise ValueError(f"x must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x holds NaN or infinite coordinates; a log-density of them is undefined")
-        return remove_mean(x)
+        return remove_mean(check_positions(x, self.n_atoms, self.dim, self._reference()))
 
     def _integrate(
         self,
@@ -281,6 +279,8 @@ class ContinuousFlow(nn.Module):
         Integrates from latent (t = 1) back to data (t = 0); the divergence is accumulated along the same path, so
         ``log q(x) = log N_sub(z) - int_1^0 div f dt``. Differentiable w.r.t. the parameters when grad is enabled.
         """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         ref = self._reference()
         z = sample_com_free_gaussian(n, self.n_atoms, self.dim, generator, dtype=ref.dtype, device=ref.device)
         z = z * self.length_scale

@@ -30,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positions
 from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from ..geometry import safe_norm
 from ..splines import n_spline_params, rational_quadratic_spline
@@ -204,8 +205,9 @@ class GroupAveragedFlow(CouplingStack):
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats on the CoM-free subspace, shape (batch,); x: (batch, n_atoms, dim), CoM removed first.
         Evaluates the spline flow on batch x group_size internal-coordinate vectors."""
-        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, self.dim):
-            raise ValueError(f"x must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
+        x = check_positions(x, self.n_atoms, self.dim, self.shift)
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         batch, n_perm = x.shape[0], self.permutations.shape[0]
         u, log_jac = self.internal_coordinates(x[:, self.permutations])  # (batch, n_perm, D), (batch, n_perm)
         if self.reflections:  # a mirror image has the same radii, hence the same Jacobian
@@ -216,7 +218,11 @@ class GroupAveragedFlow(CouplingStack):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n CoM-free configurations (n, n_atoms, dim) and their log q (n,), nats; reparameterised in u."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         ref = self.shift
+        if n == 0:
+            return ref.new_zeros(0, self.n_atoms, self.dim), ref.new_zeros(0)
         gen_device = generator.device if generator is not None else ref.device
 
         def draw(fn, *args, **kwargs) -> Tensor:

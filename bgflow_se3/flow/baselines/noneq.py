@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positions
 from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from .cnf import remove_mean
 
@@ -126,13 +127,14 @@ class NonEquivariantFlow(CouplingStack):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) in nats on the CoM-free subspace, shape (batch,); x: (batch, n_atoms, dim), CoM removed first."""
-        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, self.dim):
-            raise ValueError(f"x must have shape (batch, {self.n_atoms}, {self.dim}), got {tuple(x.shape)}")
+        x = check_positions(x, self.n_atoms, self.dim, self.basis)
         z, log_det = self(self.to_subspace(x))
         return self.normal_log_prob(z) + log_det
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n CoM-free configurations (n, n_atoms, dim) and their log q (n,), nats; reparameterised."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         z = self.draw_latent(n, generator)
         y, log_det = self.inverse(z)
         return self.from_subspace(y), self.normal_log_prob(z) - log_det

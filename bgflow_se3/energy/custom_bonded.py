@@ -1,0 +1,266 @@
+"""OpenMM's custom bonded forces (CustomBond/Angle/Torsion/External/CompoundBondForce) as batched torch terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedForceError, UnsupportedSystemError
+from .expressions import CompiledExpression, TabulatedFunction, compile_expression, tabulated_functions
+from .torch_forcefield import ForceTerm, _f64, _long, _plain
+
+__all__ = [
+    "CUSTOM_BONDED_BUILDERS",
+    "CustomAngleTerm",
+    "CustomBondTerm",
+    "CustomCompoundBondTerm",
+    "CustomExternalTerm",
+    "CustomTorsionTerm",
+    "CustomTerm",
+]
+
+
+def _positions(x: Tensor, atoms: Tensor) -> tuple[Tensor, ...]:
+    """Positions of the atoms of each term: ``atoms`` (n, k) -> k tensors of shape (batch, n, 3)."""
+    n, k = atoms.shape
+    return x.index_select(1, atoms.reshape(-1)).view(x.shape[0], n, k, 3).unbind(dim=2)
+
+
+def _angle(a: Tensor, b: Tensor) -> Tensor:
+    """Angle between vectors a and b (..., 3) in radians, [0, pi] (atan2 form, accurate near 0 and pi)."""
+    return torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(dim=-1))
+
+
+def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
+    """Dihedral p1-p2-p3-p4 in radians, (-pi, pi], with OpenMM's sign."""
+    b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
+    return torch.atan2(y, (n1 * n2).sum(dim=-1))
+
+
+class CustomTerm(ForceTerm):
+    """A custom bonded force: ``sum over terms of E(geometry, per-term parameters, globals)``, kJ/mol.
+
+    expression: the OpenMM energy expression (Lepton syntax). atoms: long, shape (n_terms, k), the particles of
+    each term. parameters: float64, shape (n_terms, n_parameters), named by ``parameter_names``. Global
+    parameters start at the force's default values; change them with :meth:`set_global_parameter`. Subclasses
+    define the geometric variables (``_geometry``).
+    """
+
+    #: Variables the geometry provides (e.g. ``("r",)``).
+    geometric_variables: tuple[str, ...] = ()
+    _particle_functions = False
+
+    def __init__(
+        self,
+        name: str,
+        expression: str,
+        atoms: Tensor,
+        parameters: Tensor,
+        parameter_names: Sequence[str],
+        global_parameters: Mapping[str, float] | None = None,
+        functions: Mapping[str, TabulatedFunction] | None = None,
+        force_index: int = -1,
+        force_group: int = 0,
+    ) -> None:
+        super().__init__(name, force_index, force_group)
+        self.expression = expression
+        self.compiled: CompiledExpression = compile_expression(expression, functions, self._particle_functions)
+        self.parameter_names = tuple(parameter_names)
+        globals_ = dict(global_parameters or {})
+        self.global_names = tuple(globals_)
+        if parameters.shape != (atoms.shape[0], len(self.parameter_names)):
+            raise ValueError(
+                f"parameters have shape {tuple(parameters.shape)}, expected ({atoms.shape[0]}, {len(parameter_names)})"
+            )
+        known = set(self.geometric_variables) | set(self.parameter_names) | set(self.global_names)
+        known |= set(self._particle_variables(atoms.shape[1]))
+        unknown = sorted(self.compiled.variables - known)
+        if unknown:
+            raise UnsupportedForceError(
+                f"force {force_index} ({name}): expression {expression!r} uses unknown variables {unknown}; "
+                f"it may use {sorted(known)}"
+            )
+        self.register_buffer("atoms", atoms)
+        self.register_buffer("term_parameters", parameters)
+        self.register_buffer("global_values", _f64([globals_[g] for g in self.global_names]))
+
+    def _particle_variables(self, n_particles: int) -> list[str]:
+        return []
+
+    @property
+    def global_parameters(self) -> dict[str, float]:
+        """Current values of the global parameters by name."""
+        return {name: float(v) for name, v in zip(self.global_names, self.global_values.tolist())}
+
+    def set_global_parameter(self, name: str, value: float) -> None:
+        """Set global parameter ``name`` (in OpenMM's default units) for later evaluations."""
+        if name not in self.global_names:
+            raise KeyError(f"{self.name} has no global parameter {name!r}; it has {list(self.global_names)}")
+        with torch.no_grad():
+            self.global_values[self.global_names.index(name)] = float(value)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n_terms={self.atoms.shape[0]}, expression={self.expression!r}"
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Energy in kJ/mol, shape (batch,), for positions x in nm, shape (batch, n_atoms, 3)."""
+        if self.atoms.shape[0] == 0:
+            return x.new_zeros(x.shape[0])
+        values: dict[str, Tensor] = self._geometry(x)
+        parameters = self.term_parameters.to(x.dtype)
+        for j, name in enumerate(self.parameter_names):
+            values[name] = parameters[:, j]
+        global_values = self.global_values.to(x.dtype)
+        for j, name in enumerate(self.global_names):
+            values[name] = global_values[j]
+        return self.compiled(values).sum(dim=-1)
+
+    @classmethod
+    def _common(cls, force: Any, force_index: int) -> dict[str, Any]:
+        """Expression, globals, tabulated functions and force group of ``force``; refuses periodic forces."""
+        name = type(force).__name__
+        expression = force.getEnergyFunction()
+        functions = tabulated_functions(force)
+        compile_expression(expression, functions, cls._particle_functions)  # names unsupported functions first
+        if force.usesPeriodicBoundaryConditions():
+            raise UnsupportedSystemError(
+                f"force {force_index} ({name}) uses periodic boundary conditions; TorchForceField supports only "
+                "non-periodic Systems: disable them (setUsesPeriodicBoundaryConditions(False)) or use OpenMMEnergy"
+            )
+        globals_ = {
+            force.getGlobalParameterName(i): _plain(force.getGlobalParameterDefaultValue(i))
+            for i in range(force.getNumGlobalParameters())
+        }
+        return {
+            "name": name,
+            "expression": expression,
+            "global_parameters": globals_,
+            "functions": functions,
+            "force_index": force_index,
+            "force_group": force.getForceGroup(),
+        }
+
+
+def _table(rows: list[Sequence[Any]], width: int, n_parameters: int) -> tuple[Tensor, Tensor]:
+    """Atom indices (n, width) and float64 parameters (n, n_parameters) from OpenMM rows (atoms..., params)."""
+    atoms = _long([r[:width] for r in rows], width)
+    parameters = torch.as_tensor(
+        np.asarray([[_plain(v) for v in r[width]] for r in rows], dtype=np.float64).reshape(len(rows), n_parameters)
+    )
+    return atoms, parameters
+
+
+class CustomBondTerm(CustomTerm):
+    """``CustomBondForce``: E(r, parameters) per bond, r the distance in nm."""
+
+    geometric_variables = ("r",)
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        a, b = _positions(x, self.atoms)
+        d = b - a
+        return {"r": (d * d).sum(dim=-1).sqrt()}
+
+    @classmethod
+    def from_force(cls, force: Any, force_index: int = -1) -> CustomBondTerm:
+        common = cls._common(force, force_index)
+        names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
+        rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
+        atoms, parameters = _table(rows, 2, len(names))
+        return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
+
+
+class CustomAngleTerm(CustomTerm):
+    """``CustomAngleForce``: E(theta, parameters) per angle, theta in radians at the middle particle, [0, pi]."""
+
+    geometric_variables = ("theta",)
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        a, vertex, c = _positions(x, self.atoms)
+        return {"theta": _angle(a - vertex, c - vertex)}
+
+    @classmethod
+    def from_force(cls, force: Any, force_index: int = -1) -> CustomAngleTerm:
+        common = cls._common(force, force_index)
+        names = [force.getPerAngleParameterName(i) for i in range(force.getNumPerAngleParameters())]
+        rows = [force.getAngleParameters(a) for a in range(force.getNumAngles())]
+        atoms, parameters = _table(rows, 3, len(names))
+        return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
+
+
+class CustomTorsionTerm(CustomTerm):
+    """``CustomTorsionForce``: E(theta, parameters) per torsion, theta the dihedral in radians, (-pi, pi]."""
+
+    geometric_variables = ("theta",)
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        return {"theta": _dihedral(*_positions(x, self.atoms))}
+
+    @classmethod
+    def from_force(cls, force: Any, force_index: int = -1) -> CustomTorsionTerm:
+        common = cls._common(force, force_index)
+        names = [force.getPerTorsionParameterName(i) for i in range(force.getNumPerTorsionParameters())]
+        rows = [force.getTorsionParameters(t) for t in range(force.getNumTorsions())]
+        atoms, parameters = _table(rows, 4, len(names))
+        return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
+
+
+class CustomExternalTerm(CustomTerm):
+    """``CustomExternalForce``: E(x, y, z, parameters) per particle, coordinates in nm."""
+
+    geometric_variables = ("x", "y", "z")
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        (p,) = _positions(x, self.atoms)
+        return {"x": p[..., 0], "y": p[..., 1], "z": p[..., 2]}
+
+    @classmethod
+    def from_force(cls, force: Any, force_index: int = -1) -> CustomExternalTerm:
+        common = cls._common(force, force_index)
+        names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
+        rows = [force.getParticleParameters(p) for p in range(force.getNumParticles())]
+        atoms, parameters = _table(rows, 1, len(names))
+        return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
+
+
+class CustomCompoundBondTerm(CustomTerm):
+    """``CustomCompoundBondForce``: E(particles, parameters) per bond of ``n_particles`` particles.
+
+    The expression may use ``distance(p1, p2)``, ``angle(p1, p2, p3)``, ``dihedral(p1, p2, p3, p4)``,
+    ``pointdistance``/``pointangle``/``pointdihedral`` and the coordinates ``x1, y1, z1, ...`` (nm).
+    """
+
+    _particle_functions = True
+
+    def _particle_variables(self, n_particles: int) -> list[str]:
+        return [f"p{k + 1}" for k in range(n_particles)]
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        return {f"p{k + 1}": p for k, p in enumerate(_positions(x, self.atoms))}
+
+    @classmethod
+    def from_force(cls, force: Any, force_index: int = -1) -> CustomCompoundBondTerm:
+        common = cls._common(force, force_index)
+        names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
+        width = force.getNumParticlesPerBond()
+        rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
+        atoms, parameters = _table([(*r[0], r[1]) for r in rows], width, len(names))
+        return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
+
+
+#: OpenMM class name -> builder ``(force, force_index) -> ForceTerm``, to merge into TorchForceField's builders.
+CUSTOM_BONDED_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
+    "CustomBondForce": CustomBondTerm.from_force,
+    "CustomAngleForce": CustomAngleTerm.from_force,
+    "CustomTorsionForce": CustomTorsionTerm.from_force,
+    "CustomExternalForce": CustomExternalTerm.from_force,
+    "CustomCompoundBondForce": CustomCompoundBondTerm.from_force,
+}
