@@ -9,8 +9,8 @@ The policy (``plan_threads``):
 
 - cores: the CPUs this process may run on: its affinity mask (``os.sched_getaffinity``), capped by a cgroup CPU
   quota (``cpu.max`` in cgroup v2, ``cfs_quota_us / cfs_period_us`` in v1) when there is one;
-- busy: cores kept busy by other processes now, from the 1-minute load average (minus this process's own
-  running threads), rounded down; OpenMM workers of our own pools count as busy when they run beside torch;
+- busy: cores kept busy by other processes now, measured over a quarter of a second from the per-CPU counters of
+  /proc/stat (our CPUs only, minus this process's own CPU time), rounded to the nearest core;
 - torch threads = cores - busy - our OpenMM workers, at least 1; each OpenMM worker's Context gets 1 thread.
 
 One setting overrides the plan: ``set_threads(n)`` or the environment variable ``BGFLOW_SE3_THREADS``. The
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +83,44 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
-def _busy_cores(cores: int) -> int:
-    """Cores other processes keep busy now: the 1-minute load average minus our own running threads, rounded down."""
+def _busy_cores(cores: int, interval_s: float = 0.25) -> int:
+    """Cores other processes keep busy now, rounded to the nearest whole core, in [0, cores].
+
+    Measured over ``interval_s`` from the per-CPU counters in /proc/stat (only the CPUs of our affinity mask) minus
+    this process's own CPU time; where /proc/stat is missing, the 1-minute load average minus our running threads
+    (which lags: a new neighbour reaches a load of 1 only after minutes).
+    """
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0
-    own = _own_running_threads()
-    return int(min(cores, max(0.0, load - own)))
+        cpus = sorted(os.sched_getaffinity(0))
+        busy0, total0 = _cpu_jiffies(cpus)
+        own0 = _own_cpu_seconds()
+        start = time.perf_counter()
+        time.sleep(interval_s)
+        busy1, total1 = _cpu_jiffies(cpus)
+        own = (_own_cpu_seconds() - own0) / (time.perf_counter() - start)  # cores we used meanwhile
+        per_cpu = (total1 - total0) / len(cpus)  # jiffies of one CPU in the window
+        busy = (busy1 - busy0) / per_cpu - own if per_cpu > 0 else 0.0
+    except (AttributeError, OSError, ValueError, IndexError, ZeroDivisionError):
+        try:
+            busy = os.getloadavg()[0] - _own_running_threads()
+        except (AttributeError, OSError):
+            return 0
+    return int(min(cores, max(0, round(busy))))
+
+
+def _cpu_jiffies(cpus: list[int]) -> tuple[int, int]:
+    """(busy, total) jiffies summed over the given CPUs, from /proc/stat (busy = total - idle - iowait)."""
+    wanted = {f"cpu{c}" for c in cpus}
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            total += sum(values)
+            busy += sum(values) - values[3] - values[4]
+    if total == 0:
+        raise ValueError("no CPU of the affinity mask in /proc/stat")
+    return busy, total
 
 
 def _own_running_threads() -> int:
@@ -103,6 +134,12 @@ def _own_running_threads() -> int:
     except (OSError, ValueError):
         return 0
     return max(0, running - 1)  # the thread reading /proc is running by definition; it is about to compute
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used, all its threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 def set_threads(n: int | None) -> None:

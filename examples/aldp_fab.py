@@ -23,7 +23,8 @@ Everything lands in --out: metrics.jsonl, training_curves.png, samples.dcd + top
 samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachandran.png, phi_profile.png and
 results.json (dF and its error, reverse ESS, effective samples per state, D fraction, Ramachandran KL against MD
 and KL against the umbrella phi profile where those references exist, target evaluations, wall time).
---smoke runs the smallest sizes (tests).
+--smoke runs the smallest sizes (tests). Ctrl-C or SIGTERM during training stops after the current iteration with
+checkpoint.pt written (exit status 130 / 143); --resume continues from it.
 
 GPU mode budget (FULL): the augmented coupling flow at the reference implementation's alanine dipeptide size (8
 blocks, EGNN 3 x 32, vector projection) from scratch: 6,000 iterations x 256 samples x (1 + 8 x 4) = 5.1e7 target
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +48,16 @@ from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
 from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
-from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer, init_from_env, training_summary
+from bgflow_se3.threads import set_threads
+from bgflow_se3.train import (
+    FABObjective,
+    TargetDensity,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    init_from_env,
+    training_summary,
+)
 
 TEMPERATURE = 300.0
 FAB_FINE_TUNE = dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, step_size=0.002, ais_chunk_size=None)
@@ -107,7 +118,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 if shared)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: bgflow_se3.threads' policy)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
     parser.add_argument(
@@ -120,7 +133,7 @@ def main() -> None:
     name = "smoke" if args.smoke else "quick" if args.quick else "long" if args.long else "full"
     setup = {"smoke": SMOKE, "quick": QUICK, "long": LONG, "full": FULL}[name]
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     out = args.out or Path("runs") / f"aldp_fab_{name}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -142,7 +155,12 @@ def main() -> None:
         progress=not args.no_progress,
         checkpoint_every=0 if name in ("smoke", "quick") else 500,
     )
-    result = Trainer(flow, objective, config, out_dir=out, distributed=ctx).run(resume=args.resume)
+    try:
+        result = Trainer(flow, objective, config, out_dir=out, distributed=ctx).run(resume=args.resume)
+    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
+        ctx.close()
+        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
+        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:  # rank 0 samples, reweights and writes
         return

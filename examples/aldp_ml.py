@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,
     Trainer,
+    TrainingInterrupted,
     marginal_nll,
     plot_training_curves,
     training_summary,
@@ -142,7 +144,11 @@ def main() -> None:
     chunk = max(1, n_iterations // setup["n_curve_points"])
     result = None
     for until in range(chunk, n_iterations + chunk, chunk):
-        result = trainer.run(until=min(until, n_iterations), resume=args.resume and result is None)
+        try:
+            result = trainer.run(until=min(until, n_iterations), resume=args.resume and result is None)
+        except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
+            print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
+            sys.exit(stop.exit_code)
         if curve and curve[-1]["iteration"] >= result.iterations:
             continue
         record = {

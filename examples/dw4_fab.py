@@ -29,12 +29,14 @@ runs need the kinetic regulariser (``kinetic_weight``, set in the full environme
 it stiffen the field into a fake NLL of 6.4 (below the entropy, ESS 0.3 %); with 0.02 they give an honest 7.87.
 
 Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, results.json. --resume continues.
+Ctrl-C or SIGTERM stops after the current iteration with the checkpoint written (exit status 130 / 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +54,7 @@ from bgflow_se3.train import (
     FABObjective,
     TrainConfig,
     Trainer,
+    TrainingInterrupted,
     fab_scores,
     init_from_env,
     training_summary,
@@ -156,7 +159,12 @@ def main() -> None:
     )
     trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
     start = time.perf_counter()
-    result = trainer.run(resume=args.resume)
+    try:
+        result = trainer.run(resume=args.resume)
+    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
+        ctx.close()
+        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
+        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:  # rank 0 evaluates and writes
         return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from bgflow_se3.train import (
     HamiltonianMonteCarlo,
     JointFlow,
     TargetDensity,
+    TrainingInterrupted,
     autograd_log_density,
     effective_sample_size,
     fit_ml,
@@ -82,20 +84,25 @@ def main() -> None:
     flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **setup["flow"]).to(
         device, torch.float32
     )
-    result = fit_ml(
-        flow,
-        train.float(),
-        batch_size=setup["batch_size"],
-        target=energy,
-        n_iterations=setup["n_iterations"],
-        lr=setup["lr"],
-        warmup_iterations=setup["n_iterations"] // 20,
-        eval_every=max(setup["n_iterations"] // 10, 1),
-        seed=args.seed,
-        progress=not args.no_progress,
-        out_dir=out,
-        resume=args.resume,
-    )
+    try:
+        result = fit_ml(
+            flow,
+            train.float(),
+            batch_size=setup["batch_size"],
+            target=energy,
+            n_iterations=setup["n_iterations"],
+            lr=setup["lr"],
+            warmup_iterations=setup["n_iterations"] // 20,
+            eval_every=max(setup["n_iterations"] // 10, 1),
+            seed=args.seed,
+            progress=not args.no_progress,
+            out_dir=out,
+            resume=args.resume,
+        )
+    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
+        ctx.close()
+        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
+        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:
         return

@@ -85,8 +85,41 @@ def test_cgroup_v2_quota_is_read(tmp_path, monkeypatch):
     assert threads._cgroup_cpu_quota() is None
 
 
-def test_busy_cores_subtract_our_own_running_threads(monkeypatch):
+def test_busy_cores_count_other_work_on_our_cpus(monkeypatch):
+    # two CPUs, 100 jiffies each in the window: 150 busy jiffies = 1.5 cores, of which we used 0.4
+    samples = iter([(1000, 4000), (1150, 4200)])
+    own = iter([10.0, 10.1])
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(threads, "_cpu_jiffies", lambda cpus: next(samples))
+    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    clock = iter([0.0, 0.25])
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: next(clock))
+    assert threads._busy_cores(2) == 1  # 1.5 - 0.4 = 1.1 -> 1
+
+
+def test_busy_cores_fall_back_to_the_load_average(monkeypatch):
+    def no_proc(cpus):
+        raise OSError("no /proc/stat")
+
+    monkeypatch.setattr(threads, "_cpu_jiffies", no_proc)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.7, 0.0, 0.0))
     monkeypatch.setattr(threads, "_own_running_threads", lambda: 1)
-    assert threads._busy_cores(4) == 1
+    assert threads._busy_cores(4) == 2
     assert threads._busy_cores(1) == 1
+
+
+def test_a_busy_neighbour_is_seen(tmp_path):
+    # a real spinning process on one of our CPUs shows up as (at least) one busy core within a quarter second
+    import subprocess
+    import sys
+
+    cpus = sorted(threads.os.sched_getaffinity(0))
+    code = f"import os, time; os.sched_setaffinity(0, {{{cpus[0]}}}); t = time.time()\nwhile time.time() - t < 5: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        threads.time.sleep(0.5)
+        assert threads._busy_cores(len(cpus)) >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()

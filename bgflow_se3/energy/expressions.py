@@ -597,6 +597,12 @@ class CompiledExpression:
         self.particles: frozenset[str] = frozenset(self._particles)
         del self._memo, self._loads
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The compiled program holds closures, which do not pickle: pickle the source and compile it again.
+        particles = self._prefix is not None
+        kwargs = {"particle_prefix": self._prefix} if particles else {}
+        return (_recompile, (self.text, self._functions, particles, kwargs))
+
     def __repr__(self) -> str:
         return f"CompiledExpression({self.text!r})"
 
@@ -731,3 +737,10 @@ def compile_expression(
     root = _Parser(expression, graph, converted, particle_functions).parse()
     root = graph.simplify(graph.fold(root))
     return CompiledExpression(expression, root, converted, particle_prefix if particle_functions else None)
+
+
+def _recompile(
+    text: str, functions: Mapping[str, TabulatedFunction], particles: bool, kwargs: dict
+) -> CompiledExpression:
+    """``compile_expression`` with positional arguments for ``pickle`` (see ``CompiledExpression.__reduce__``)."""
+    return compile_expression(text, functions, particles, **kwargs)

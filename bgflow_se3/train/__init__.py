@@ -1,5 +1,6 @@
 """Training: maximum likelihood, reverse KL and FAB, with one training loop (one process or data parallel)."""
 
+from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
 from ..sampling.ais import AISResult, AnnealedImportanceSampler
 from ..sampling.hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from ..sampling.joint import JointFlow, TargetDensity
@@ -26,6 +27,7 @@ __all__ = [
     "AISResult",
     "AnnealedImportanceSampler",
     "BufferBatch",
+    "CheckpointError",
     "DistributedContext",
     "EnergySamples",
     "FABObjective",
@@ -37,12 +39,14 @@ __all__ = [
     "MLKLObjective",
     "MaximumLikelihoodObjective",
     "Objective",
+    "OutputWriteError",
     "PrioritisedReplayBuffer",
     "ReverseKLObjective",
     "TargetDensity",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingInterrupted",
     "autograd_log_density",
     "effective_sample_size",
     "fab_scores",

@@ -3,6 +3,9 @@
 Launched by ``torchrun`` they train data parallel (the ``Trainer`` notices the launch, see ``train/distributed.py``):
 ``batch_size`` is then per rank, so the global batch is ``batch_size`` x world size; call them identically on every
 rank, with the flow (and a ``TorchForceField`` target) on the rank's device and an ``out_dir`` every rank can read.
+They fail and stop like ``Trainer.run``: ``OutputWriteError`` before training when ``out_dir`` cannot be written,
+``CheckpointError`` for a checkpoint that cannot be resumed, and ``TrainingInterrupted`` after SIGINT / SIGTERM with
+the checkpoint written (call again with ``resume=True`` to continue).
 """
 
 from __future__ import annotations

@@ -20,16 +20,39 @@ counters, history, HMC step sizes, the shared generator) and the per-rank state 
 generators). Resuming on as many ranks continues exactly; on another number of ranks (also from or to a single
 process) the replay buffers are pooled and re-sharded, each rank's generator is re-seeded from (seed, rank,
 iteration), and FAB tops up buffers below their minimum: reproducible, not bit-identical to an uninterrupted run.
+
+Faults: ``run`` first writes a probe file in the output folder, so an unwritable folder or a full disk raises
+``OutputWriteError`` before any training. Checkpoints are serialised in memory, written to ``checkpoint.pt.tmp``,
+synced and renamed over ``checkpoint.pt``: a failed write (disk full) raises ``OutputWriteError`` and leaves the
+previous checkpoint as it was. During ``run`` SIGINT and SIGTERM (in the main thread, where not ignored) ask for a
+stop: the current iteration finishes, the checkpoint is written and ``TrainingInterrupted`` (a
+``KeyboardInterrupt``; ``exit_code`` 130 or 143) is raised; a second signal while a checkpoint is written waits for
+it, a second signal at any other time raises ``KeyboardInterrupt`` at once, leaving the last checkpoint as it was.
+The previous handlers are restored when ``run`` returns. Under ``torch.distributed`` the ranks agree on the stop
+(one small all-reduce per iteration), so all stop after the same iteration. Resuming checks the checkpoint first:
+an unreadable file, a flow of another class or size, or another objective raises ``CheckpointError`` naming the
+file and the mismatch, before any state changes.
+
+Threads: at its start ``run`` applies the thread policy (``bgflow_se3.threads.apply_thread_policy``) with the
+number of OpenMM worker processes behind the targets (``OpenMMEnergy(n_workers=k)``, k > 1, also inside wrapping
+energies; one worker evaluates in this process and counts 0) and logs its reason when it changes. A user's choice
+(``set_threads``, ``BGFLOW_SE3_THREADS``, ``OMP_NUM_THREADS``, ``torch.set_num_threads``) is kept. When several
+ranks share a machine, each plans with its share of the cores (``cores // local_world_size``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
+import signal
 import statistics
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +62,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..energy.base import Energy
+from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
 from ..sampling.joint import JointFlow, TargetDensity
+from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
+from .checkpoint import check_fits, class_name, output_error, probe_output_dir, read_checkpoint, write_atomically
 from .curves import plot_training_curves
 from .distributed import DistributedContext, init_from_env, rank_seed
 from .metrics import effective_sample_size
@@ -53,8 +79,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"
 #: record keys summed over ranks; keys in _SHARED_KEYS are equal on every rank; the others are averaged
-_SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples")
+_SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples", "n_nonfinite_target", "n_dropped_samples")
 _SHARED_KEYS = ("iteration", "lr", "grad_norm", "ess", "n_skipped_nonfinite", "n_skipped_outlier", "n_skipped_masked")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -155,7 +182,7 @@ class Trainer:
     distributed: the ranks to train on; None detects them (``init_from_env()``: the process group of a
     ``torchrun`` launch, started if needed, or a single process). Pass ``DistributedContext()`` to train in this
     process alone inside a distributed job. Every rank must build the same flow, objective and config; the flow
-    must live on ``distributed.device`` under NCCL.
+    must live on ``distributed.device`` under NCCL. ``thread_plan``: the thread plan the last ``run`` applied.
     """
 
     def __init__(
@@ -195,6 +222,10 @@ class Trainer:
         self.counters = _Counters()
         self.grad_norms: deque[float] = deque(maxlen=cfg.grad_history)
         self.history: list[dict[str, float]] = []
+        self.thread_plan: ThreadPlan | None = None
+        self._signal: int | None = None  # the first SIGINT / SIGTERM received during run()
+        self._writing = False  # a checkpoint is being written: signals wait for it
+        self._last_checkpoint: tuple[Path, int] | None = None  # (path, iteration) last written or loaded
 
     def _lr_factor(self, iteration: int) -> float:
         cfg = self.config
@@ -310,11 +341,17 @@ class Trainer:
     def run(self, until: int | None = None, resume: bool | str | Path = False) -> TrainResult:
         """Train up to iteration ``until`` (default ``config.n_iterations``); returns a ``TrainResult``.
 
-        resume: True loads ``out_dir/checkpoint.pt`` when it exists (and starts fresh otherwise); a path loads that
-        checkpoint. The schedule always spans ``config.n_iterations``, so stopping early with ``until`` and resuming
-        later reproduces the uninterrupted run.
+        resume: True loads ``out_dir/checkpoint.pt`` when it exists (and starts fresh otherwise, with a logged
+        warning); a path loads that checkpoint. The schedule always spans ``config.n_iterations``, so stopping early
+        with ``until`` and resuming later reproduces the uninterrupted run.
+        Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written, ``CheckpointError`` when the
+        checkpoint to resume cannot be read or does not fit, and ``TrainingInterrupted`` after SIGINT / SIGTERM,
+        once the checkpoint of the last complete iteration is written (see the module docstring).
         """
         cfg = self.config
+        writes = self.out_dir is not None and self.dist.is_main
+        if writes:
+            probe_output_dir(self.out_dir)
         if resume:
             path = Path(resume) if not isinstance(resume, bool) else self._path(CHECKPOINT_NAME)
             if path is None:
@@ -324,39 +361,46 @@ class Trainer:
                 logger.info("resumed from %s at iteration %d", path, self.iteration)
             elif not isinstance(resume, bool):
                 raise FileNotFoundError(f"checkpoint {path} does not exist")
+            else:
+                logger.warning("resume=True but there is no checkpoint %s: training from scratch", path)
         stop = cfg.n_iterations if until is None else min(int(until), cfg.n_iterations)
-        if self.out_dir is not None and self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if writes:
             self._rewrite_metrics()
-        start = time.perf_counter()
-        if not self.counters.setup_done:
-            self.objective.setup(self.model, self.generator)
-            self.counters.setup_done = True
-        self.counters.wall_time_s += time.perf_counter() - start
-        show = cfg.progress and self.dist.is_main
-        with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
-            while self.iteration < stop:
-                start = time.perf_counter()
-                record = self._iterate()
-                self.counters.wall_time_s += time.perf_counter() - start
-                record.update(self._counter_record())
-                if self.dist.distributed:
-                    record = self._reduce_record(record)
-                    self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
-                self.history.append(record)
-                self._append_metrics(record)
-                bar.update(1)
-                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record})
-                if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and self.iteration < stop:
-                    self.save_checkpoint()
-        checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
+        self._apply_thread_policy()
+        self._signal = None
+        with self._stop_signals_caught():
+            start = time.perf_counter()
+            if not self.counters.setup_done:
+                self.objective.setup(self.model, self.generator)
+                self.counters.setup_done = True
+            self.counters.wall_time_s += time.perf_counter() - start
+            show = cfg.progress and self.dist.is_main
+            with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
+                while (signum := self._agreed_signal()) is None and self.iteration < stop:
+                    start = time.perf_counter()
+                    record = self._iterate()
+                    self.counters.wall_time_s += time.perf_counter() - start
+                    record.update(self._counter_record())
+                    if self.dist.distributed:
+                        record = self._reduce_record(record)
+                        self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
+                    self.history.append(record)
+                    self._append_metrics(record)
+                    bar.update(1)
+                    postfix = {k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record}
+                    bar.set_postfix(postfix)
+                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and self.iteration < stop:
+                        self.save_checkpoint()
+            checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
+            if signum is None:  # a signal during the last iteration or the final checkpoint stops the program too
+                signum = self._agreed_signal()
         plot_path = None
         if self.out_dir is not None and self.history and cfg.plot:
             plot_path = self._path(PLOT_NAME)
             if self.dist.is_main:
                 plot_training_curves(self.history, plot_path)
         n_evaluations, n_masked = self._global_counts()
-        return TrainResult(
+        result = TrainResult(
             history=list(self.history),
             iterations=self.iteration,
             n_target_evaluations=n_evaluations,
@@ -369,6 +413,79 @@ class Trainer:
             metrics_path=self._path(METRICS_NAME),
             plot_path=plot_path,
         )
+        if signum is not None:
+            saved = f"checkpoint {checkpoint_path}" if checkpoint_path is not None else "no checkpoint (no out_dir)"
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(signum).name} after iteration {self.iteration} of "
+                f"{cfg.n_iterations}; {saved}; run(resume=True) continues from it",
+                signum,
+                self.iteration,
+                checkpoint_path,
+                result,
+            )
+        return result
+
+    # ---- signals and threads --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_signals_caught(self) -> Iterator[None]:
+        """SIGINT and SIGTERM call ``_on_signal`` inside the block (main thread only; ignored signals stay ignored);
+        the previous handlers come back afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+        caught = [s for s, handler in previous.items() if handler is not signal.SIG_IGN]
+        for s in caught:
+            signal.signal(s, self._on_signal)
+        try:
+            yield
+        finally:
+            for s in caught:
+                handler = previous[s]
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """First signal: stop after the current iteration. Later ones: wait for a checkpoint being written, else
+        raise ``KeyboardInterrupt`` now."""
+        name = signal.Signals(signum).name
+        if self._signal is None:
+            self._signal = signum
+            logger.warning(
+                "%s: stopping after the current iteration, with a checkpoint (send it again to stop at once, without)",
+                name,
+            )
+            return
+        if self._writing:
+            logger.warning("%s: a checkpoint is being written; stopping once it is complete", name)
+            return
+        last = self._last_checkpoint
+        kept = f"the checkpoint of iteration {last[1]} ({last[0]}) is unchanged" if last else "no checkpoint written"
+        raise KeyboardInterrupt(f"second {name}: stopped at once, during iteration {self.iteration + 1}; {kept}")
+
+    def _agreed_signal(self) -> int | None:
+        """The signal that stops this run, or None. Under ``torch.distributed`` (a collective) a signal on any rank
+        stops every rank: SIGINT when some rank got SIGINT, else SIGTERM."""
+        if not self.dist.distributed:
+            return self._signal
+        got_int, got_term = self.dist.all_reduce_floats(
+            [float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)]
+        )
+        return signal.SIGINT if got_int > 0 else signal.SIGTERM if got_term > 0 else None
+
+    def _apply_thread_policy(self) -> ThreadPlan:
+        """Set torch's threads by the thread policy for the OpenMM workers behind the targets; log it on change."""
+        n_workers = _worker_processes(self.objective.target, self._separate_eval_target)
+        cores = busy = None
+        local_ranks = self.dist.local_world_size if self.dist.distributed else 1
+        if local_ranks > 1:
+            total = usable_cores()
+            cores, busy = _rank_share(total, plan_threads(0, cores=total).busy, local_ranks)
+        plan = apply_thread_policy(n_workers, cores=cores, busy=busy)
+        previous = self.thread_plan
+        if previous is None or (previous.torch_threads, previous.reason) != (plan.torch_threads, plan.reason):
+            logger.info("torch threads: %d (%s)", plan.torch_threads, plan.reason)
+        self.thread_plan = plan
+        return plan
 
     @property
     def _separate_eval_target(self) -> TargetDensity | None:
@@ -417,15 +534,34 @@ class Trainer:
     def _append_metrics(self, record: dict[str, float]) -> None:
         path = self._path(METRICS_NAME)
         if path is not None and self.dist.is_main:
-            with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as err:
+                raise self._write_error(err, path, "the metrics log") from err
 
     def _rewrite_metrics(self) -> None:
         """Make the metrics log hold exactly the history (drops lines written after the last checkpoint)."""
         path = self._path(METRICS_NAME)
-        with path.open("w") as f:
-            for record in self.history:
-                f.write(json.dumps(record) + "\n")
+        try:
+            with open(path, "w") as f:
+                for record in self.history:
+                    f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise self._write_error(err, path, "the metrics log") from err
+
+    def _write_error(self, err: OSError, path: Path, what: str) -> OutputWriteError:
+        """An ``OutputWriteError`` naming the file that could not be written and the checkpoint still intact."""
+        last = self._last_checkpoint
+        if last is not None and last[0].exists():
+            kept = f"the checkpoint of iteration {last[1]} ({last[0]}) is intact"
+        else:
+            kept = "no checkpoint of this run is on disk"
+        message = (
+            f"could not write {what} {path} at iteration {self.iteration} ({err.strerror or err}); {kept}. Free disk "
+            "space or fix the folder, then resume with run(resume=True) (or save elsewhere: save_checkpoint(path))"
+        )
+        return output_error(err, message)
 
     def _rng_state(self) -> dict:
         return {
@@ -463,6 +599,8 @@ class Trainer:
             rank_state["objective"]["n_target_evaluations"] = n_objective
         state = {
             "format": 1,
+            "flow_class": class_name(self.flow),
+            "objective_class": class_name(self.objective),
             "world_size": self.dist.world_size,
             "iteration": self.iteration,
             "config": asdict(self.config),
@@ -478,19 +616,41 @@ class Trainer:
         if self.dist.distributed:
             state["rng"]["shared"] = self.shared_generator.get_state()
             state["rank_states"] = shards[1:]  # ranks 1 .. world_size - 1: replay buffers, generators
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+        self._writing = True  # a stop signal waits until the file is complete
+        try:
+            data = io.BytesIO()
+            torch.save(state, data)
+            write_atomically(path, data.getbuffer())
+        except OSError as err:
+            raise self._write_error(err, path, "the checkpoint") from err
+        finally:
+            self._writing = False
+        self._last_checkpoint = (path, self.iteration)
         logger.info("checkpoint at iteration %d written to %s", self.iteration, path)
         self.dist.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring)."""
-        state = torch.load(Path(path), map_location=self.model.parameter.device, weights_only=False)
-        if state.get("format") != 1:
-            raise ValueError(f"{path} is not a bgflow_se3 training checkpoint (format {state.get('format')})")
+        """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring).
+
+        Raises ``CheckpointError`` naming the file when it cannot be read (truncated, corrupt, not a checkpoint) or
+        was written for another flow class, flow size or objective; these checks run before any state changes.
+        """
+        path = Path(path)
+        state = read_checkpoint(path, self.model.parameter.device)
+        check_fits(state, path, self.flow, self.objective)
+        try:
+            self._restore(state)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"the checkpoint {path} does not fit this Trainer ({type(err).__name__}: {err}); it comes from another "
+                "setup or version: resume it with the setup that wrote it, or train from scratch (no resume). This "
+                "Trainer is now partly restored: build a new one"
+            ) from err
+        self._last_checkpoint = (path, self.iteration)
+
+    def _restore(self, state: dict) -> None:
+        """Set the flow, optimiser, scheduler, objective, counters, history and generators from a checked state."""
         rank, world_size = self.dist.rank, self.dist.world_size
         ranks = [{"objective": state["objective"], "rng": state["rng"]}, *state.get("rank_states", [])]
         saved_world_size = len(ranks)
@@ -529,6 +689,30 @@ class Trainer:
                 saved_world_size,
                 world_size,
             )
+
+
+def _worker_processes(*targets: TargetDensity | Energy | None) -> int:
+    """OpenMM worker processes behind ``targets``: the ``n_workers`` of each ``OpenMMEnergy`` with more than one
+    (one worker evaluates in this process), also inside wrapping energies (e.g. ``RestrictedEnergy``). Found by its
+    ``worker_pids`` method, so that train/ never imports openmm."""
+    seen: set[int] = set()
+    total = 0
+    for target in targets:
+        energy = target.energy if isinstance(target, TargetDensity) else target
+        for module in energy.modules() if isinstance(energy, nn.Module) else ():
+            n = getattr(module, "n_workers", None)
+            if callable(getattr(module, "worker_pids", None)) and isinstance(n, int) and id(module) not in seen:
+                seen.add(id(module))
+                total += n if n > 1 else 0
+    return total
+
+
+def _rank_share(cores: int, busy: int, local_ranks: int) -> tuple[int, int]:
+    """(cores, busy) of one of ``local_ranks`` ranks on a machine with ``cores`` usable cores, ``busy`` of them busy:
+    its share of the cores, and its share of the busy cores beyond what the other ranks of the job may keep busy
+    (they count in the load average)."""
+    share = max(1, cores // local_ranks)
+    return share, max(0, busy - (local_ranks - 1) * share) // local_ranks
 
 
 def _to_cpu(obj: object) -> object:

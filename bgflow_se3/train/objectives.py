@@ -265,6 +265,10 @@ class FABObjective(Objective):
     batches drawn from the buffer proportionally to w give one gradient update each of ``fab_loss`` (+ aux), after
     which their log weights are re-targeted by (1 - alpha)(log q_new - log q_old). ``setup`` fills the buffer to
     ``buffer_min_length`` first. Sizes are in samples; the defaults follow fab-torch (64 to 512 batches).
+    Non-finite targets: configurations whose target log-density came out non-finite (a NaN or +inf energy, e.g. a
+    failed OpenMM evaluation; non-finite coordinates) are counted in ``n_nonfinite_target``, and AIS samples left
+    with a non-finite weight or log q are not stored but counted in ``n_dropped_samples`` (both cumulative, in
+    ``metrics()``); training goes on with the others.
     ais_chunk_size: AIS evaluates the flow's log q gradient this many samples at a time (same result, bounded
     memory; see ``AnnealedImportanceSampler``). The gradient updates use whole ``batch_size`` batches.
     """
@@ -304,12 +308,19 @@ class FABObjective(Objective):
             )
         self.ais = AnnealedImportanceSampler(n_intermediate, alpha=alpha, hmc=hmc, chunk_size=ais_chunk_size)
         self._metrics: dict[str, float] = {}
+        self.n_nonfinite_target = 0  # configurations whose target log-density was not finite, over all AIS runs
 
     def run_ais(self, model: JointFlow, n: int, generator: torch.Generator | None = None):
         """One AIS batch of n flow samples towards p^alpha q^(1 - alpha); returns ``AISResult`` (packed z)."""
         with torch.no_grad():
             z, _ = model.sample(n, generator)
-        return self.ais.run(z, model.log_prob, lambda zz: self.target.joint(model, zz), generator)
+        return self.ais.run(z, model.log_prob, lambda zz: self._counted_log_p(model, zz), generator)
+
+    def _counted_log_p(self, model: JointFlow, z: Tensor) -> Tensor:
+        """log p~(x) + log pi(a | x) at z, shape (batch,); rows that are not finite are counted."""
+        log_p = self.target.joint(model, z)
+        self.n_nonfinite_target += int((~torch.isfinite(log_p.detach())).sum())
+        return log_p
 
     def _ais_into_buffer(self, model: JointFlow, generator: torch.Generator) -> None:
         result = self.run_ais(model, self.batch_size, generator)
@@ -323,6 +334,8 @@ class FABObjective(Objective):
             "hmc_acceptance": float(result.acceptance.mean()) if len(result.acceptance) else float("nan"),
             "hmc_step_size": float(self.ais.hmc.step_sizes.mean()) if self.ais.hmc is not None else float("nan"),
             "buffer_length": float(len(self.buffer)),
+            "n_nonfinite_target": float(self.n_nonfinite_target),
+            "n_dropped_samples": float(self.buffer.n_dropped),
         }
 
     def _synchronise_step_sizes(self) -> None:
@@ -373,6 +386,7 @@ class FABObjective(Objective):
         state = super().state_dict()
         state["buffer"] = self.buffer.state_dict()
         state["hmc"] = None if self.ais.hmc is None else self.ais.hmc.state_dict()
+        state["n_nonfinite_target"] = self.n_nonfinite_target
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -380,6 +394,7 @@ class FABObjective(Objective):
         self.buffer.load_state_dict(state["buffer"])
         if self.ais.hmc is not None:
             self.ais.hmc.load_state_dict(state["hmc"])
+        self.n_nonfinite_target = int(state.get("n_nonfinite_target", 0))  # absent from older checkpoints
 
     def load_shards(self, states: list[dict], rank: int, world_size: int) -> None:
         """As ``Objective.load_shards``; from another number of ranks the replay buffers of all saved ranks are pooled
@@ -389,3 +404,5 @@ class FABObjective(Objective):
         super().load_shards(states, rank, world_size)
         if len(states) != world_size:
             self.buffer = PrioritisedReplayBuffer.from_shards([s["buffer"] for s in states], rank, world_size)
+            total = sum(int(s.get("n_nonfinite_target", 0)) for s in states)
+            self.n_nonfinite_target = total if rank == 0 else 0  # rank 0 holds the run's count, as for evaluations

@@ -292,3 +292,12 @@ def test_unsupported_custom_force_names_itself():
     system.addForce(openmm.CustomHbondForce("r"))
     with pytest.raises(UnsupportedForceError, match="CustomHbondForce"):
         TorchForceField.from_system(system)
+
+
+def test_a_force_field_with_custom_terms_survives_torch_save(tmp_path, aldp_configurations):
+    # compiled expressions hold closures: they pickle as their source and compile again on load
+    ff = TorchForceField.from_system(load_aldp("gbn2").system, 300.0)
+    torch.save(ff, tmp_path / "ff.pt")
+    loaded = torch.load(tmp_path / "ff.pt", weights_only=False)
+    x = torch.as_tensor(aldp_configurations[:4])
+    torch.testing.assert_close(loaded(x), ff(x), rtol=0, atol=0)

@@ -1,0 +1,154 @@
+"""Files of a training run: a write probe for the output folder, atomic writes, and checkpoints read with checks.
+
+``probe_output_dir`` shows an unwritable folder or a full disk before training; ``write_atomically`` leaves a file
+either old or new, never a part; ``read_checkpoint`` and ``check_fits`` turn an unreadable checkpoint, or one of
+another flow class, flow size or objective, into a ``CheckpointError`` that names the file and the mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, OutputWriteError
+
+__all__ = ["check_fits", "class_name", "output_error", "probe_output_dir", "read_checkpoint", "write_atomically"]
+
+#: what every checkpoint of format 1 holds
+CHECKPOINT_KEYS = ("iteration", "flow", "optimizer", "scheduler", "objective", "counters", "history", "rng")
+PROBE_BYTES = 4096
+
+
+def output_error(err: OSError, message: str) -> OutputWriteError:
+    """An ``OutputWriteError`` with ``message`` and the errno of ``err`` (when it has one)."""
+    return OutputWriteError(err.errno, message) if err.errno is not None else OutputWriteError(message)
+
+
+def probe_output_dir(folder: Path) -> None:
+    """Make ``folder`` and write, sync and remove a 4 KiB file in it.
+
+    Raises ``OutputWriteError`` (with the operating system's errno) when that fails: not a folder, not writable,
+    disk full. Nothing is left behind.
+    """
+    probe = folder / f".write_probe_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise output_error(
+            err,
+            f"cannot write in the output folder {folder} ({err.strerror or err}): make it writable, free disk space, "
+            "or pass another out_dir; nothing was trained",
+        ) from err
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path.tmp``, sync it and rename it over ``path``: ``path`` then holds the old file or the
+    new one, never a part. On failure the ``OSError`` propagates, the old file is unchanged and the partial one
+    removed."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible everywhere)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """The state dict that ``Trainer.save_checkpoint`` wrote to ``path``, tensors on ``device``.
+
+    Raises ``CheckpointError`` naming the file when it cannot be read (truncated, corrupt, empty) or is not a
+    training checkpoint (e.g. a flow's weights alone); ``FileNotFoundError`` when it does not exist.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
+        raise
+    except Exception as err:  # torch and pickle raise many types here (RuntimeError, UnpicklingError, EOFError, ...)
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({path.stat().st_size} bytes): {type(err).__name__}: "
+            f"{str(err).rstrip('. ')}. The file is truncated or corrupt (a copy cut short, a full disk, another "
+            "program's file): restore it from a backup, or move it away to train from scratch"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != 1:
+        found = f"format {state.get('format')!r}" if isinstance(state, dict) else f"a pickled {type(state).__name__}"
+        raise CheckpointError(
+            f"{path} is not a bgflow_se3 training checkpoint ({found}; Trainer.save_checkpoint writes a dict of "
+            "format 1): pass the checkpoint.pt of a training run"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint {path} lacks {', '.join(missing)}: it is incomplete or from another version of bgflow_se3"
+        )
+    return state
+
+
+def check_fits(state: dict, path: Path, flow: nn.Module, objective: object) -> None:
+    """Raise ``CheckpointError`` unless ``state`` (from ``read_checkpoint(path)``) was written for this objective's
+    class and this flow: its class (when the checkpoint names them) and the names and shapes of every parameter and
+    buffer. Changes nothing."""
+    ours, theirs = class_name(objective), state.get("objective_class")
+    if theirs is not None and theirs != ours:
+        raise CheckpointError(
+            f"the checkpoint {path} was written by a {_short(theirs)} run; this Trainer runs {_short(ours)}: "
+            "resume it with the objective that wrote it, or train from scratch (another out_dir, or no resume)"
+        )
+    ours, theirs = class_name(flow), state.get("flow_class")
+    if theirs is not None and theirs != ours:
+        raise CheckpointError(
+            f"the checkpoint {path} holds a {_short(theirs)}; this Trainer trains a {_short(ours)}: resume it with "
+            "the flow that wrote it, or train from scratch (another out_dir, or no resume)"
+        )
+    saved, current = state["flow"], flow.state_dict()
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the checkpoint {path} holds no flow weights (found a {type(saved).__name__})")
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} there, {tuple(v.shape)} here"
+        for k, v in current.items()
+        if k in saved and isinstance(saved[k], Tensor) and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    problems = [
+        f"{len(keys)} {what} ({'; '.join(keys[:3])}{'; ...' if len(keys) > 3 else ''})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape"))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"the flow weights in the checkpoint {path} do not fit this {_short(ours)} (another size or "
+            f"architecture): {'; '.join(problems)}. Build the flow with the sizes of the run that wrote it, or "
+            "train from scratch (another out_dir, or no resume)"
+        )
+
+
+def class_name(obj: object) -> str:
+    """``module.QualifiedName`` of the class of ``obj`` (stored in checkpoints, compared on resume)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
