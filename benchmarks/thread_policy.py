@@ -17,9 +17,13 @@ warm-up iteration, then times ``--iterations`` iterations. Printed and written a
 benchmarks/results/thread_policy.json): iterations/s, the torch and OpenMM threads used, the plan's reason, and per
 (k, neighbour) the ratio policy / default (> 1: the policy is faster).
 
-The policy sees other work through the 1-minute load average, which follows a new busy process only slowly (63 % of
-its load after a minute): the neighbour is started ``--settle`` seconds before the first configuration next to it,
-and every row records the busy cores the plan saw (``plan_busy``).
+The policy measures other work over a quarter second from /proc/stat (our CPUs, minus our own CPU time); the
+neighbour runs ``--settle`` seconds before the first configuration next to it, and every row records the busy cores
+the plan saw (``plan_busy``).
+
+Measured (2 idle cores, aldp, batch 64, 5 iterations, 2026-12-01): alone the policy matches torch's default
+(policy / default 1.00, 0.98, 1.05 for k = 0, 1, 2); next to one busy process it is 3.5x, 3.3x and 3.1x faster
+(k = 0: 1.35 against 0.39 it/s).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "thread_policy.json"
-FULL = dict(ks=(0, 1, 2), arms=("policy", "default"), neighbours=(False, True), batch=64, iterations=5, settle=90.0)
+FULL = dict(ks=(0, 1, 2), arms=("policy", "default"), neighbours=(False, True), batch=64, iterations=5, settle=2.0)
 #: the smoke test checks the pipeline with one configuration (k = 0, policy, next to the neighbour); torch's default
 #: arm is left out, as it can take minutes on a busy machine
 SMOKE = dict(ks=(0,), arms=("policy",), neighbours=(True,), batch=8, iterations=1, settle=0.0)
