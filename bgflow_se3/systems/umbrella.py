@@ -330,8 +330,9 @@ def shipped_profile(solvent: str = "implicit") -> tuple[np.ndarray, np.ndarray]:
     """The umbrella phi profile shipped with the package: bin centres (radians) and f (kT), (m,) each.
 
     ``bgflow_se3/systems/data/aldp/umbrella_profile_<solvent>.npz``, written by ``systems/aldp/umbrella.py``
-    (replica exchange, 4 repeats x 36 windows x 1 ns: F(phi > 0) - F(phi <= 0) = 3.73 +/- 0.07 kT; provenance in the JSON beside it), so that plots and the phi
-    KL have a reference on a fresh machine. Only ``implicit`` is shipped; others raise ``FileNotFoundError``.
+    (replica exchange, 4 repeats x 36 windows x 1 ns: F(phi > 0) - F(phi <= 0) = 3.73 +/- 0.07 kT; provenance in
+    the JSON beside it), so that plots and the phi KL have a reference on a fresh machine. Only ``implicit`` is
+    shipped; others raise ``FileNotFoundError``.
     """
     stored = _shipped_arrays(f"umbrella_profile_{solvent}.npz", f"umbrella profile for {solvent!r}")
     return np.asarray(stored["centers"], dtype=np.float64), np.asarray(stored["f"], dtype=np.float64)
