@@ -3,6 +3,7 @@
 python examples/aldp_ml.py --quick         # 2 CPU cores, a few minutes: 0.5 ns of MD made on the fly (cached),
                                            # a tiny flow; a test of the pipeline, not a good model
 python examples/aldp_ml.py                 # the real run for one GPU on the cached MD of systems/aldp/md.py
+torchrun --nproc_per_node 4 examples/aldp_ml.py   # data parallel on 4 GPUs: batch size per rank, rank 0 writes
 
 Data: MD frames from the ``systems/aldp/md.py`` recipe (``~/.cache/bgflow_se3/aldp_md/implicit``; the full mode
 asks for it by name when it is missing, --quick simulates its own short trajectory into ``.../implicit_quick``
@@ -41,6 +42,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     TrainingInterrupted,
+    init_from_env,
     marginal_nll,
     plot_training_curves,
     training_summary,
@@ -112,16 +114,21 @@ def main() -> None:
     out = args.out or Path("runs") / ("aldp_ml" if mode == "full" else f"aldp_ml_{mode}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    ctx = init_from_env(backend=None if args.device.startswith("cuda") else "gloo")  # torchrun: data parallel
+    device = ctx.device if ctx.distributed else torch.device(args.device)
     torch.manual_seed(args.seed)
 
+    if ctx.is_main:  # rank 0 simulates missing MD; the other ranks then read its files
+        md_frames(mode, setup, args.md_data)
+    ctx.barrier()
     frames, md_folder = md_frames(mode, setup, args.md_data)
     n_train = int(0.8 * len(frames))
-    train = torch.from_numpy(frames[:n_train]).to(args.device)
-    val = torch.from_numpy(frames[n_train:]).to(args.device)
+    train = torch.from_numpy(frames[:n_train]).to(device)
+    val = torch.from_numpy(frames[n_train:]).to(device)
     aldp = load_aldp("implicit")
     flow = AugmentedCouplingFlow.for_topology(
         aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"]
-    ).to(args.device, torch.float32)
+    ).to(device, torch.float32)
     n_iterations = args.iterations or setup["n_iterations"]
     config = TrainConfig(
         n_iterations=n_iterations,
@@ -132,14 +139,15 @@ def main() -> None:
         checkpoint_every=0 if mode != "full" else 1000,
         plot=False,  # plotted once at the end, not after every chunk
     )
-    trainer = Trainer(flow, MaximumLikelihoodObjective(train, setup["batch_size"]), config, out_dir=out)
+    objective = MaximumLikelihoodObjective(train, setup["batch_size"])
+    trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
 
     # train in chunks; after each, the NLL of validation frames and of as many training frames (overfitting check)
     curve_path = out / "validation_nll.jsonl"
-    if not args.resume:
+    if not args.resume and ctx.is_main:
         curve_path.unlink(missing_ok=True)
     curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.exists() else []
-    generator = torch.Generator(device=args.device).manual_seed(args.seed + 2)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 2)
     n_nll = min(setup["n_nll"], len(val))
     chunk = max(1, n_iterations // setup["n_curve_points"])
     result = None
@@ -149,8 +157,8 @@ def main() -> None:
         except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
             print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
             sys.exit(stop.exit_code)
-        if curve and curve[-1]["iteration"] >= result.iterations:
-            continue
+        if not ctx.is_main or (curve and curve[-1]["iteration"] >= result.iterations):
+            continue  # rank 0 alone measures and writes the NLL curve
         record = {
             "iteration": result.iterations,
             "val_nll": marginal_nll(flow, val[:n_nll], generator),
@@ -159,18 +167,21 @@ def main() -> None:
         curve.append(record)
         with curve_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+    ctx.close()
+    if not ctx.is_main:
+        return
     plot_training_curves(result.history, out / "training_curves.png")
     plot_training_curves(curve, out / "validation_nll.png", keys=("val_nll", "train_nll"))
 
     # sample, weight, save and analyse against the validation frames (float64)
-    energy, backend = energy_for_device(aldp.system, TEMPERATURE, args.device, args.workers)
+    energy, backend = energy_for_device(aldp.system, TEMPERATURE, str(device), args.workers)
     scores = evaluate_dipeptide(
         flow.double(),
         energy,
         aldp.topology,
         setup["n_samples"],
         out,
-        generator=torch.Generator(device=args.device).manual_seed(args.seed + 1),
+        generator=torch.Generator(device=device).manual_seed(args.seed + 1),
         reference_md=frames[n_train:],
         umbrella_profile=reference_profile(args.umbrella),
         umbrella_ramachandran=reference_ramachandran(args.umbrella),
@@ -178,7 +189,8 @@ def main() -> None:
     summary = {
         "mode": mode,
         "energy_backend": backend,
-        "device": args.device,
+        "device": str(device),
+        "ranks": ctx.world_size,
         "md_data": str(md_folder),
         "n_train_frames": n_train,
         "n_val_frames": len(frames) - n_train,

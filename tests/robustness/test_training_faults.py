@@ -47,6 +47,17 @@ SCRIPT = Path(__file__).with_name("_training_helpers.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Every run here (in this process and in the subprocesses) on one torch thread: the comparisons are bit for bit,
+    and the thread policy could otherwise pick another count for the resumed run (reductions in another order)."""
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(threads.ENV_SETTING, "1")
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def straight():
     """The uninterrupted run: (history, parameters) after all iterations."""
