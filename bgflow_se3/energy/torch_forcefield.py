@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedForceError, UnsupportedSystemError
+from ..errors import InsufficientMemoryError, UnsupportedForceError, UnsupportedSystemError
+from ..memory import available_bytes, format_bytes
 from .base import Energy, OnError
 from .torch_analytic import (
     AngleParameters,
@@ -42,6 +43,10 @@ __all__ = [
     "TorchForceField",
     "compile_force",
 ]
+
+#: Working memory per atom pair and configuration, in units of the dtype's size, that the chunking on GPUs plans
+#: with: measured peaks are ~26 (aldp, OBC, fused pass) and ~52 (GBn2, autograd), so 64 is a safe bound.
+_BYTES_PER_PAIR = 64
 
 #: Force classes with a torch version; ``CMMotionRemover`` is accepted and ignored (it adds no energy). The standard
 #: forces go through the fused analytic pass, the others (custom forces, CMAP) through autograd.
@@ -530,7 +535,8 @@ class TorchForceField(Energy):
             minute or more on CPU and needs a C++ compiler there); off by default.
         cpu_chunk_size: on CPU, batches larger than this are evaluated in chunks of this many configurations,
             which keeps the O(n_atoms^2) intermediates in cache (256 was fastest for aldp, in both dtypes);
-            None evaluates the whole batch at once. Other devices always take the whole batch.
+            None evaluates the whole batch at once. Other devices take the whole batch when it fits in half
+            their free memory, else chunks that do (``InsufficientMemoryError`` if not one configuration fits).
         analytic_gradient: evaluate the standard terms with analytic gradients in one fused pass (several times
             faster than autograd for energy + forces); the result is differentiable once only, so pass False for
             double backward (e.g. losses on forces), which builds the plain autograd graph per term.
@@ -647,12 +653,28 @@ class TorchForceField(Energy):
 
     def _chunk(self, x: Tensor) -> int | None:
         # A compiled pass is fused already (and chunk loops would recompile per batch size).
-        return self.cpu_chunk_size if x.device.type == "cpu" and not self._compile else None
+        if self._compile:
+            return None
+        return self.cpu_chunk_size if x.device.type == "cpu" else self._device_chunk(x)
+
+    def _device_chunk(self, x: Tensor) -> int | None:
+        """Configurations per pass on a non-CPU device: the whole batch when it fits in half the free memory at
+        ``_BYTES_PER_PAIR`` bytes per atom pair and configuration, else as many as fit (``InsufficientMemoryError``
+        when not even one does)."""
+        per_config = _BYTES_PER_PAIR * self.n_atoms**2 * x.element_size()
+        free = available_bytes(x.device)
+        fits = int(0.5 * free // per_config)
+        if fits < 1:
+            raise InsufficientMemoryError(
+                f"the energy and forces of one configuration would need about {format_bytes(per_config)} on "
+                f"{x.device}, but only {format_bytes(free)} is free; evaluate on the CPU or free memory"
+            )
+        return None if x.shape[0] <= fits else fits
 
     def _parts(self, x: Tensor) -> Sequence[Tensor]:
-        """``x`` split into CPU chunks of ``cpu_chunk_size`` configurations (one part elsewhere)."""
-        chunk = self.cpu_chunk_size
-        if chunk is not None and x.device.type == "cpu" and x.shape[0] > chunk:
+        """``x`` split into chunks: ``cpu_chunk_size`` configurations on CPU, as many as fit on other devices."""
+        chunk = self.cpu_chunk_size if x.device.type == "cpu" else self._device_chunk(x)
+        if chunk is not None and x.shape[0] > chunk:
             return x.split(chunk)
         return (x,)
 

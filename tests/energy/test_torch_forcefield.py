@@ -345,3 +345,22 @@ def test_torch_compile_matches_eager():
     compiled = TorchForceField.from_system(aldp.system, compile=True)
     torch.testing.assert_close(compiled(x), eager(x), rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(compiled.force(x), eager.force(x), rtol=1e-10, atol=1e-8)
+
+
+def test_gpu_batches_are_chunked_to_the_free_memory(monkeypatch):
+    # the planning of non-CPU devices, exercised on CPU tensors: whole batch when it fits, chunks when not, a
+    # clear error when not even one configuration fits
+    import bgflow_se3.energy.torch_forcefield as tff
+    from bgflow_se3.errors import InsufficientMemoryError
+
+    aldp = load_aldp("implicit")
+    ff = TorchForceField.from_system(aldp.system, 300.0)
+    x = torch.zeros(100, 22, 3, dtype=torch.float64)
+    per_config = tff._BYTES_PER_PAIR * 22**2 * 8
+    monkeypatch.setattr(tff, "available_bytes", lambda device: 1000 * per_config)
+    assert ff._device_chunk(x) is None
+    monkeypatch.setattr(tff, "available_bytes", lambda device: 60 * per_config)
+    assert ff._device_chunk(x) == 30
+    monkeypatch.setattr(tff, "available_bytes", lambda device: per_config)
+    with pytest.raises(InsufficientMemoryError, match="would need about"):
+        ff._device_chunk(x)
