@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .errors import InsufficientMemoryError
 
-__all__ = ["available_bytes", "check_fits", "format_bytes"]
+__all__ = ["available_bytes", "check_fits", "format_bytes", "graph_bytes_per_item"]
 
 #: the share of the free memory a single call may plan to use (the rest is for the allocator, the OS, others)
 USABLE_FRACTION = 0.8
@@ -55,6 +57,27 @@ def check_fits(needed: float, device: torch.device | str, what: str, remedy: str
             f"{what} would need about {format_bytes(needed)} on {torch.device(device)}, but only "
             f"{format_bytes(free)} is free; {remedy}"
         )
+
+
+def graph_bytes_per_item(run: Callable[[int], Any]) -> float:
+    """Bytes autograd saves for backward per batch item of ``run(batch)``, measured with saved-tensor hooks.
+
+    ``run`` is called with batches of 1 and 3 under grad mode; the difference over 2 leaves out what is saved once
+    per call (parameters). Every saved tensor counts in full (views of one storage overcount: an upper bound).
+    """
+    saved = []
+    for batch in (1, 3):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run(batch)
+        saved.append(total)
+    return max(0.0, (saved[1] - saved[0]) / 2)
 
 
 def _meminfo_available() -> int:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import NonFiniteInputError
-from ..memory import check_fits
+from ..memory import check_fits, graph_bytes_per_item
 from .couplings import PROJECTIONS, Projection, ProjectionCoupling
 from .geometry import centre_on_aug, centre_on_x, remove_com
 
@@ -220,28 +220,21 @@ class AugmentedCouplingFlow(nn.Module):
         """
         key = (self._dtype, self.atom_types.device)
         if key not in self._graph_bytes:
-            saved = []
+            device = self.atom_types.device
+
+            def run(batch: int) -> None:
+                generator = torch.Generator().manual_seed(0)
+                x = remove_com(torch.randn((batch, self.n_atoms, self.dim), generator=generator, dtype=self._dtype))
+                a = x.unsqueeze(1) + self.sigma_aug * torch.randn(
+                    (batch, self.n_aug, self.n_atoms, self.dim), generator=generator, dtype=self._dtype
+                )
+                self.inverse_with_log_det(x.to(device), a.to(device))
+
             checkpointing, self.gradient_checkpointing, self._measuring = self.gradient_checkpointing, False, True
             try:
-                for batch in (1, 3):
-                    generator = torch.Generator().manual_seed(0)
-                    x = remove_com(torch.randn((batch, self.n_atoms, self.dim), generator=generator, dtype=self._dtype))
-                    a = x.unsqueeze(1) + self.sigma_aug * torch.randn(
-                        (batch, self.n_aug, self.n_atoms, self.dim), generator=generator, dtype=self._dtype
-                    )
-                    total = 0
-
-                    def pack(t: Tensor) -> Tensor:
-                        nonlocal total
-                        total += t.numel() * t.element_size()
-                        return t
-
-                    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                        self.inverse_with_log_det(x.to(self.atom_types.device), a.to(self.atom_types.device))
-                    saved.append(total)
+                self._graph_bytes[key] = graph_bytes_per_item(run)
             finally:
                 self.gradient_checkpointing, self._measuring = checkpointing, False
-            self._graph_bytes[key] = max(0.0, (saved[1] - saved[0]) / 2)
         return self._graph_bytes[key]
 
     def _guard_memory(self, batch: int, device: torch.device, what: str) -> None:

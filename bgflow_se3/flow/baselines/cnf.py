@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ...memory import check_fits, graph_bytes_per_item
 from .._checks import check_positions
 
 __all__ = [
@@ -165,6 +166,8 @@ class ContinuousFlow(nn.Module):
             else:
                 trace = "exact" if n_atoms * dim <= exact_max_dof else "hutchinson"
         self.trace: TraceMethod = trace
+        self._graph_bytes: dict[tuple[Any, ...], float] = {}
+        self._measuring = False
 
     def _reference(self) -> Tensor:
         return next(self.parameters())
@@ -185,6 +188,8 @@ class ContinuousFlow(nn.Module):
         """x(t1) and the integrated divergence from t0, shapes (batch, n_atoms, dim) and (batch,); with ``kinetic``
         the second output is (batch, 2): the integrated divergence and int |f|^2 dt (signed by t1 - t0)."""
         create_graph = torch.is_grad_enabled()
+        if create_graph and x.shape[0] >= 64 and not self._measuring:
+            self._guard_memory(x.shape[0], x.device, trace, n_steps, kinetic)
         probe = None
         if trace == "hutchinson":
             probe = sample_com_free_gaussian(
@@ -211,6 +216,32 @@ class ContinuousFlow(nn.Module):
             return f, torch.stack([div, f.pow(2).sum(dim=(1, 2))], dim=-1)
 
         return rk4_integrate(with_kinetic if kinetic else func, x, t0, t1, n_steps or self.n_steps)
+
+    def _guard_memory(self, batch: int, device: torch.device, trace: TraceMethod, n_steps: int | None, kinetic: bool):
+        """``InsufficientMemoryError`` before a solve with gradients whose graph cannot fit (measured per
+        configuration once per dtype, device, trace method and step count, on batches of 1 and 3)."""
+        ref = self._reference()
+        key = (ref.dtype, ref.device, trace, n_steps or self.n_steps, kinetic)
+        if key not in self._graph_bytes:
+
+            def run(size: int) -> None:
+                generator = torch.Generator(device=ref.device).manual_seed(0)
+                x = sample_com_free_gaussian(
+                    size, self.n_atoms, self.dim, generator, dtype=ref.dtype, device=ref.device
+                )
+                self._integrate(x, 0.0, 1.0, trace, generator, n_steps, kinetic)
+
+            self._measuring = True
+            try:
+                self._graph_bytes[key] = graph_bytes_per_item(run)
+            finally:
+                self._measuring = False
+        check_fits(
+            batch * self._graph_bytes[key],
+            device,
+            f"a CNF solve of {batch} configurations with gradients",
+            "use a smaller batch, fewer RK4 steps, the Hutchinson trace, or torch.no_grad() when no gradient is needed",
+        )
 
     def forward_with_log_det(
         self,
