@@ -206,3 +206,19 @@ def test_kinetic_regulariser_integrates_the_squared_speed(generator):
     assert flow.log_prob_and_aux(x)[1].abs().max() == 0 and not JointFlow(flow).has_aux
     with pytest.raises(ValueError, match="kinetic_weight"):
         ContinuousFlow(_Contraction(a), 4, 2, kinetic_weight=-1.0)
+
+
+def test_a_solve_with_gradients_that_cannot_fit_raises_before_it_allocates(monkeypatch):
+    import bgflow_se3.memory as memory
+    from bgflow_se3.errors import InsufficientMemoryError
+
+    torch.manual_seed(0)
+    flow = KernelFlow(4, 2, n_kernels=4, n_time=2, n_steps=2).double()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
+    x = torch.randn(64, 4, 2, dtype=torch.float64)
+    with pytest.raises(InsufficientMemoryError, match="CNF solve of 64 configurations"):
+        flow.log_prob(x)
+    with torch.no_grad():  # no graph: no guard
+        assert flow.log_prob(x).shape == (64,)
+    monkeypatch.undo()
+    assert flow.log_prob(x).shape == (64,)  # fits in the real memory
