@@ -16,6 +16,9 @@ from .geometry import safe_norm
 __all__ = ["EGNN", "ResidualMLP"]
 
 N_RBF = 8  # radial basis functions per distance in edge inputs
+#: squared distances enter the networks clamped here (input length units): far above any configuration a flow is
+#: trained on, it keeps features finite for absurd inputs (|x| ~ 1e25 overflowed LayerNorm's variance into NaN)
+MAX_FEATURE_DIST2 = 1e8
 
 
 class ResidualMLP(nn.Module):
@@ -77,7 +80,7 @@ class _EGNNLayer(nn.Module):
         """h: (B, N, H); pos: (B, N, M, d); mask: (N, N) with zero diagonal. Returns (h, pos, messages)."""
         n = h.shape[1]
         diff = pos[:, :, None] - pos[:, None, :]  # (B, N, N, M, d): x_i - x_j
-        dist2 = (diff * diff).sum(-1)
+        dist2 = (diff * diff).sum(-1).clamp(max=MAX_FEATURE_DIST2)
         rbf = _rbf(dist2, N_RBF).flatten(-2)
         # phi_e(cat[h_i, h_j, edge]) with its input layer split, so no (B, N, N, 2H) tensor is built
         w = self.phi_e.inp.weight
@@ -144,7 +147,7 @@ class EGNN(nn.Module):
         h = self.embed(types).to(pos.dtype).expand(b, -1, -1)
         if m > 1:
             iu, ju = torch.triu_indices(m, m, offset=1, device=pos.device)
-            intra = ((pos[:, :, iu] - pos[:, :, ju]) ** 2).sum(-1)  # (B, N, n_pairs)
+            intra = ((pos[:, :, iu] - pos[:, :, ju]) ** 2).sum(-1).clamp(max=MAX_FEATURE_DIST2)  # (B, N, n_pairs)
             h = torch.cat([h, intra], dim=-1)
         h = self.node_in(h)
         mask = 1.0 - torch.eye(n, dtype=pos.dtype, device=pos.device)
