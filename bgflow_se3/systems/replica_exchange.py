@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerError
-from .umbrella import UmbrellaConfig, biased_system, window_centers, window_seed
+from .umbrella import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
 
 __all__ = ["ExchangeStatistics", "exchange_statistics", "run_replica_exchange"]
 
@@ -248,11 +248,6 @@ class _ReplicaGroup:
     """The OpenMM contexts of some replicas, in one process: run them and report (phi, psi) every save."""
 
     def __init__(self, config: dict, replicas: list[int], state: dict, restart: int) -> None:
-        import openmm
-        import openmm.unit as unit
-
-        from .simulation import langevin_context
-        from .umbrella import _start_at
 
         self.config = UmbrellaConfig(**config)
         c = self.config
@@ -262,45 +257,19 @@ class _ReplicaGroup:
             center = float(centers[state["window_of_replica"][r]])
             aldp, system, phi_atoms, psi_atoms = biased_system(c, center)
             seed = window_seed(c.seed, r, restart)
-            resumed = state["positions"] is not None
-            if resumed:
-                positions = state["positions"][r]
+            if state["positions"] is None:
+                self.contexts[r] = window_context(c, aldp, system, phi_atoms, center, seed)
             else:
-                positions = aldp.positions_nm
-                if c.start_at_center:
-                    positions = _start_at(positions, aldp.topology, phi_atoms, center)
-            context = langevin_context(
-                system,
-                positions,
-                temperature=c.temperature,
-                timestep_fs=c.timestep_fs,
-                friction_per_ps=c.friction_per_ps,
-                seed=seed,
-                platform=c.platform,
-            )
-            if resumed:
-                context.setVelocities(state["velocities"][r] * unit.nanometer / unit.picosecond)
-            else:
-                openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
-                context.setVelocitiesToTemperature(c.temperature * unit.kelvin, seed)
-                context.getIntegrator().step(int(round(c.equilibration_ps * 1000 / c.timestep_fs)))
-            self.contexts[r] = context
+                positions, velocities = state["positions"][r], state["velocities"][r]
+                self.contexts[r] = window_context(c, aldp, system, phi_atoms, center, seed, positions, velocities)
         self.phi_atoms, self.psi_atoms = np.array(phi_atoms), np.array(psi_atoms)
 
     def run(self, centers: dict[int, float], saves: int) -> dict[int, np.ndarray]:
         """Each replica at its window centre for ``saves`` x save_every steps; (phi, psi) per save, (saves, 2)."""
-        import openmm.unit as unit
-
-        from .umbrella import _dihedral
-
         out = {}
         for r, context in self.contexts.items():
             context.setParameter("phi0", centers[r])
-            angles = np.empty((saves, 2))
-            for s in range(saves):
-                context.getIntegrator().step(self.config.save_every)
-                x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-                angles[s] = _dihedral(x[self.phi_atoms]), _dihedral(x[self.psi_atoms])
+            angles = record_angles(context, saves, self.config.save_every, self.phi_atoms, self.psi_atoms)
             if not np.isfinite(angles).all():
                 raise RuntimeError(f"replica {r} blew up (non-finite positions); use a smaller time step")
             out[r] = angles

@@ -172,13 +172,68 @@ def biased_system(config: UmbrellaConfig, center: float) -> tuple:
     return aldp, system, atoms, psi_atom_indices(aldp.topology)
 
 
-def _run_window(args: tuple) -> tuple[int, float]:
-    """Extend window ``k`` to ``target_ns`` of production; returns (k, seconds spent)."""
-    config_dict, k, target_ns, cache = args
+def window_context(
+    config: UmbrellaConfig,
+    aldp,
+    system,
+    phi_atoms: Sequence[int],
+    center: float,
+    seed: int,
+    positions_nm: np.ndarray | None = None,
+    velocities: np.ndarray | None = None,
+):
+    """A Langevin ``openmm.Context`` of a window System (``biased_system``), ready for production.
+
+    Fresh (``positions_nm`` None): the shipped structure (phi rotated to ``center`` with ``config.start_at_center``),
+    minimised, velocities drawn with ``seed``, ``config.equilibration_ps`` of biased dynamics. Resumed: the stored
+    positions (nm, (n_atoms, 3)) and velocities (nm/ps). ``seed`` also seeds the integrator.
+    """
     import openmm
     import openmm.unit as unit
 
     from .simulation import langevin_context
+
+    fresh = positions_nm is None
+    if fresh:
+        positions_nm = aldp.positions_nm
+        if config.start_at_center:
+            positions_nm = _start_at(positions_nm, aldp.topology, phi_atoms, center)
+    context = langevin_context(
+        system,
+        positions_nm,
+        temperature=config.temperature,
+        timestep_fs=config.timestep_fs,
+        friction_per_ps=config.friction_per_ps,
+        seed=seed,
+        platform=config.platform,
+    )
+    if fresh:
+        openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
+        context.setVelocitiesToTemperature(config.temperature * unit.kelvin, seed)
+        context.getIntegrator().step(int(round(config.equilibration_ps * 1000 / config.timestep_fs)))
+    else:
+        context.setVelocities(velocities * unit.nanometer / unit.picosecond)
+    return context
+
+
+def record_angles(context, n_saves: int, save_every: int, phi_atoms, psi_atoms) -> np.ndarray:
+    """Run ``n_saves`` x ``save_every`` steps, recording (phi, psi) in radians after each: shape (n_saves, 2)."""
+    import openmm.unit as unit
+
+    phi_index, psi_index = np.asarray(phi_atoms), np.asarray(psi_atoms)
+    integrator = context.getIntegrator()
+    angles = np.empty((n_saves, 2))
+    for s in range(n_saves):
+        integrator.step(save_every)
+        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        angles[s] = _dihedral(x[phi_index]), _dihedral(x[psi_index])
+    return angles
+
+
+def _run_window(args: tuple) -> tuple[int, float]:
+    """Extend window ``k`` to ``target_ns`` of production; returns (k, seconds spent)."""
+    config_dict, k, target_ns, cache = args
+    import openmm.unit as unit
 
     config = UmbrellaConfig(**config_dict)
     path = Path(cache) / f"window_{k:03d}.npz"
@@ -192,42 +247,16 @@ def _run_window(args: tuple) -> tuple[int, float]:
         if "psi" not in stored.files:
             raise ValueError(f"{path} was written before psi was recorded: extend it in a fresh cache instead")
         psi = list(stored["psi"])
-        context = langevin_context(
-            system,
-            stored["positions"],
-            temperature=config.temperature,
-            timestep_fs=config.timestep_fs,
-            friction_per_ps=config.friction_per_ps,
-            seed=window_seed(config.seed, k, 1 + steps_done // config.save_every),
-            platform=config.platform,
-        )
-        context.setVelocities(stored["velocities"] * unit.nanometer / unit.picosecond)
+        seed = window_seed(config.seed, k, 1 + steps_done // config.save_every)
+        context = window_context(config, aldp, system, atoms, center, seed, stored["positions"], stored["velocities"])
     else:
         phi, psi, steps_done = [], [], 0
-        start_positions = aldp.positions_nm
-        if config.start_at_center:
-            start_positions = _start_at(start_positions, aldp.topology, atoms, center)
-        context = langevin_context(
-            system,
-            start_positions,
-            temperature=config.temperature,
-            timestep_fs=config.timestep_fs,
-            friction_per_ps=config.friction_per_ps,
-            seed=window_seed(config.seed, k),
-            platform=config.platform,
-        )
-        openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
-        context.setVelocitiesToTemperature(config.temperature * unit.kelvin, window_seed(config.seed, k))
-        context.getIntegrator().step(int(round(config.equilibration_ps * 1000 / config.timestep_fs)))
+        context = window_context(config, aldp, system, atoms, center, window_seed(config.seed, k))
     target_steps = int(round(target_ns * steps_per_ns))
-    integrator = context.getIntegrator()
     n_chunks = max(0, (target_steps - steps_done) // config.save_every)
-    phi_index, psi_index = np.array(atoms), np.array(psi_atoms)
-    for _ in range(n_chunks):
-        integrator.step(config.save_every)
-        x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        phi.append(_dihedral(x[phi_index]))
-        psi.append(_dihedral(x[psi_index]))
+    angles = record_angles(context, n_chunks, config.save_every, atoms, psi_atoms)
+    phi.extend(angles[:, 0].tolist())
+    psi.extend(angles[:, 1].tolist())
     steps_done += n_chunks * config.save_every
     state = context.getState(getPositions=True, getVelocities=True)
     positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
