@@ -12,6 +12,7 @@ from torch import Tensor
 from ..errors import UnsupportedForceError, UnsupportedSystemError
 from .expressions import CompiledExpression, TabulatedFunction, compile_expression, tabulated_functions
 from .torch_forcefield import ForceTerm, _f64, _long, _plain
+from .torch_terms import _angle, _dihedral, _gather
 
 __all__ = [
     "CUSTOM_BONDED_BUILDERS",
@@ -22,25 +23,6 @@ __all__ = [
     "CustomTorsionTerm",
     "CustomTerm",
 ]
-
-
-def _positions(x: Tensor, atoms: Tensor) -> tuple[Tensor, ...]:
-    """Positions of the atoms of each term: ``atoms`` (n, k) -> k tensors of shape (batch, n, 3)."""
-    n, k = atoms.shape
-    return x.index_select(1, atoms.reshape(-1)).view(x.shape[0], n, k, 3).unbind(dim=2)
-
-
-def _angle(a: Tensor, b: Tensor) -> Tensor:
-    """Angle between vectors a and b (..., 3) in radians, [0, pi] (atan2 form, accurate near 0 and pi)."""
-    return torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(dim=-1))
-
-
-def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
-    """Dihedral p1-p2-p3-p4 in radians, (-pi, pi], with OpenMM's sign."""
-    b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
-    return torch.atan2(y, (n1 * n2).sum(dim=-1))
 
 
 class CustomTerm(ForceTerm):
@@ -165,7 +147,7 @@ class CustomBondTerm(CustomTerm):
     geometric_variables = ("r",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        a, b = _positions(x, self.atoms)
+        a, b = _gather(x, self.atoms)
         d = b - a
         return {"r": (d * d).sum(dim=-1).sqrt()}
 
@@ -184,7 +166,7 @@ class CustomAngleTerm(CustomTerm):
     geometric_variables = ("theta",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        a, vertex, c = _positions(x, self.atoms)
+        a, vertex, c = _gather(x, self.atoms)
         return {"theta": _angle(a - vertex, c - vertex)}
 
     @classmethod
@@ -202,7 +184,7 @@ class CustomTorsionTerm(CustomTerm):
     geometric_variables = ("theta",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        return {"theta": _dihedral(*_positions(x, self.atoms))}
+        return {"theta": _dihedral(*_gather(x, self.atoms))}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomTorsionTerm:
@@ -219,7 +201,7 @@ class CustomExternalTerm(CustomTerm):
     geometric_variables = ("x", "y", "z")
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        (p,) = _positions(x, self.atoms)
+        (p,) = _gather(x, self.atoms)
         return {"x": p[..., 0], "y": p[..., 1], "z": p[..., 2]}
 
     @classmethod
@@ -244,7 +226,7 @@ class CustomCompoundBondTerm(CustomTerm):
         return [f"p{k + 1}" for k in range(n_particles)]
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        return {f"p{k + 1}": p for k, p in enumerate(_positions(x, self.atoms))}
+        return {f"p{k + 1}": p for k, p in enumerate(_gather(x, self.atoms))}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomCompoundBondTerm:

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from ..errors import BgflowError, UnsupportedForceError
 from .tabulated import TabulatedFunction, tabulated_function, tabulated_functions
+from .torch_terms import _angle as _vector_angle
+from .torch_terms import _dihedral
 
 __all__ = [
     "PARTICLE_FUNCTIONS",
@@ -105,17 +107,8 @@ def _distance(p1: Tensor, p2: Tensor) -> Tensor:
 
 
 def _angle(p1: Tensor, p2: Tensor, p3: Tensor) -> Tensor:
-    """Angle p1-p2-p3 at vertex p2 in radians, [0, pi] (atan2 form: accurate near 0 and pi)."""
-    a, b = p1 - p2, p3 - p2
-    return torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(dim=-1))
-
-
-def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
-    """Dihedral p1-p2-p3-p4 in radians, (-pi, pi], OpenMM's sign convention."""
-    b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
-    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
-    y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
-    return torch.atan2(y, (n1 * n2).sum(dim=-1))
+    """Angle p1-p2-p3 at vertex p2 in radians, [0, pi]."""
+    return _vector_angle(p1 - p2, p3 - p2)
 
 
 #: Lepton's built-in functions: name -> (number of arguments, torch implementation).

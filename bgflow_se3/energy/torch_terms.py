@@ -101,8 +101,12 @@ def dihedral_angle(x: Tensor, atoms: Tensor) -> Tensor:
 
     atoms: long, shape (n_torsions, 4). The sign convention is OpenMM's (and mdtraj's).
     """
-    p0, p1, p2, p3 = _gather(x, atoms)
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+    return _dihedral(*_gather(x, atoms))
+
+
+def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
+    """Dihedral p1-p2-p3-p4 of positions (..., 3) in radians, (-pi, pi], OpenMM's sign convention."""
+    b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
     n1 = torch.linalg.cross(b1, b2)
     n2 = torch.linalg.cross(b2, b3)
     y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
