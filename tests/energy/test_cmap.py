@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bgflow_se3.energy.cmap import CMAPTorsionTerm, cmap_patch_coefficients, periodic_spline_slopes
+from tests.energy._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 
@@ -62,13 +63,7 @@ def test_cmap_matches_openmm(sizes):
     rng = np.random.default_rng(len(sizes))
     system = _system_with_maps(sizes, rng)
     positions = rng.normal(scale=0.15, size=(150, 6, 3))
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    e_ref, f_ref = np.empty(len(positions)), np.empty(positions.shape)
-    for s, pos in enumerate(positions):
-        context.setPositions(pos)
-        state = context.getState(getEnergy=True, getForces=True)
-        e_ref[s] = state.getPotentialEnergy()._value
-        f_ref[s] = state.getForces(asNumpy=True)._value
+    e_ref, f_ref = openmm_energies_and_forces(system, positions)
     term = CMAPTorsionTerm.from_force(system.getForce(0))
     x = torch.tensor(positions, requires_grad=True)
     energy = term(x)

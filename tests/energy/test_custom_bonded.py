@@ -13,6 +13,7 @@ from bgflow_se3.energy.custom_bonded import (
     CustomExternalTerm,
 )
 from bgflow_se3.errors import UnsupportedForceError, UnsupportedSystemError
+from tests.energy._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 
@@ -129,17 +130,7 @@ def _at_angle(a: np.ndarray, vertex: np.ndarray, theta: float, rng: np.random.Ge
 
 def _reference(system, positions: np.ndarray, globals_: dict[str, float] | None = None):
     """OpenMM energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, atoms, 3))."""
-    integrator = openmm.VerletIntegrator(0.001)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    for name, value in (globals_ or {}).items():
-        context.setParameter(name, value)
-    energies, forces = [], []
-    for pos in positions:
-        context.setPositions(pos)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy()._value)
-        forces.append(state.getForces(asNumpy=True)._value)
-    return np.array(energies), np.array(forces)
+    return openmm_energies_and_forces(system, positions, globals_)
 
 
 def _ours(term, positions: np.ndarray, dtype=torch.float64):

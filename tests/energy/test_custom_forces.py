@@ -20,6 +20,7 @@ import torch
 from bgflow_se3 import OpenMMEnergy, TorchForceField, UnsupportedForceError, UnsupportedSystemError
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.umbrella import add_torsion_bias
+from tests.energy._openmm_reference import one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
 app = pytest.importorskip("openmm.app")
@@ -30,28 +31,6 @@ CHARMM_XML = Path(__file__).parent / "data" / "aldp_charmm36_2024.xml.gz"
 ENERGY_RTOL = 1e-6
 FORCE_RTOL = 1e-5
 N_CONFIGS = 60
-
-
-def one_group_per_force(system):
-    """A copy of ``system`` whose force k sits in force group k (so a mismatch names the force)."""
-    system = copy.deepcopy(system)
-    for k, force in enumerate(system.getForces()):
-        force.setForceGroup(k)
-    return system
-
-
-def openmm_by_group(system, positions: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """OpenMM Reference energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, atoms, 3)) per force group."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    groups = sorted({f.getForceGroup() for f in system.getForces()})
-    out = {g: (np.empty(len(positions)), np.empty(positions.shape)) for g in groups}
-    for s, pos in enumerate(positions):
-        context.setPositions(pos)
-        for g in groups:
-            state = context.getState(getEnergy=True, getForces=True, groups={g})
-            out[g][0][s] = state.getPotentialEnergy()._value
-            out[g][1][s] = state.getForces(asNumpy=True)._value
-    return out
 
 
 def check_against_openmm(ff: TorchForceField, system, positions: np.ndarray, reference=None) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from bgflow_se3 import TorchForceField
 from bgflow_se3.energy.custom_nonbonded import CustomGBTerm, CustomNonbondedTerm, interaction_group_pairs
+from tests.energy._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 
@@ -27,14 +28,7 @@ def _reference(force, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(N):
         system.addParticle(1.0)
     system.addForce(force)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = np.empty(len(positions)), np.empty(positions.shape)
-    for s, pos in enumerate(positions):
-        context.setPositions(pos)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies[s] = state.getPotentialEnergy()._value
-        forces[s] = state.getForces(asNumpy=True)._value
-    return energies, forces
+    return openmm_energies_and_forces(system, positions)
 
 
 def _check(term, force, positions: np.ndarray) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -11,40 +9,13 @@ import torch
 from bgflow_se3 import TorchForceField, UnsupportedForceError, UnsupportedSystemError
 from bgflow_se3.energy.base import MOLAR_GAS_CONSTANT
 from bgflow_se3.systems import load_aldp
+from tests.energy._openmm_reference import one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
 
 ENERGY_RTOL = 1e-6
 FORCE_RTOL = 1e-5
 N_ALDP_CONFIGS = 1000
-
-
-def _one_group_per_force(system):
-    """A copy of ``system`` whose force k sits in force group k (so a mismatch names the force)."""
-    system = copy.deepcopy(system)
-    for k, force in enumerate(system.getForces()):
-        force.setForceGroup(k)
-    return system
-
-
-def _reference_context(system):
-    integrator = openmm.VerletIntegrator(0.001)
-    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference")), integrator
-
-
-def _openmm_by_group(system, positions: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """OpenMM Reference energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, atoms, 3)) per force group."""
-    context, _integrator = _reference_context(system)
-    groups = sorted({f.getForceGroup() for f in system.getForces()})
-    energies = {g: np.empty(len(positions)) for g in groups}
-    forces = {g: np.empty(positions.shape) for g in groups}
-    for s, pos in enumerate(positions):
-        context.setPositions(pos)
-        for g in groups:
-            state = context.getState(getEnergy=True, getForces=True, groups={g})
-            energies[g][s] = state.getPotentialEnergy()._value
-            forces[g][s] = state.getForces(asNumpy=True)._value
-    return {g: (energies[g], forces[g]) for g in groups}
 
 
 def _perturbed_configurations(system, start: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -101,9 +72,9 @@ def _check_against_openmm(ff: TorchForceField, system, positions: np.ndarray, re
 def aldp_case(request):
     """(TorchForceField, System with one group per force, positions (1000, 22, 3), OpenMM per-group results)."""
     aldp = load_aldp(request.param)
-    system = _one_group_per_force(aldp.system)
+    system = one_group_per_force(aldp.system)
     positions = _perturbed_configurations(system, aldp.positions_nm, N_ALDP_CONFIGS, seed=7)
-    return TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions)
+    return TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions)
 
 
 def test_aldp_matches_openmm_per_force_group(aldp_case):
@@ -179,11 +150,11 @@ def test_other_systems_match_openmm(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         test_system = _testsystem(name, constraints=None)
-    system = _one_group_per_force(test_system.system)
+    system = one_group_per_force(test_system.system)
     start = np.asarray(test_system.positions._value)
     n = 40 if name.startswith("HostGuest") else 100
     positions = _perturbed_configurations(system, start, n, seed=3)
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions))
+    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
 
 
 def test_lennard_jones_cluster_as_nonbonded_force():
@@ -195,7 +166,7 @@ def test_lennard_jones_cluster_as_nonbonded_force():
     rng = np.random.default_rng(0)
     grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.38
     positions = grid + rng.normal(scale=0.03, size=(50, 27, 3))
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions))
+    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
 
 
 def test_torsion_sign_convention_with_arbitrary_phases():
@@ -213,9 +184,9 @@ def test_torsion_sign_convention_with_arbitrary_phases():
     angles.addAngle(5, 3, 4, 2.5, 200.0)
     system.addForce(torsions)
     system.addForce(angles)
-    system = _one_group_per_force(system)
+    system = one_group_per_force(system)
     positions = rng.normal(scale=0.15, size=(100, 6, 3))
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, _openmm_by_group(system, positions))
+    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
 
 
 @pytest.mark.parametrize("solvent", ["vacuum", "implicit"])
