@@ -4,9 +4,22 @@ Each node i has invariant features h_i and ``n_mult`` points x_i^m (the observed
 separate multiplicities). Messages see the squared distances |x_i^m - x_j^m|^2 of every multiplicity; points move
 by the stabilised update (x_i^m - x_j^m) / (|x_i^m - x_j^m| + 1) averaged over the N - 1 neighbours. The network
 is equivariant to rotations, reflections, translations and permutations of the nodes (for equal node types).
+
+Cost. Edge tensors, (pairs, batch, hidden), are where the time goes (on a CPU, every elementwise pass and every
+SiLU over them counts), so the network is built around them:
+
+- messages are symmetric, m_ij = m_ji = phi_e(h_i + h_j, |x_i - x_j|^2), and computed once per unordered pair;
+- the edge networks are two-layer SiLU MLPs without LayerNorm or residual branch (LayerNorm stays on the nodes);
+  phi_x reads the message through one linear layer;
+- edge tensors are laid out pair-major, (P, B, ...), so that gathering node values onto pairs and summing pair
+  values onto nodes are row copies and row sums (``index_select`` / ``index_add``) over contiguous rows.
+
+Only the output head is ordered: atom i's weight for neighbour j differs from j's weight for i.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -36,13 +49,28 @@ class ResidualMLP(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_hidden(self.inp(x))
-
-    def forward_hidden(self, h: Tensor) -> Tensor:
-        """The network after its input layer: h = inp(x) of shape (*, hidden) -> (*, n_out)."""
+        h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)
         return self.out(torch.nn.functional.silu(h))
+
+
+class EdgeMLP(nn.Module):
+    """Two-layer SiLU MLP on edges whose first layer is split over its inputs: out(silu(nodes + edge @ W_edge^T)).
+
+    nodes: (*, hidden), the two atoms' features already through their own part of the first layer (with its
+    bias) and summed; edge: (*, n_edge) raw edge features. Returns (*, n_out).
+    """
+
+    def __init__(self, n_edge: int, hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.edge_in = nn.Linear(n_edge, hidden, bias=False)
+        self.out = nn.Linear(hidden, n_out)
+
+    def forward(self, nodes: Tensor, edge: Tensor) -> Tensor:
+        # one GEMM accumulating onto the node part: no separate pass to add the two
+        pre = torch.addmm(nodes.reshape(-1, nodes.shape[-1]), edge.reshape(-1, edge.shape[-1]), self.edge_in.weight.T)
+        return self.out(torch.nn.functional.silu(pre.view(nodes.shape)))
 
 
 def _rbf(dist2: Tensor, n_rbf: int) -> Tensor:
@@ -52,47 +80,93 @@ def _rbf(dist2: Tensor, n_rbf: int) -> Tensor:
     return torch.exp(-(((d.unsqueeze(-1) - centres) * (n_rbf / 5.0)) ** 2))
 
 
-def _orthogonalise_frame_weights(w: Tensor, group: int) -> Tensor:
-    """w: (B, N, N, V, M) neighbour weights. In each group of ``group`` vectors, remove from vector 2's weights
-    their projection on vector 1's (inner product over neighbours j and multiplicities m); invariant scalars, so
-    equivariance is kept."""
-    b, n, _, v, m = w.shape
-    g = w.reshape(b, n, n, v // group, group, m)
-    w1, w2 = g[..., 1, :], g[..., 2, :]
-    coef = (w1 * w2).sum(dim=(2, -1), keepdim=True) / ((w1 * w1).sum(dim=(2, -1), keepdim=True) + 1e-12)
-    g = torch.cat([g[..., :2, :], (w2 - coef * w1).unsqueeze(-2), g[..., 3:, :]], dim=-2)
-    return g.reshape(b, n, n, v, m)
+def _edge_features(diff: Tensor) -> Tensor:
+    """diff (P, B, M, d) pair vectors -> (P, B, M * (1 + N_RBF)): squared distances (clamped) and their basis."""
+    dist2 = (diff * diff).sum(-1).clamp(max=MAX_FEATURE_DIST2)
+    return torch.cat([dist2, _rbf(dist2, N_RBF).flatten(-2)], dim=-1)
+
+
+class Pairs:
+    """The P = N (N - 1) / 2 unordered atom pairs (i < j) of N atoms, pair-major.
+
+    Node tensors are (N, B, ...) and pair tensors (P, B, ...), so moving values between atoms and pairs is one
+    matrix product with a 0/+-1 incidence matrix over the flattened trailing axes (a single GEMM, and so is its
+    backward), or a row copy (``gather``).
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.n = n
+        self.i, self.j = torch.triu_indices(n, n, offset=1, device=device)
+        p = torch.arange(self.i.numel(), device=device)
+        first = torch.zeros(self.i.numel(), n, dtype=dtype, device=device)
+        second = torch.zeros_like(first)
+        first[p, self.i], second[p, self.j] = 1.0, 1.0
+        self.first, self.second = first, second  # (P, N)
+        self.both, self.signed = first + second, first - second
+
+    def gather(self, nodes: Tensor, end: str) -> Tensor:
+        """nodes (N, *F) -> (P, *F): the values at each pair's first ("i") or second ("j") atom."""
+        return nodes.index_select(0, self.i if end == "i" else self.j)
+
+    @staticmethod
+    def apply(matrix: Tensor, t: Tensor) -> Tensor:
+        """matrix (R, C) applied along dim 0 of t (C, *F) -> (R, *F), as one matrix product."""
+        return (matrix @ t.reshape(t.shape[0], -1)).reshape(matrix.shape[0], *t.shape[1:])
+
+    def to_nodes(self, at_i: Tensor, at_j: Tensor | None = None) -> Tensor:
+        """Per-atom sums: atom k gets at_i[p] over pairs with i = k plus at_j[p] over pairs with j = k.
+
+        at_i, at_j: (P, *F); at_j defaults to at_i (a symmetric pair quantity). Returns (N, *F).
+        """
+        if at_j is None:
+            return self.apply(self.both.T, at_i)
+        return self.apply(self.first.T, at_i) + self.apply(self.second.T, at_j)
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs(n: int, dtype: torch.dtype, device: torch.device) -> Pairs:
+    """The pairs of n atoms, built once per size, dtype and device (16 EGNNs per flow pass share them)."""
+    return Pairs(n, dtype, device)
+
+
+def _orthogonalise_frame_weights(w_ij: Tensor, w_ji: Tensor, pairs: Pairs, group: int) -> tuple[Tensor, Tensor]:
+    """Neighbour weights (P, B, V, M) of the ordered pairs i->j and j->i. In each group of ``group`` vectors, remove
+    from vector 2's weights their projection on vector 1's (inner product over neighbours and multiplicities, per
+    atom); invariant scalars, so equivariance is kept."""
+    p, b, v, m = w_ij.shape
+    g_ij, g_ji = w_ij.reshape(p, b, v // group, group, m), w_ji.reshape(p, b, v // group, group, m)
+    dot = pairs.to_nodes((g_ij[..., 1, :] * g_ij[..., 2, :]).sum(-1), (g_ji[..., 1, :] * g_ji[..., 2, :]).sum(-1))
+    norm2 = pairs.to_nodes(g_ij[..., 1, :].pow(2).sum(-1), g_ji[..., 1, :].pow(2).sum(-1))
+    coef = (dot / (norm2 + 1e-12)).unsqueeze(-1)  # (N, B, groups, 1)
+    out = []
+    for g, end in ((g_ij, "i"), (g_ji, "j")):
+        second = g[..., 2, :] - pairs.gather(coef, end) * g[..., 1, :]
+        out.append(torch.cat([g[..., :2, :], second.unsqueeze(-2), g[..., 3:, :]], dim=-2).reshape(p, b, v, m))
+    return out[0], out[1]
 
 
 class _EGNNLayer(nn.Module):
+    """One message-passing layer on unordered pairs (see the module docstring)."""
+
     def __init__(self, hidden: int, n_mult: int, mlp_blocks: int, coord_scale: float) -> None:
         super().__init__()
-        self.n_mult = n_mult
-        self.phi_e = ResidualMLP(2 * hidden + n_mult * (1 + N_RBF), hidden, hidden, mlp_blocks)
-        self.phi_x = ResidualMLP(hidden, n_mult, hidden, mlp_blocks)
+        self.node = nn.Linear(hidden, hidden)  # with the first edge layer's bias (twice: once per atom)
+        self.phi_e = EdgeMLP(n_mult * (1 + N_RBF), hidden, hidden)
+        self.phi_x = nn.Linear(hidden, n_mult)
         with torch.no_grad():  # small coordinate steps at initialisation (reference implementation: 1e-3)
-            self.phi_x.out.weight.mul_(coord_scale)
-            self.phi_x.out.bias.mul_(coord_scale)
+            self.phi_x.weight.mul_(coord_scale)
+            self.phi_x.bias.mul_(coord_scale)
         self.phi_h = ResidualMLP(2 * hidden, hidden, hidden, mlp_blocks)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h: (B, N, H); pos: (B, N, M, d); mask: (N, N) with zero diagonal. Returns (h, pos, messages)."""
-        n = h.shape[1]
-        diff = pos[:, :, None] - pos[:, None, :]  # (B, N, N, M, d): x_i - x_j
-        dist2 = (diff * diff).sum(-1).clamp(max=MAX_FEATURE_DIST2)
-        rbf = _rbf(dist2, N_RBF).flatten(-2)
-        # phi_e(cat[h_i, h_j, edge]) with its input layer split, so no (B, N, N, 2H) tensor is built
-        w = self.phi_e.inp.weight
-        hdim = h.shape[-1]
-        node_i = h @ w[:, :hdim].T + self.phi_e.inp.bias
-        node_j = h @ w[:, hdim : 2 * hdim].T
-        edge = torch.cat([dist2, rbf], dim=-1) @ w[:, 2 * hdim :].T
-        pre = node_i[:, :, None] + node_j[:, None, :] + edge
-        m = self.phi_e.forward_hidden(pre) * mask[..., None]  # (B, N, N, H)
-        unit = diff / (safe_norm(diff, keepdim=True) + 1.0)
-        shift = (unit * self.phi_x(m)[..., None] * mask[..., None, None]).sum(2) / (n - 1)
-        h = h + self.phi_h(torch.cat([self.norm(h), m.sum(2) / (n - 1)], dim=-1))
+    def forward(self, h: Tensor, pos: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor, Tensor]:
+        """h: (N, B, H); pos: (N, B, M, d). Returns (h, pos, messages (P, B, H))."""
+        diff = pairs.apply(pairs.signed, pos)  # (P, B, M, d): x_i - x_j
+        m = torch.nn.functional.silu(self.phi_e(pairs.apply(pairs.both, self.node(h)), _edge_features(diff)))
+        step = diff / (safe_norm(diff, keepdim=True) + 1.0) * self.phi_x(m).unsqueeze(-1)  # (P, B, M, d)
+        shift = pairs.apply(pairs.signed.T, step) / (pairs.n - 1)
+        received = pairs.to_nodes(m) / (pairs.n - 1)
+        h = h + self.phi_h(torch.cat([self.norm(h), received], dim=-1))
         return h, pos + shift, m
 
 
@@ -103,8 +177,9 @@ class EGNN(nn.Module):
         n_types: number of atom types (embedding size of node features).
         n_mult: points per node (multiplicities) in the input.
         n_vectors: equivariant output vectors per node.
-        hidden: width of features and MLPs. n_layers: message-passing layers. mlp_blocks: residual blocks per MLP.
-        coord_scale: scale of the last layer of the coordinate MLPs at initialisation.
+        hidden: width of features and MLPs. n_layers: message-passing layers. mlp_blocks: residual blocks of the
+            node MLPs.
+        coord_scale: scale of the coordinate update's layer at initialisation.
         frame_group: for frame-building couplings, the number of output vectors per transformed multiplicity
             (origin shift, then two frame vectors). The neighbour weights of each group's third vector are made
             orthogonal to those of its second (over neighbours and multiplicities), so the two frame vectors
@@ -134,9 +209,15 @@ class EGNN(nn.Module):
         n_pairs = n_mult * (n_mult - 1) // 2
         self.node_in = nn.Linear(hidden + n_pairs, hidden)
         self.layers = nn.ModuleList(_EGNNLayer(hidden, n_mult, mlp_blocks, coord_scale) for _ in range(n_layers))
-        # the vector head sees a radial basis of the distances, so that different output vectors weight the
-        # neighbours differently and are not all nearly parallel at initialisation
-        self.vec_edge = ResidualMLP(hidden + n_mult * N_RBF, n_vectors * n_mult, hidden, mlp_blocks)
+        # The vector head reads the last messages and a radial basis of the distances, so that different output
+        # vectors weight the neighbours differently and are not all nearly parallel at initialisation. It is
+        # ordered (atom i's own features enter its weights for its neighbours), else the outputs of all atoms would
+        # sum to zero. It is linear: the messages are already an MLP's output, and an edge MLP here cost as much
+        # as a message-passing layer.
+        n_out = n_vectors * n_mult
+        self.vec_edge = nn.Linear(hidden + n_mult * N_RBF, n_out)
+        self.vec_self = nn.Linear(hidden, n_out, bias=False)
+        self.vec_other = nn.Linear(hidden, n_out, bias=False)
         self.vec_node = ResidualMLP(hidden, n_vectors * n_mult, hidden, mlp_blocks) if n_mult > 1 else None
         self.norm_out = nn.LayerNorm(hidden)
 
@@ -144,34 +225,42 @@ class EGNN(nn.Module):
         b, n, m, _ = pos.shape
         if m != self.n_mult:
             raise ValueError(f"EGNN built for {self.n_mult} multiplicities, got positions of shape {tuple(pos.shape)}")
-        h = self.embed(types).to(pos.dtype).expand(b, -1, -1)
+        x = pos.transpose(0, 1)  # (N, B, M, d): node-major
+        h = self.embed(types).to(pos.dtype).unsqueeze(1).expand(-1, b, -1)
         if m > 1:
             iu, ju = torch.triu_indices(m, m, offset=1, device=pos.device)
-            intra = ((pos[:, :, iu] - pos[:, :, ju]) ** 2).sum(-1).clamp(max=MAX_FEATURE_DIST2)  # (B, N, n_pairs)
+            intra = ((x[:, :, iu] - x[:, :, ju]) ** 2).sum(-1).clamp(max=MAX_FEATURE_DIST2)  # (N, B, n_pairs)
             h = torch.cat([h, intra], dim=-1)
         h = self.node_in(h)
-        mask = 1.0 - torch.eye(n, dtype=pos.dtype, device=pos.device)
-        x = pos
+        pairs = _pairs(n, pos.dtype, pos.device)
         msg = None
         for layer in self.layers:
-            h, x, msg = layer(h, x, mask)
-        if msg is None:  # no message-passing layer: messages from the embedding alone
-            msg = (h[:, :, None] + h[:, None, :]) * mask[..., None]
-        diff = x[:, :, None] - x[:, None, :]
-        unit = diff / (safe_norm(diff, keepdim=True) + 1.0)  # (B, N, N, M, d)
-        rbf = _rbf((diff * diff).sum(-1), N_RBF).flatten(-2)
-        w = self.vec_edge(torch.cat([msg, rbf], dim=-1)).reshape(b, n, n, self.n_vectors, m) * mask[..., None, None]
+            h, x, msg = layer(h, x, pairs)
+        if msg is None:  # no message-passing layer: messages from the node features alone
+            msg = pairs.apply(pairs.both, h)
+        diff = pairs.apply(pairs.signed, x)  # (P, B, M, d)
+        unit = diff / (safe_norm(diff, keepdim=True) + 1.0)
+        dist2 = (diff * diff).sum(-1).clamp(max=MAX_FEATURE_DIST2)
+        edge = self.vec_edge(torch.cat([msg, _rbf(dist2, N_RBF).flatten(-2)], dim=-1))  # (P, B, V * M)
+        own, other = self.vec_self(h), self.vec_other(h)  # (N, B, V * M)
+        shape = (-1, b, self.n_vectors, m)
+        w_ij = (edge + pairs.apply(pairs.first, own) + pairs.apply(pairs.second, other)).reshape(shape)
+        w_ji = (edge + pairs.apply(pairs.second, own) + pairs.apply(pairs.first, other)).reshape(shape)
         # Scale the weights to unit root-mean-square over neighbours, so that output vectors have length O(1).
         # The neighbour-average weight is kept: it gives the direction away from (or towards) the neighbours, the
         # only equivariant direction where the neighbours are equidistant, and the one that changes pair distances.
         # (Subtracting it made such vectors vanish and, near equidistance, blew tiny weight differences up 100-fold
         # into erratic directions: maximum likelihood on DW4 then stalled near the Gaussian NLL.)
-        w = w * torch.rsqrt(w.pow(2).sum(2, keepdim=True) / (n - 1) + 1e-4)
+        scale = torch.rsqrt(pairs.to_nodes(w_ij.pow(2), w_ji.pow(2)) / (n - 1) + 1e-4)  # (N, B, V, M)
+        w_ij, w_ji = w_ij * pairs.gather(scale, "i"), w_ji * pairs.gather(scale, "j")
         if self.frame_group is not None:
-            w = _orthogonalise_frame_weights(w, self.frame_group)
-        vectors = torch.einsum("bijvm,bijmd->bivd", w, unit) / (n - 1)
+            w_ij, w_ji = _orthogonalise_frame_weights(w_ij, w_ji, pairs, self.frame_group)
+        # atom i moves along x_i - x_j with weight w_ij; atom j along x_j - x_i = -(x_i - x_j) with weight w_ji
+        vectors = pairs.to_nodes(
+            torch.einsum("pbvm,pbmd->pbvd", w_ij, unit), -torch.einsum("pbvm,pbmd->pbvd", w_ji, unit)
+        ) / (n - 1)  # (N, B, V, d)
         if self.vec_node is not None:
-            rel = x - x.mean(dim=2, keepdim=True)  # (B, N, M, d), translation invariant
-            wn = self.vec_node(h).reshape(b, n, self.n_vectors, m)
-            vectors = vectors + torch.einsum("bivm,bimd->bivd", wn, rel)
-        return vectors, self.norm_out(h)
+            rel = x - x.mean(dim=2, keepdim=True)  # (N, B, M, d), translation invariant
+            wn = self.vec_node(h).reshape(n, b, self.n_vectors, m)
+            vectors = vectors + torch.einsum("nbvm,nbmd->nbvd", wn, rel)
+        return vectors.transpose(0, 1), self.norm_out(h).transpose(0, 1)

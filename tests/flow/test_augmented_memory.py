@@ -212,3 +212,16 @@ def test_available_memory_reads_the_cgroup_limit(tmp_path, monkeypatch):
     assert memory.available_bytes("cpu") == 750_000
     limit.write_text("max\n")
     assert memory.available_bytes("cpu") > 750_000
+
+
+def test_aldp_reference_size_keeps_at_most_20_mb_per_configuration():
+    """Issue 16's budget: log q + backward at the aldp reference size (22 atoms, 8 blocks, EGNN 3 x 32, vector,
+    float32) saves <= 20 MB per configuration for backward (the dense EGNN with LayerNorm on edges kept 43 MB;
+    the pair EGNN keeps about 10)."""
+    torch.manual_seed(0)
+    types = [0, 1, 0, 0, 2, 3, 1, 0, 1, 0, 0, 0, 2, 3, 1, 0, 1, 0, 0, 0, 0, 0]
+    flow = AugmentedCouplingFlow(
+        22, 3, types, projection="vector", n_blocks=8, hidden=32, egnn_layers=3, length_scale=0.2
+    )
+    per_config = flow.graph_bytes_per_configuration()
+    assert 1e6 < per_config <= 20e6, per_config

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bgflow_se3.flow.egnn import EGNN, _orthogonalise_frame_weights
+from bgflow_se3.flow.egnn import EGNN, Pairs, _orthogonalise_frame_weights
 from bgflow_se3.flow.geometry import random_rotation
 
 
@@ -33,19 +33,28 @@ def test_egnn_is_e3_equivariant_and_permutation_equivariant(dim, n_mult, frame_g
 def test_frame_weights_are_decorrelated_and_frames_stay_apart(generator):
     """Bias-dominated neighbour weights (randomised network) made both frame vectors point along the neighbour
     average: nearly collinear, an ill-conditioned frame. With frame_group their weights are orthogonal."""
-    w = torch.randn(2, 5, 5, 6, 2, generator=generator, dtype=torch.float64) + 3.0  # shared bias: collinear
-    out = _orthogonalise_frame_weights(w, 3).reshape(2, 5, 5, 2, 3, 2)
-    g = w.reshape(2, 5, 5, 2, 3, 2)
-    torch.testing.assert_close(out[..., :2, :], g[..., :2, :], atol=0, rtol=0)  # origin and first vector kept
-    inner = (out[..., 1, :] * out[..., 2, :]).sum(dim=(2, -1))
+    pairs = Pairs(5, torch.float64, torch.device("cpu"))
+    # (P, B, V, M) weights of each pair for its first and its second atom, all dominated by one bias: collinear
+    w_ij = torch.randn(10, 2, 6, 2, generator=generator, dtype=torch.float64) + 3.0
+    w_ji = torch.randn(10, 2, 6, 2, generator=generator, dtype=torch.float64) + 3.0
+    o_ij, o_ji = (t.reshape(10, 2, 2, 3, 2) for t in _orthogonalise_frame_weights(w_ij, w_ji, pairs, 3))
+    for out, w in ((o_ij, w_ij), (o_ji, w_ji)):  # origin and first vector kept
+        torch.testing.assert_close(out[..., :2, :], w.reshape(10, 2, 2, 3, 2)[..., :2, :], atol=0, rtol=0)
+    # per atom, over its neighbours and the multiplicities: vector 2's weights orthogonal to vector 1's
+    inner = pairs.to_nodes((o_ij[..., 1, :] * o_ij[..., 2, :]).sum(-1), (o_ji[..., 1, :] * o_ji[..., 2, :]).sum(-1))
     assert inner.abs().max() < 1e-10
+    before = pairs.to_nodes(
+        (w_ij.reshape(10, 2, 2, 3, 2)[..., 1, :] * w_ij.reshape(10, 2, 2, 3, 2)[..., 2, :]).sum(-1),
+        (w_ji.reshape(10, 2, 2, 3, 2)[..., 1, :] * w_ji.reshape(10, 2, 2, 3, 2)[..., 2, :]).sum(-1),
+    )
+    assert before.abs().min() > 1.0  # the test input was far from orthogonal
     pos = torch.randn(64, 5, 1, 3, generator=generator, dtype=torch.float64)
     cos = {}
     for group in (None, 3):
         torch.manual_seed(3)
         net = EGNN(n_types=1, n_mult=1, n_vectors=3, hidden=16, n_layers=1, frame_group=group).double()
         with torch.no_grad():
-            net.vec_edge.out.bias.add_(2.0)  # every neighbour weight dominated by the same bias
+            net.vec_edge.bias.add_(2.0)  # every neighbour weight dominated by the same bias
         vec, _ = net(pos, torch.zeros(5, dtype=torch.long))
         v1, v2 = vec[..., 1, :], vec[..., 2, :]
         cos[group] = ((v1 * v2).sum(-1) / (v1.norm(dim=-1) * v2.norm(dim=-1))).abs()
