@@ -20,7 +20,7 @@ import torch
 from bgflow_se3 import OpenMMEnergy, TorchForceField, UnsupportedForceError, UnsupportedSystemError
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.umbrella import add_torsion_bias
-from tests.energy._openmm_reference import one_group_per_force, openmm_by_group
+from tests.energy._openmm_reference import assert_groups_match_openmm, one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
 app = pytest.importorskip("openmm.app")
@@ -28,29 +28,7 @@ app = pytest.importorskip("openmm.app")
 #: charmm36_2024.xml on the shipped aldp topology (NoCutoff, constraints=None, no CMMotionRemover), serialized:
 #: building it takes about a minute (the force field is large); test_shipped_charmm_system_is_the_rebuilt_one checks it.
 CHARMM_XML = Path(__file__).parent / "data" / "aldp_charmm36_2024.xml.gz"
-ENERGY_RTOL = 1e-6
-FORCE_RTOL = 1e-5
 N_CONFIGS = 60
-
-
-def check_against_openmm(ff: TorchForceField, system, positions: np.ndarray, reference=None) -> None:
-    """Every force group's energy (1e-6) and force (1e-5, per-configuration norm) relative to OpenMM."""
-    reference = openmm_by_group(system, positions) if reference is None else reference
-    x = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
-    for k, force in enumerate(system.getForces()):
-        if type(force).__name__ == "CMMotionRemover":
-            continue
-        g = force.getForceGroup()
-        name = f"force {k} ({type(force).__name__})"
-        energy = ff.potential_energy(x, groups={g})
-        (grad,) = torch.autograd.grad(energy.sum(), x)
-        e_ref, f_ref = reference[g]
-        e_err = np.abs(energy.detach().numpy() - e_ref) / np.maximum(np.abs(e_ref), 1e-8)
-        f_err = np.linalg.norm((-grad.numpy() - f_ref).reshape(len(x), -1), axis=1) / np.maximum(
-            np.linalg.norm(f_ref.reshape(len(x), -1), axis=1), 1e-8
-        )
-        assert e_err.max() <= ENERGY_RTOL, f"{name}: energy relative error {e_err.max():.2e} at {e_err.argmax()}"
-        assert f_err.max() <= FORCE_RTOL, f"{name}: force relative error {f_err.max():.2e} at {f_err.argmax()}"
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +94,7 @@ def test_system_matches_openmm_per_force_group(name, aldp_configurations):
     reference = openmm_by_group(system, aldp_configurations)
     total = sum(e for e, _ in reference.values())
     assert np.isfinite(total).all() and total.max() > 1e4, "the set must contain near-clashes"
-    check_against_openmm(TorchForceField.from_system(system), system, aldp_configurations, reference)
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, aldp_configurations, reference)
 
 
 def test_charmm_system_has_the_custom_forces_it_is_meant_to_test():
@@ -147,7 +125,7 @@ def test_umbrella_bias_on_gbn2_matches_openmm(aldp_configurations):
     psi_bias.addTorsion(6, 8, 14, 16, [])
     system.addForce(psi_bias)
     system = one_group_per_force(system)
-    check_against_openmm(TorchForceField.from_system(system), system, aldp_configurations[::3])
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, aldp_configurations[::3])
 
 
 def test_random_cmap_maps_match_openmm(aldp_configurations):
@@ -162,7 +140,7 @@ def test_random_cmap_maps_match_openmm(aldp_configurations):
     cmap.addTorsion(1, 1, 4, 6, 8, 8, 14, 16, 18)
     system.addForce(cmap)
     system = one_group_per_force(system)
-    check_against_openmm(TorchForceField.from_system(system), system, aldp_configurations)
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, aldp_configurations)
 
 
 def test_openmm_energy_and_torch_forcefield_agree_on_gbn2(aldp_configurations):

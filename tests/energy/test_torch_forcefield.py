@@ -9,12 +9,10 @@ import torch
 from bgflow_se3 import TorchForceField, UnsupportedForceError, UnsupportedSystemError
 from bgflow_se3.energy.base import MOLAR_GAS_CONSTANT
 from bgflow_se3.systems import load_aldp
-from tests.energy._openmm_reference import one_group_per_force, openmm_by_group
+from tests.energy._openmm_reference import assert_groups_match_openmm, one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
 
-ENERGY_RTOL = 1e-6
-FORCE_RTOL = 1e-5
 N_ALDP_CONFIGS = 1000
 
 
@@ -50,24 +48,6 @@ def _perturbed_configurations(system, start: np.ndarray, n: int, seed: int) -> n
     return np.concatenate([md, large, clash])
 
 
-def _check_against_openmm(ff: TorchForceField, system, positions: np.ndarray, reference) -> None:
-    x = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
-    for k, force in enumerate(system.getForces()):
-        g = force.getForceGroup()
-        if type(force).__name__ == "CMMotionRemover":
-            continue
-        name = f"force {k} ({type(force).__name__})"
-        energy = ff.potential_energy(x, groups={g})
-        (grad,) = torch.autograd.grad(energy.sum(), x)
-        e_ref, f_ref = reference[g]
-        e_err = np.abs(energy.detach().numpy() - e_ref) / np.maximum(np.abs(e_ref), 1e-8)
-        f_err = np.linalg.norm((-grad.numpy() - f_ref).reshape(len(x), -1), axis=1) / np.maximum(
-            np.linalg.norm(f_ref.reshape(len(x), -1), axis=1), 1e-8
-        )
-        assert e_err.max() <= ENERGY_RTOL, f"{name}: energy relative error {e_err.max():.2e} at {e_err.argmax()}"
-        assert f_err.max() <= FORCE_RTOL, f"{name}: force relative error {f_err.max():.2e} at {f_err.argmax()}"
-
-
 @pytest.fixture(scope="module", params=["vacuum", "implicit"])
 def aldp_case(request):
     """(TorchForceField, System with one group per force, positions (1000, 22, 3), OpenMM per-group results)."""
@@ -79,7 +59,7 @@ def aldp_case(request):
 
 def test_aldp_matches_openmm_per_force_group(aldp_case):
     ff, system, positions, reference = aldp_case
-    _check_against_openmm(ff, system, positions, reference)
+    assert_groups_match_openmm(ff, system, positions, reference)
 
 
 def test_aldp_configurations_include_high_energies(aldp_case):
@@ -154,7 +134,7 @@ def test_other_systems_match_openmm(name):
     start = np.asarray(test_system.positions._value)
     n = 40 if name.startswith("HostGuest") else 100
     positions = _perturbed_configurations(system, start, n, seed=3)
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, positions)
 
 
 def test_lennard_jones_cluster_as_nonbonded_force():
@@ -166,7 +146,7 @@ def test_lennard_jones_cluster_as_nonbonded_force():
     rng = np.random.default_rng(0)
     grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.38
     positions = grid + rng.normal(scale=0.03, size=(50, 27, 3))
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, positions)
 
 
 def test_torsion_sign_convention_with_arbitrary_phases():
@@ -186,7 +166,7 @@ def test_torsion_sign_convention_with_arbitrary_phases():
     system.addForce(angles)
     system = one_group_per_force(system)
     positions = rng.normal(scale=0.15, size=(100, 6, 3))
-    _check_against_openmm(TorchForceField.from_system(system), system, positions, openmm_by_group(system, positions))
+    assert_groups_match_openmm(TorchForceField.from_system(system), system, positions)
 
 
 @pytest.mark.parametrize("solvent", ["vacuum", "implicit"])
