@@ -11,7 +11,9 @@ each batch size: configurations/s of log q(x, a) + backward, configurations/s of
 and the bytes autograd saves for backward per configuration (``saved_tensors_hooks``; parameters excluded). The
 trees run alternately, ``--repeats`` times each, so that drifting background load hits both alike; the medians
 and the ratios (this tree / baseline) are printed and written as JSON. ``--threads`` sets torch's threads in the
-workers (use 1 on a shared machine).
+workers (use 1 on a shared machine). ``--compile`` runs this tree's flow with ``compiled=True`` (the baseline stays
+as it is) and reports the seconds of the first calls, which compile, apart from the timings; the first run on a
+machine compiles for minutes, later ones read inductor's on-disk cache.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def _identity(t):
     return t
 
 
-def worker(size: str, batches: list[int], min_seconds: float) -> dict:
+def worker(size: str, batches: list[int], min_seconds: float, compile: bool = False) -> dict:
     """Runs inside the worker process (``bgflow_se3`` imported from its tree); returns per-batch numbers."""
     from bgflow_se3 import AugmentedCouplingFlow
     from bgflow_se3.systems import load_aldp
@@ -96,6 +98,14 @@ def worker(size: str, batches: list[int], min_seconds: float) -> dict:
     flow = AugmentedCouplingFlow.for_topology(aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **SIZES[size])
     flow = flow.float()
     parameters = {p.data_ptr() for p in flow.parameters()}
+    compile_seconds = None
+    if compile:
+        flow.compiled = True
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = flow.sample(batches[0]).x
+        log_q_backward(flow, x, flow.sample_aug_target(x))
+        compile_seconds = time.perf_counter() - start
     rows = []
     for batch in batches:
         with torch.no_grad():
@@ -103,8 +113,12 @@ def worker(size: str, batches: list[int], min_seconds: float) -> dict:
             a = flow.sample_aug_target(x)
 
         saved: dict[int, int] = {}
+        if compile:  # the eager graph's memory: the hooks are for eager autograd
+            flow.compiled = False
         with torch.autograd.graph.saved_tensors_hooks(functools.partial(_count, saved, parameters), _identity):
             log_q_backward(flow, x, a)
+        if compile:
+            flow.compiled = True
         row = {"batch": batch, "saved_mb_per_configuration": sum(saved.values()) / batch / 2**20}
         tasks = {
             "log_q_backward": functools.partial(log_q_backward, flow, x, a),
@@ -113,10 +127,10 @@ def worker(size: str, batches: list[int], min_seconds: float) -> dict:
         for name, fn in tasks.items():
             row[f"{name}_configurations_per_s"] = batch / timed(fn, torch.device("cpu"), 1, min_seconds)
         rows.append(row)
-    return {"n_parameters": sum(p.numel() for p in flow.parameters()), "rows": rows}
+    return {"n_parameters": sum(p.numel() for p in flow.parameters()), "rows": rows, "compile_s": compile_seconds}
 
 
-def run_tree(src: Path, size: str, batches: list[int], threads: int, min_seconds: float) -> dict:
+def run_tree(src: Path, size: str, batches: list[int], threads: int, min_seconds: float, compile: bool) -> dict:
     """One worker process with ``src`` first on sys.path; its JSON result."""
     code = (
         "import json, sys, torch; "
@@ -125,7 +139,7 @@ def run_tree(src: Path, size: str, batches: list[int], threads: int, min_seconds
         f"sys.path.insert(1, {str(ROOT / 'benchmarks')!r}); "
         "import bgflow_se3, flow_speed; "
         f"assert bgflow_se3.__file__.startswith({str(src)!r}), bgflow_se3.__file__; "
-        f"print(json.dumps(flow_speed.worker({size!r}, {batches!r}, {min_seconds!r})))"
+        f"print(json.dumps(flow_speed.worker({size!r}, {batches!r}, {min_seconds!r}, {compile!r})))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(src)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
@@ -142,6 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=3.0, help="timing per measurement")
+    parser.add_argument("--compile", action="store_true", help="this tree's flow with compiled=True")
     parser.add_argument("--quick", action="store_true", help="tiny flow, batch 8, one repeat, this tree only")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
@@ -151,7 +166,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for repeat in range(args.repeats):
         for name, src in trees.items():
-            runs[name].append(run_tree(src, args.size, args.batches, args.threads, args.min_seconds))
+            compile = args.compile and name == "this"
+            runs[name].append(run_tree(src, args.size, args.batches, args.threads, args.min_seconds, compile))
             print(f"repeat {repeat + 1}/{args.repeats}: {name} done", flush=True)
     keys = ("log_q_backward_configurations_per_s", "sample_configurations_per_s", "saved_mb_per_configuration")
     table = []
@@ -180,9 +196,13 @@ def main() -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "trees": {name: str(src) for name, src in trees.items()},
+        "compiled": args.compile,
+        "compile_s_per_run": [run["compile_s"] for run in runs["this"]],
         "n_parameters": {name: runs[name][0]["n_parameters"] for name in trees},
         "table": table,
     }
+    if args.compile:
+        print("first calls (compiling) per run, s:", ", ".join(f"{run['compile_s']:.0f}" for run in runs["this"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

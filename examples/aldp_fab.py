@@ -94,15 +94,20 @@ FULL = dict(
 )
 
 
-def build_flow(setup: dict, aldp, device: str | torch.device):
-    """The pretrained internal-coordinate flow (CPU modes) or a fresh augmented coupling flow (GPU mode)."""
+def build_flow(setup: dict, aldp, device: str | torch.device, compile: bool = False):
+    """The pretrained internal-coordinate flow (CPU modes) or a fresh augmented coupling flow (GPU mode).
+
+    compile: run the augmented flow's couplings ``torch.compile``d (``AugmentedCouplingFlow(compile=True)``).
+    """
     if setup["pretrained"]:
         flow, provenance = load_pretrained_aldp_flow("implicit")
         return flow.to(device), {
             "pretrained_commit": provenance.get("commit"),
             **{f"pretrained_{k}": v for k, v in provenance.get("metrics", {}).items()},
         }
-    flow = AugmentedCouplingFlow.for_topology(aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"])
+    flow = AugmentedCouplingFlow.for_topology(
+        aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, compile=compile, **setup["flow"]
+    )
     return flow.to(device, torch.float32), {}
 
 
@@ -122,6 +127,11 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: bgflow_se3.threads' policy)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="full mode: torch.compile the augmented flow (~2x faster steps after minutes of compiling)",
+    )
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
     parser.add_argument(
         "--umbrella",
@@ -132,6 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     name = "smoke" if args.smoke else "quick" if args.quick else "long" if args.long else "full"
     setup = {"smoke": SMOKE, "quick": QUICK, "long": LONG, "full": FULL}[name]
+    if args.compile and setup["pretrained"]:
+        parser.error(f"--compile applies to the augmented flow of the full mode; --{name} uses the pretrained flow")
     if args.threads:
         set_threads(args.threads)
     out = args.out or Path("runs") / f"aldp_fab_{name}"
@@ -144,7 +156,7 @@ def main() -> None:
     aldp = load_aldp("implicit")
     # training energies in float32 on the device; the target is the L enantiomer
     energy = RestrictedEnergy(TorchForceField.from_system(aldp.system, TEMPERATURE).to(device), is_l_form)
-    flow, flow_info = build_flow(setup, aldp, device)
+    flow, flow_info = build_flow(setup, aldp, device, compile=args.compile)
     objective = FABObjective(TargetDensity(energy, energy_cut=1e3), **setup["fab"])
     n_iterations = args.iterations or setup["n_iterations"]
     config = TrainConfig(

@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=1, help="OpenMM worker processes (CPU backend)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the flow (~2x faster steps after minutes of compiling)"
+    )
     args = parser.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     setup = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
@@ -127,7 +130,7 @@ def main() -> None:
     val = torch.from_numpy(frames[n_train:]).to(device)
     aldp = load_aldp("implicit")
     flow = AugmentedCouplingFlow.for_topology(
-        aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, **setup["flow"]
+        aldp.topology, n_aug=1, sigma_aug=0.05, length_scale=0.3, compile=args.compile, **setup["flow"]
     ).to(device, torch.float32)
     n_iterations = args.iterations or setup["n_iterations"]
     config = TrainConfig(

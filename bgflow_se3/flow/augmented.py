@@ -58,6 +58,10 @@ class AugmentedCouplingFlow(nn.Module):
             ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: only the block inputs are kept for backward
             and the block's activations are recomputed there (about one more forward pass of compute, a fraction of
             the memory). Results and gradients are unchanged; it has no effect under ``torch.no_grad()``.
+        compile: run every coupling through one ``torch.compile``d function (``couplings.compiled_transform``):
+            1.4-1.9x the configurations/s on 2 CPU cores once compiled, but the first calls compile for ~10 minutes
+            (1-2.5 min from inductor's on-disk cache), so it pays for training runs, not for quick evaluations.
+            Needs a C++ compiler on CPU. Results agree with eager to rounding. ``flow.compiled`` switches it later.
 
     Gradients: ``sample``, ``log_prob_joint`` and the transforms follow torch's grad mode (they build a graph when it
     is on: wrap them in ``torch.no_grad()`` when only values are needed); the marginal ``log_prob`` is an evaluation
@@ -84,6 +88,7 @@ class AugmentedCouplingFlow(nn.Module):
         spline_range: float = 10.0,
         cartesian_inner: Literal["spline", "affine"] = "spline",
         gradient_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if n_atoms < 2:
@@ -116,6 +121,7 @@ class AugmentedCouplingFlow(nn.Module):
             n_vector_transforms=n_vector_transforms,
             spline_range=spline_range,
             cartesian_inner=cartesian_inner,
+            compiled=compile,
         )
         self.couplings_a = nn.ModuleList(
             ProjectionCoupling(projection, n_cond=1, n_trans=n_aug, **kwargs) for _ in range(n_blocks)
@@ -154,6 +160,19 @@ class AugmentedCouplingFlow(nn.Module):
         return cls(len(keys), dim=3, atom_types=[index[k] for k in keys], **kwargs)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    @property
+    def compiled(self) -> bool:
+        """Whether the couplings run ``torch.compile``d (see ``compile`` in the class docstring); settable."""
+        return all(c.compiled for c in self._couplings())
+
+    @compiled.setter
+    def compiled(self, value: bool) -> None:
+        for coupling in self._couplings():
+            coupling.compiled = bool(value)
+
+    def _couplings(self) -> list[ProjectionCoupling]:
+        return [*self.couplings_a, *self.couplings_x]
+
     @property
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -230,11 +249,13 @@ class AugmentedCouplingFlow(nn.Module):
                 )
                 self.inverse_with_log_det(x.to(device), a.to(device))
 
-            checkpointing, self.gradient_checkpointing, self._measuring = self.gradient_checkpointing, False, True
+            # measured on the eager graph: saved-tensor hooks see inside it, and no compilation is triggered here
+            checkpointing, compiled = self.gradient_checkpointing, self.compiled
+            self.gradient_checkpointing, self.compiled, self._measuring = False, False, True
             try:
                 self._graph_bytes[key] = graph_bytes_per_item(run)
             finally:
-                self.gradient_checkpointing, self._measuring = checkpointing, False
+                self.gradient_checkpointing, self.compiled, self._measuring = checkpointing, compiled, False
         return self._graph_bytes[key]
 
     def _guard_memory(self, batch: int, device: torch.device, what: str) -> None:

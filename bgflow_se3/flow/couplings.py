@@ -30,7 +30,9 @@ transform fades to the identity, and its dependence on the frame, ~g / sigma_min
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -87,6 +89,8 @@ class ProjectionCoupling(nn.Module):
         n_vector_transforms: radial transforms of the vector projection.
         frame_method: "loewdin" (default) or "gram-schmidt" orthogonalisation of the frame vectors.
         frame_floor: F, the frame gate's scale in units of L (see the module docstring); 0 turns the gate off.
+        compiled: run the coupling (EGNN, splines, projections) as one ``torch.compile``d function, shared by
+            all couplings; see ``compiled_transform``. The attribute can be switched at any time.
 
     ``forward(z, cond, types)`` and ``inverse(y, cond, types)`` return (points, log|det J| of shape (batch,),
     auxiliary loss of shape (batch,)); they are exact inverses and their log-dets sum to zero.
@@ -109,6 +113,7 @@ class ProjectionCoupling(nn.Module):
         cartesian_inner: Literal["spline", "affine"] = "spline",
         frame_method: FrameMethod = "loewdin",
         frame_floor: float = 0.1,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         if projection not in PROJECTIONS:
@@ -121,6 +126,7 @@ class ProjectionCoupling(nn.Module):
         self.projection, self.dim, self.n_trans, self.n_bins = projection, dim, n_trans, n_bins
         self.length_scale = float(length_scale)
         self.frame_method, self.frame_floor = frame_method, float(frame_floor)
+        self.compiled = bool(compiled)
         self.bound = float(spline_range) * self.length_scale
         lin, bounded, circ = (n_spline_params(n_bins, b) for b in ("linear", "bounded", "circular"))
         if projection == "cartesian":
@@ -165,6 +171,13 @@ class ProjectionCoupling(nn.Module):
         return self._transform(y, cond, types, inverse=True)
 
     def _transform(self, p: Tensor, cond: Tensor, types: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        if self.compiled:  # flat (B, N, M * d) inputs: one memory layout, so no recompiles for strides
+            return compiled_transform()(self, p.flatten(2), cond.flatten(2), types, inverse)
+        return self._eager_transform(p, cond, types, inverse)
+
+    def _eager_transform(self, p: Tensor, cond: Tensor, types: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        if p.dim() == 3:  # flattened by the compiled path
+            p, cond = p.unflatten(2, (-1, self.dim)), cond.unflatten(2, (-1, self.dim))
         centre, vec, params, aux = self._condition(cond, types)
         if self.projection == "cartesian":
             out, logdet = self._cartesian(p, centre, vec, params, inverse)
@@ -226,3 +239,19 @@ class ProjectionCoupling(nn.Module):
             p = origin + u * ratio
             logdet = logdet + ld + (self.dim - 1) * torch.log(ratio.squeeze(-1))
         return p, logdet
+
+
+@functools.cache
+def compiled_transform() -> Callable[[ProjectionCoupling, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor]]:
+    """``torch.compile`` of one coupling's transform, (coupling, points, cond, types, inverse) -> (out, log-det, aux).
+
+    One function for every coupling: the parameters are inputs of the compiled graph, so couplings of one shape
+    share its code; graphs are compiled per direction, grad mode, whether the points require grad, projection and
+    dtype (a training run needs up to six). The batch size is dynamic, so batches and sampling chunks of any size
+    reuse them. Inductor fuses the elementwise passes over the (pairs, batch, hidden) edge tensors and the spline
+    arithmetic into a few loops: on 2 CPU cores the alanine dipeptide reference flow (float32) ran log q +
+    backward ~1.6x and sampling 1.4-1.9x faster than eager. The first calls compile: ~10 min on 2 CPU cores cold,
+    ~1-2.5 min with inductor's on-disk cache warm; a C++ compiler is needed on CPU. Results agree with eager to
+    rounding (float32: ~1e-5 nats in log q; float64: ~1e-14).
+    """
+    return torch.compile(ProjectionCoupling._eager_transform, dynamic=True)
