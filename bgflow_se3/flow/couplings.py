@@ -171,8 +171,8 @@ class ProjectionCoupling(nn.Module):
         return self._transform(y, cond, types, inverse=True)
 
     def _transform(self, p: Tensor, cond: Tensor, types: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-        if self.compiled:  # flat (B, N, M * d) inputs: one memory layout, so no recompiles for strides
-            return compiled_transform()(self, p.flatten(2), cond.flatten(2), types, inverse)
+        if self.compiled:
+            return compiled_transform()(self, _compiled_input(p), _compiled_input(cond), types, inverse)
         return self._eager_transform(p, cond, types, inverse)
 
     def _eager_transform(self, p: Tensor, cond: Tensor, types: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -241,13 +241,25 @@ class ProjectionCoupling(nn.Module):
         return p, logdet
 
 
+def _compiled_input(t: Tensor) -> Tensor:
+    """(B, N, M, d) -> a fresh (B, N, M * d) copy that requires grad whenever grad mode is on.
+
+    Dynamo guards on the memory layout of a view's base and on requires_grad: without the copy (B x N x M x d
+    values) and the uniform requires_grad, one training run compiled 9 graphs and hit the recompile limit.
+    """
+    t = t.flatten(2).clone()
+    if torch.is_grad_enabled() and not t.requires_grad:
+        t.requires_grad_()
+    return t
+
+
 @functools.cache
 def compiled_transform() -> Callable[[ProjectionCoupling, Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, Tensor]]:
     """``torch.compile`` of one coupling's transform, (coupling, points, cond, types, inverse) -> (out, log-det, aux).
 
     One function for every coupling: the parameters are inputs of the compiled graph, so couplings of one shape
-    share its code; graphs are compiled per direction, grad mode, whether the points require grad, projection and
-    dtype (a training run needs up to six). The batch size is dynamic, so batches and sampling chunks of any size
+    share its code; graphs are compiled per direction, grad mode, projection and dtype (``_compiled_input`` keeps
+    layouts and requires_grad uniform). The batch size is dynamic, so batches and sampling chunks of any size
     reuse them. Inductor fuses the elementwise passes over the (pairs, batch, hidden) edge tensors and the spline
     arithmetic into a few loops: on 2 CPU cores the alanine dipeptide reference flow (float32) ran log q +
     backward ~1.6x and sampling 1.4-1.9x faster than eager. The first calls compile: ~10 min on 2 CPU cores cold,
