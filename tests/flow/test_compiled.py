@@ -30,6 +30,21 @@ def _log_q_and_grads(flow: AugmentedCouplingFlow, x: torch.Tensor, a: torch.Tens
     return log_q.detach(), grads
 
 
+def _assert_compiled_matches_eager(flow: AugmentedCouplingFlow, n: int, atol: float, grad_rtol: float = 0.0):
+    """Switch ``flow`` to compiled and compare log q and its parameter gradients on n samples with eager's.
+
+    Returns the samples (drawn eagerly with seed 1)."""
+    with torch.no_grad():
+        sample = flow.sample(n, generator=torch.Generator().manual_seed(1))
+    eager = _log_q_and_grads(flow, sample.x, sample.a)
+    flow.compiled = True
+    compiled = _log_q_and_grads(flow, sample.x, sample.a)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=atol)
+    for g_compiled, g_eager in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(g_compiled, g_eager, rtol=grad_rtol, atol=atol)
+    return sample
+
+
 @pytest.fixture
 def identity_compile(monkeypatch):
     """torch.compile -> identity for the coupling's compiled function, and a fresh cache around the test."""
@@ -49,14 +64,7 @@ def test_compiled_flag_reaches_every_coupling_and_can_be_switched():
 @pytest.mark.parametrize("projection", ["vector", "cartesian", "spherical"])
 def test_compiled_path_gives_eager_results(projection, identity_compile):
     flow = _flow(projection)
-    with torch.no_grad():
-        sample = flow.sample(7, generator=torch.Generator().manual_seed(1))
-    eager = _log_q_and_grads(flow, sample.x, sample.a)
-    flow.compiled = True
-    compiled = _log_q_and_grads(flow, sample.x, sample.a)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=1e-12)
-    for g_compiled, g_eager in zip(compiled[1], eager[1]):
-        torch.testing.assert_close(g_compiled, g_eager, rtol=0, atol=1e-12)
+    sample = _assert_compiled_matches_eager(flow, 7, atol=1e-12)
     with torch.no_grad():
         again = flow.sample(7, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(again.x, sample.x, rtol=0, atol=1e-12)
@@ -81,14 +89,7 @@ def test_torch_compile_matches_eager_in_float64(projection):
     """Real inductor compilation (cold: minutes on 2 CPU cores): log q, its gradients and samples agree with eager."""
     couplings_module.compiled_transform.cache_clear()
     flow = _flow(projection)
-    with torch.no_grad():
-        sample = flow.sample(6, generator=torch.Generator().manual_seed(1))
-    eager = _log_q_and_grads(flow, sample.x, sample.a)
-    flow.compiled = True
-    compiled = _log_q_and_grads(flow, sample.x, sample.a)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=1e-10)
-    for g_compiled, g_eager in zip(compiled[1], eager[1]):
-        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-8, atol=1e-10)
+    _assert_compiled_matches_eager(flow, 6, atol=1e-10, grad_rtol=1e-8)
     with torch.no_grad():
         again = flow.sample(9, generator=torch.Generator().manual_seed(1))  # another batch size: no recompile needed
         z = flow.inverse_with_log_det(again.x, again.a)
