@@ -91,7 +91,12 @@ def test_torch_compile_matches_eager_in_float64(projection):
     flow = _flow(projection)
     _assert_compiled_matches_eager(flow, 6, atol=1e-10, grad_rtol=1e-8)
     with torch.no_grad():
-        again = flow.sample(9, generator=torch.Generator().manual_seed(1))  # another batch size: no recompile needed
+        again = flow.sample(9, generator=torch.Generator().manual_seed(1))
+    with torch._dynamo.config.patch(error_on_recompile=True):  # only the batch axis is dynamic: no new graphs
+        flow.log_prob_joint(again.x, again.a).sum().backward()
+        with torch.no_grad():
+            flow.sample(13)
+    with torch.no_grad():
         z = flow.inverse_with_log_det(again.x, again.a)
         back = flow.forward_with_log_det(z[0], z[1])
     torch.testing.assert_close(back[0], again.x, rtol=0, atol=1e-10)
