@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from bgflow_se3.train import (
     TargetDensity,
     TrainConfig,
     Trainer,
-    TrainingInterrupted,
+    exit_when_interrupted,
     init_from_env,
     training_summary,
 )
@@ -167,12 +166,8 @@ def main() -> None:
         progress=not args.no_progress,
         checkpoint_every=0 if name in ("smoke", "quick") else 500,
     )
-    try:
+    with exit_when_interrupted(ctx.close):
         result = Trainer(flow, objective, config, out_dir=out, distributed=ctx).run(resume=args.resume)
-    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
-        ctx.close()
-        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
-        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:  # rank 0 samples, reweights and writes
         return

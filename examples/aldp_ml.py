@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,
     Trainer,
-    TrainingInterrupted,
+    exit_when_interrupted,
     init_from_env,
     marginal_nll,
     plot_training_curves,
@@ -155,11 +154,8 @@ def main() -> None:
     chunk = max(1, n_iterations // setup["n_curve_points"])
     result = None
     for until in range(chunk, n_iterations + chunk, chunk):
-        try:
+        with exit_when_interrupted():
             result = trainer.run(until=min(until, n_iterations), resume=args.resume and result is None)
-        except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
-            print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
-            sys.exit(stop.exit_code)
         if not ctx.is_main or (curve and curve[-1]["iteration"] >= result.iterations):
             continue  # rank 0 alone measures and writes the NLL curve
         record = {

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from bgflow_se3.train import (
     FABObjective,
     TrainConfig,
     Trainer,
-    TrainingInterrupted,
+    exit_when_interrupted,
     fab_scores,
     init_from_env,
     training_summary,
@@ -159,12 +158,8 @@ def main() -> None:
     )
     trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
     start = time.perf_counter()
-    try:
+    with exit_when_interrupted(ctx.close):
         result = trainer.run(resume=args.resume)
-    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
-        ctx.close()
-        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
-        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:  # rank 0 evaluates and writes
         return

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -26,9 +25,9 @@ from bgflow_se3.train import (
     HamiltonianMonteCarlo,
     JointFlow,
     TargetDensity,
-    TrainingInterrupted,
     autograd_log_density,
     effective_sample_size,
+    exit_when_interrupted,
     fit_ml,
     init_from_env,
 )
@@ -84,7 +83,7 @@ def main() -> None:
     flow = AugmentedCouplingFlow(4, dim=2, n_aug=1, length_scale=2.0, sigma_aug=0.5, **setup["flow"]).to(
         device, torch.float32
     )
-    try:
+    with exit_when_interrupted(ctx.close):
         result = fit_ml(
             flow,
             train.float(),
@@ -99,10 +98,6 @@ def main() -> None:
             out_dir=out,
             resume=args.resume,
         )
-    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: the last complete iteration is checkpointed
-        ctx.close()
-        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
-        sys.exit(stop.exit_code)
     ctx.close()
     if not ctx.is_main:
         return

@@ -9,7 +9,7 @@ from .curves import plot_training_curves
 from .distributed import DistributedContext, init_from_env, rank_seed
 from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
 from .fit import fit_fab, fit_kl, fit_ml
-from .loop import TrainConfig, Trainer, TrainResult
+from .loop import TrainConfig, Trainer, TrainResult, exit_when_interrupted
 from .metrics import effective_sample_size, log_normalizer
 from .objectives import (
     FABObjective,
@@ -49,6 +49,7 @@ __all__ = [
     "TrainingInterrupted",
     "autograd_log_density",
     "effective_sample_size",
+    "exit_when_interrupted",
     "fab_scores",
     "fab_loss",
     "fit_fab",

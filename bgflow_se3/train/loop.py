@@ -49,10 +49,11 @@ import logging
 import math
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,7 @@ from .distributed import DistributedContext, init_from_env, rank_seed
 from .metrics import effective_sample_size
 from .objectives import LossTerms, Objective
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "exit_when_interrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -724,3 +725,20 @@ def _to_cpu(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+@contextlib.contextmanager
+def exit_when_interrupted(on_exit: Callable[[], None] | None = None) -> Iterator[None]:
+    """For command-line scripts: a ``TrainingInterrupted`` inside the block ends the program the shell's way.
+
+    Calls ``on_exit`` (e.g. ``DistributedContext.close``), prints the stop and how to resume to stderr, and exits
+    with the exception's ``exit_code`` (130 after SIGINT, 143 after SIGTERM). The checkpoint of the last complete
+    iteration is already written, so rerunning with ``--resume`` continues.
+    """
+    try:
+        yield
+    except TrainingInterrupted as stop:
+        if on_exit is not None:
+            on_exit()
+        print(f"{stop}\nrerun this command with --resume to continue", file=sys.stderr)
+        sys.exit(stop.exit_code)

@@ -1,5 +1,6 @@
 import json
 import math
+import signal
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,8 @@ from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,
     Trainer,
+    TrainingInterrupted,
+    exit_when_interrupted,
     fit_fab,
     fit_kl,
     fit_ml,
@@ -196,3 +199,16 @@ def test_fit_fab_matches_a_gaussian_target_from_the_energy_alone():
     )
     assert result.last("ess_flow", 10) > 0.8
     assert result.series("ess_flow")[0] < 0.5  # it started far off
+
+
+def test_exit_when_interrupted_closes_then_exits_with_the_signal_code(capsys):
+    closed = []
+    stop = TrainingInterrupted("training stopped by SIGTERM after iteration 3 of 10", signal.SIGTERM, 3)
+    with pytest.raises(SystemExit) as exited, exit_when_interrupted(lambda: closed.append(True)):
+        raise stop
+    assert exited.value.code == 143 and closed == [True]
+    err = capsys.readouterr().err
+    assert "after iteration 3 of 10" in err and "--resume" in err
+    with pytest.raises(ValueError), exit_when_interrupted(lambda: closed.append(True)):  # other errors pass through
+        raise ValueError("not a stop")
+    assert closed == [True]
