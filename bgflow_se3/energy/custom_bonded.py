@@ -1,4 +1,8 @@
-"""OpenMM's custom bonded forces (CustomBond/Angle/Torsion/External/CompoundBondForce) as batched torch terms."""
+"""OpenMM's custom bonded forces as batched torch terms.
+
+CustomBondForce, CustomAngleForce, CustomTorsionForce, CustomExternalForce, CustomCompoundBondForce and
+CustomCentroidBondForce.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ __all__ = [
     "CUSTOM_BONDED_BUILDERS",
     "CustomAngleTerm",
     "CustomBondTerm",
+    "CustomCentroidBondTerm",
     "CustomCompoundBondTerm",
     "CustomExternalTerm",
     "CustomTorsionTerm",
@@ -37,6 +42,7 @@ class CustomTerm(ForceTerm):
     #: Variables the geometry provides (e.g. ``("r",)``).
     geometric_variables: tuple[str, ...] = ()
     _particle_functions = False
+    _particle_prefix = "p"  # particle k of a term is f"{prefix}{k}" (CustomCentroidBondForce: groups g1, g2, ...)
 
     def __init__(
         self,
@@ -52,7 +58,9 @@ class CustomTerm(ForceTerm):
     ) -> None:
         super().__init__(name, force_index, force_group)
         self.expression = expression
-        self.compiled: CompiledExpression = compile_expression(expression, functions, self._particle_functions)
+        self.compiled: CompiledExpression = compile_expression(
+            expression, functions, self._particle_functions, particle_prefix=self._particle_prefix
+        )
         self.parameter_names = tuple(parameter_names)
         globals_ = dict(global_parameters or {})
         self.global_names = tuple(globals_)
@@ -112,7 +120,8 @@ class CustomTerm(ForceTerm):
         name = type(force).__name__
         expression = force.getEnergyFunction()
         functions = tabulated_functions(force)
-        compile_expression(expression, functions, cls._particle_functions)  # names unsupported functions first
+        # names unsupported functions first
+        compile_expression(expression, functions, cls._particle_functions, particle_prefix=cls._particle_prefix)
         if force.usesPeriodicBoundaryConditions():
             raise UnsupportedSystemError(
                 f"force {force_index} ({name}) uses periodic boundary conditions; TorchForceField supports only "
@@ -238,6 +247,63 @@ class CustomCompoundBondTerm(CustomTerm):
         return cls(atoms=atoms, parameters=parameters, parameter_names=names, **common)
 
 
+class CustomCentroidBondTerm(CustomTerm):
+    """``CustomCentroidBondForce``: E(groups, parameters) per bond of ``n_groups`` particle groups.
+
+    Each group acts at its weighted centroid ``sum_i w_i x_i / sum_i w_i`` (weights given per group, or the
+    particle masses where a group has none, as in OpenMM). The expression reads the centroids as ``g1, g2, ...``
+    through ``distance(g1, g2)``, ``angle``, ``dihedral``, the ``point*`` functions and the coordinates
+    ``x1, y1, z1, ...`` (nm). group_weights: float64, shape (n_groups_total, n_atoms), each row normalised to sum 1;
+    ``atoms`` holds the group indices of each bond.
+    """
+
+    _particle_functions = True
+    _particle_prefix = "g"
+
+    def __init__(self, *args: Any, group_weights: Tensor, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("group_weights", group_weights)
+
+    def _particle_variables(self, n_particles: int) -> list[str]:
+        return [f"g{k + 1}" for k in range(n_particles)]
+
+    def _geometry(self, x: Tensor) -> dict[str, Tensor]:
+        weights = self.group_weights.to(x.dtype)  # columns up to the last grouped particle
+        centroids = torch.einsum("ga,bad->bgd", weights, x[:, : weights.shape[1]])  # (batch, groups, 3)
+        return {f"g{k + 1}": g for k, g in enumerate(_gather(centroids, self.atoms))}
+
+    @classmethod
+    def from_force(
+        cls, force: Any, force_index: int = -1, masses: Sequence[float] | None = None
+    ) -> CustomCentroidBondTerm:
+        """masses: the System's particle masses (Da), used as the weights of groups given without weights."""
+        common = cls._common(force, force_index)
+        groups = [force.getGroupParameters(g) for g in range(force.getNumGroups())]
+        n_atoms = 1 + max((max(particles, default=-1) for particles, _ in groups), default=-1)
+        if masses is not None:
+            n_atoms = max(n_atoms, len(masses))
+        weights = torch.zeros(len(groups), n_atoms, dtype=torch.float64)
+        for g, (particles, group_weights) in enumerate(groups):
+            if len(group_weights) == 0:
+                if masses is None:
+                    raise UnsupportedForceError(
+                        f"force {force_index} ({common['name']}): group {g} has no weights, so OpenMM weights it by "
+                        "mass; build it through TorchForceField.from_system(system), which knows the masses"
+                    )
+                group_weights = [masses[i] for i in particles]
+            w = torch.as_tensor([_plain(v) for v in group_weights], dtype=torch.float64)
+            if len(particles) == 0 or w.sum() <= 0:
+                raise UnsupportedSystemError(
+                    f"force {force_index} ({common['name']}): group {g} has no particles or weights summing to "
+                    f"{float(w.sum())}; its centroid is undefined"
+                )
+            weights[g].index_add_(0, torch.as_tensor(list(particles), dtype=torch.long), w / w.sum())
+        names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
+        rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
+        bonds, parameters = _table([(*r[0], r[1]) for r in rows], force.getNumGroupsPerBond(), len(names))
+        return cls(atoms=bonds, parameters=parameters, parameter_names=names, group_weights=weights, **common)
+
+
 #: OpenMM class name -> builder ``(force, force_index) -> ForceTerm``, to merge into TorchForceField's builders.
 CUSTOM_BONDED_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
     "CustomBondForce": CustomBondTerm.from_force,
@@ -245,4 +311,5 @@ CUSTOM_BONDED_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
     "CustomTorsionForce": CustomTorsionTerm.from_force,
     "CustomExternalForce": CustomExternalTerm.from_force,
     "CustomCompoundBondForce": CustomCompoundBondTerm.from_force,
+    "CustomCentroidBondForce": CustomCentroidBondTerm.from_force,
 }

@@ -62,6 +62,7 @@ SUPPORTED_FORCES = (
     "CustomTorsionForce",
     "CustomExternalForce",
     "CustomCompoundBondForce",
+    "CustomCentroidBondForce",
     "CustomNonbondedForce",
     "CustomGBForce",
     "CMMotionRemover",
@@ -415,8 +416,10 @@ def _term_builders() -> dict[str, Callable[[Any, int], ForceTerm]]:
     }
 
 
-def compile_force(force: Any, force_index: int = -1) -> ForceTerm | None:
+def compile_force(force: Any, force_index: int = -1, masses: Sequence[float] | None = None) -> ForceTerm | None:
     """The torch term of one ``openmm.Force`` (None for ignored forces such as ``CMMotionRemover``).
+
+    masses: the System's particle masses (Da); ``CustomCentroidBondForce`` weights groups without weights by them.
 
     Raises ``UnsupportedForceError`` for force classes without a torch version and ``UnsupportedSystemError``
     for supported classes used with cutoffs, periodic boundaries or other unsupported options.
@@ -431,6 +434,8 @@ def compile_force(force: Any, force_index: int = -1) -> ForceTerm | None:
             f"{', '.join(SUPPORTED_FORCES)} (CMMotionRemover is ignored). Use OpenMMEnergy for this System, "
             "or remove the force"
         )
+    if name == "CustomCentroidBondForce":
+        return builders[name](force, force_index, masses)
     return builders[name](force, force_index)
 
 
@@ -458,7 +463,8 @@ class TorchForceField(Energy):
     - ``GBSAOBCForce`` with ``NoCutoff`` (what ``amber99_obc.xml`` and Amber prmtop ``OBC2`` produce);
     - ``CMAPTorsionForce`` (OpenMM's bicubic maps; CHARMM36, ff19SB);
     - ``CustomBondForce``, ``CustomAngleForce``, ``CustomTorsionForce``, ``CustomExternalForce``,
-      ``CustomCompoundBondForce`` (``custom_bonded``: umbrella biases, restraints, CHARMM36's 1-4 LJ pairs);
+      ``CustomCompoundBondForce``, ``CustomCentroidBondForce`` (``custom_bonded``: umbrella biases, restraints,
+      CHARMM36's 1-4 LJ pairs, the LJ clusters' centre restraint);
     - ``CustomNonbondedForce`` with ``NoCutoff`` (per-particle parameters, computed values, tabulated functions,
       exclusions, interaction groups; CHARMM NBFIX tables) and ``CustomGBForce`` with ``NoCutoff`` (every
       computed-value and energy-term kind: ``implicit/obc2.xml``, ``gbn2.xml``, openmmtools' implicit systems)
@@ -467,7 +473,7 @@ class TorchForceField(Energy):
 
     Custom expressions are compiled from OpenMM's Lepton language (``expressions``); global parameters take the
     System's default values (changing them later in an OpenMM Context does not reach this object). Anything else
-    (``RBTorsionForce``, ``CustomHbondForce``, ``CustomCentroidBondForce``, ``CustomManyParticleForce``,
+    (``RBTorsionForce``, ``CustomHbondForce``, ``CustomManyParticleForce``,
     ``CustomCVForce``, AMOEBA, ...) raises ``UnsupportedForceError``; periodic boxes, cutoffs (any force),
     constraints and virtual sites raise ``UnsupportedSystemError``.
 
@@ -551,8 +557,9 @@ class TorchForceField(Energy):
                 "Systems (vacuum or implicit solvent with NoCutoff); use OpenMMEnergy for periodic Systems"
             )
         terms = []
+        masses = [_plain(system.getParticleMass(i)) for i in range(n_atoms)]
         for index, force in enumerate(system.getForces()):
-            term = compile_force(force, index)
+            term = compile_force(force, index, masses)
             if term is None:
                 continue
             if isinstance(term, GBSAOBCTerm):

@@ -9,6 +9,7 @@ import torch
 from bgflow_se3.energy.custom_bonded import (
     CUSTOM_BONDED_BUILDERS,
     CustomBondTerm,
+    CustomCentroidBondTerm,
     CustomCompoundBondTerm,
     CustomExternalTerm,
 )
@@ -86,7 +87,24 @@ def _compound_force(rng: np.random.Generator):
     return force
 
 
+def _centroid_force(rng: np.random.Generator):
+    """Groups with explicit weights (overlapping, one of a single particle), three groups per bond."""
+    force = openmm.CustomCentroidBondForce(
+        3,
+        "kd*(distance(g1,g2)-d0)^2 + ka*(angle(g1,g2,g3)-a0)^2 + h*x1*z3 + pointdistance(x2,y2,z2,x3,y3,z3)",
+    )
+    force.addGlobalParameter("h", 2.0)
+    for name in ("kd", "d0", "ka", "a0"):
+        force.addPerBondParameter(name)
+    for particles in ([0, 1, 2], [3, 4], [5, 6, 7], [2, 5], [1]):
+        force.addGroup(particles, list(rng.uniform(0.5, 2.0, size=len(particles))))
+    for groups in ([0, 1, 2], [3, 2, 4], [4, 0, 1]):
+        force.addBond(groups, [rng.uniform(100, 300), 0.15, rng.uniform(10, 50), 1.9])
+    return force
+
+
 FORCES = {
+    "CustomCentroidBondForce": _centroid_force,
     "CustomBondForce": _bond_force,
     "CustomAngleForce": _angle_force,
     "CustomTorsionForce": _torsion_force,
@@ -164,7 +182,9 @@ def test_float32_is_close(kind):
     _assert_close(_ours(term, positions, torch.float32), _reference(system, positions), 1e-4, 1e-3)
 
 
-@pytest.mark.parametrize("kind", ["CustomBondForce", "CustomExternalForce", "CustomCompoundBondForce"])
+@pytest.mark.parametrize(
+    "kind", ["CustomBondForce", "CustomExternalForce", "CustomCompoundBondForce", "CustomCentroidBondForce"]
+)
 def test_set_global_parameter(kind):
     system, term = _system_and_term(kind, seed=2)
     name = term.global_names[0]
@@ -227,3 +247,47 @@ def test_torch_forcefield_sums_all_custom_forces():
     np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
     u, force = ff.energy_and_force(x)
     np.testing.assert_allclose((force * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+
+
+def test_centroid_groups_without_weights_are_mass_weighted():
+    """OpenMM weights a group given without weights by the particle masses; TorchForceField passes them."""
+    from bgflow_se3 import TorchForceField
+
+    force = openmm.CustomCentroidBondForce(2, "k*distance(g1, g2)^2 + x1")
+    force.addGlobalParameter("k", 300.0)
+    force.addGroup([0, 1, 2])  # masses 1, 2, 3
+    force.addGroup([4, 6], [1.0, 1.0])
+    force.addBond([0, 1], [])
+    system = openmm.System()
+    for i in range(N_ATOMS):
+        system.addParticle(1.0 + i)
+    system.addForce(force)
+    ff = TorchForceField.from_system(system, temperature=300.0)
+    positions = _configurations(seed=4)
+    ref_energy, ref_force = _reference(system, positions)
+    x = torch.tensor(positions)
+    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
+    _, f = ff.energy_and_force(x)
+    np.testing.assert_allclose((f * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+    uniform = positions[:, [0, 1, 2]].mean(axis=1)  # what equal weights would give: not what OpenMM computes
+    weighted = (positions[:, [0, 1, 2]] * np.array([1.0, 2.0, 3.0])[:, None]).sum(axis=1) / 6.0
+    assert np.abs(uniform - weighted).max() > 1e-3
+    with pytest.raises(UnsupportedForceError, match="group 0 has no weights"):
+        CustomCentroidBondTerm.from_force(force, 0)  # no masses to weight by
+
+
+def test_lennard_jones_system_compiles_to_torch():
+    """The LJ cluster System (CustomNonbondedForce pairs + CustomCentroidBondForce centre restraint) in torch."""
+    from bgflow_se3 import TorchForceField
+    from bgflow_se3.systems.particles import lennard_jones_system
+
+    lj = lennard_jones_system(6, oscillator_scale=0.5)
+    ff = TorchForceField.from_system(lj.system, temperature=lj.temperature)
+    rng = np.random.default_rng(5)
+    grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)[:6] * 1.1
+    positions = grid + rng.normal(scale=0.05, size=(4, 6, 3)) + rng.normal(size=(4, 1, 3))  # off-centre
+    ref_energy, ref_force = _reference(lj.system, positions)
+    x = torch.tensor(positions)
+    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
+    _, f = ff.energy_and_force(x)
+    np.testing.assert_allclose((f * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)

@@ -185,8 +185,8 @@ def test_non_finite_configuration_gets_infinite_energy_and_zero_force(solvent):
 
 def test_unsupported_custom_force_is_named_in_the_error():
     system = load_aldp("vacuum").system
-    system.addForce(openmm.CustomCentroidBondForce(2, "distance(g1, g2)"))
-    with pytest.raises(UnsupportedForceError, match="CustomCentroidBondForce") as info:
+    system.addForce(openmm.CustomManyParticleForce(3, "distance(p1, p2)"))
+    with pytest.raises(UnsupportedForceError, match="CustomManyParticleForce") as info:
         TorchForceField.from_system(system)
     assert isinstance(info.value, NotImplementedError)
     assert "CustomGBForce" in str(info.value) and "HarmonicBondForce" in str(info.value)
