@@ -231,28 +231,30 @@ def test_empty_force_gives_zero():
     assert torch.equal(term(torch.zeros(3, 2, 3)), torch.zeros(3))
 
 
-def test_torch_forcefield_sums_all_custom_forces():
-    """The five custom bonded forces together in one System, through TorchForceField, against OpenMM."""
+def _assert_torch_forcefield_matches_openmm(system, temperature: float, positions: np.ndarray) -> None:
+    """TorchForceField.from_system(system): energies (kJ/mol) and forces against OpenMM at ``positions`` (nm)."""
     from bgflow_se3 import TorchForceField
 
+    ff = TorchForceField.from_system(system, temperature=temperature)
+    ref_energy, ref_force = _reference(system, positions)
+    x = torch.tensor(positions)
+    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
+    _, force = ff.energy_and_force(x)
+    np.testing.assert_allclose((force * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+
+
+def test_torch_forcefield_sums_all_custom_forces():
+    """The six custom bonded forces together in one System, through TorchForceField, against OpenMM."""
     system = openmm.System()
     for _ in range(N_ATOMS):
         system.addParticle(12.0)
     for k, kind in enumerate(sorted(FORCES)):
         system.addForce(FORCES[kind](np.random.default_rng(k)))
-    ff = TorchForceField.from_system(system, temperature=300.0)
-    positions = _configurations(seed=3)
-    ref_energy, ref_force = _reference(system, positions)
-    x = torch.tensor(positions)
-    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
-    u, force = ff.energy_and_force(x)
-    np.testing.assert_allclose((force * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+    _assert_torch_forcefield_matches_openmm(system, 300.0, _configurations(seed=3))
 
 
 def test_centroid_groups_without_weights_are_mass_weighted():
     """OpenMM weights a group given without weights by the particle masses; TorchForceField passes them."""
-    from bgflow_se3 import TorchForceField
-
     force = openmm.CustomCentroidBondForce(2, "k*distance(g1, g2)^2 + x1")
     force.addGlobalParameter("k", 300.0)
     force.addGroup([0, 1, 2])  # masses 1, 2, 3
@@ -262,13 +264,8 @@ def test_centroid_groups_without_weights_are_mass_weighted():
     for i in range(N_ATOMS):
         system.addParticle(1.0 + i)
     system.addForce(force)
-    ff = TorchForceField.from_system(system, temperature=300.0)
     positions = _configurations(seed=4)
-    ref_energy, ref_force = _reference(system, positions)
-    x = torch.tensor(positions)
-    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
-    _, f = ff.energy_and_force(x)
-    np.testing.assert_allclose((f * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+    _assert_torch_forcefield_matches_openmm(system, 300.0, positions)
     uniform = positions[:, [0, 1, 2]].mean(axis=1)  # what equal weights would give: not what OpenMM computes
     weighted = (positions[:, [0, 1, 2]] * np.array([1.0, 2.0, 3.0])[:, None]).sum(axis=1) / 6.0
     assert np.abs(uniform - weighted).max() > 1e-3
@@ -278,16 +275,10 @@ def test_centroid_groups_without_weights_are_mass_weighted():
 
 def test_lennard_jones_system_compiles_to_torch():
     """The LJ cluster System (CustomNonbondedForce pairs + CustomCentroidBondForce centre restraint) in torch."""
-    from bgflow_se3 import TorchForceField
     from bgflow_se3.systems.particles import lennard_jones_system
 
     lj = lennard_jones_system(6, oscillator_scale=0.5)
-    ff = TorchForceField.from_system(lj.system, temperature=lj.temperature)
     rng = np.random.default_rng(5)
     grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)[:6] * 1.1
     positions = grid + rng.normal(scale=0.05, size=(4, 6, 3)) + rng.normal(size=(4, 1, 3))  # off-centre
-    ref_energy, ref_force = _reference(lj.system, positions)
-    x = torch.tensor(positions)
-    np.testing.assert_allclose(ff.potential_energy(x).numpy(), ref_energy, rtol=ENERGY_RTOL)
-    _, f = ff.energy_and_force(x)
-    np.testing.assert_allclose((f * ff.kT).numpy(), ref_force, rtol=FORCE_RTOL, atol=1e-6)
+    _assert_torch_forcefield_matches_openmm(lj.system, lj.temperature, positions)
