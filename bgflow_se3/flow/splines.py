@@ -49,6 +49,16 @@ def _knots(unnormalised: Tensor, lower: float, upper: float, min_size: float) ->
     return cum, cum[..., 1:] - cum[..., :-1]
 
 
+def _clamp_keeping_gradient(t: Tensor, lower: float, upper: float) -> Tensor:
+    """``t`` clamped to ``[lower, upper]`` with gradient 1 everywhere.
+
+    At an interval end the spline's derivative is its one-sided derivative, which the log-det formula gives;
+    ``torch.clamp``'s gradient at the bound itself is 1 in some torch builds and 0 in others (2.14), which would make
+    autograd disagree with the log-det there (log 0 = -inf).
+    """
+    return t + (t.clamp(lower, upper) - t).detach()
+
+
 def _gather(t: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(t, -1, idx.unsqueeze(-1)).squeeze(-1)
 
@@ -83,7 +93,7 @@ def rational_quadratic_spline(
         d = torch.cat([d, d[..., :1]], dim=-1)
 
     inside = (x >= lower) & (x <= upper)
-    xc = x.clamp(lower, upper)
+    xc = _clamp_keeping_gradient(x, lower, upper)
     knots = yk if inverse else xk
     idx = (xc.unsqueeze(-1) >= knots[..., 1:-1]).sum(dim=-1)
     x_lo, w_b, y_lo, h_b = _gather(xk, idx), _gather(w, idx), _gather(yk, idx), _gather(h, idx)
@@ -91,7 +101,7 @@ def rational_quadratic_spline(
     s = h_b / w_b
     two_s = d_lo + d_hi - 2.0 * s
     if not inverse:
-        xi = ((xc - x_lo) / w_b).clamp(0.0, 1.0)
+        xi = _clamp_keeping_gradient((xc - x_lo) / w_b, 0.0, 1.0)
         xi1 = xi * (1.0 - xi)
         denom = s + two_s * xi1
         y = y_lo + h_b * (s * xi * xi + d_lo * xi1) / denom
@@ -103,7 +113,7 @@ def rational_quadratic_spline(
         qb = h_b * d_lo - dy * two_s
         qc = -s * dy
         disc = torch.clamp_min(qb * qb - 4.0 * qa * qc, 0.0)
-        xi = ((2.0 * qc) / (-qb - torch.sqrt(disc))).clamp(0.0, 1.0)
+        xi = _clamp_keeping_gradient((2.0 * qc) / (-qb - torch.sqrt(disc)), 0.0, 1.0)
         xi1 = xi * (1.0 - xi)
         denom = s + two_s * xi1
         y = x_lo + xi * w_b

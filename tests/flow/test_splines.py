@@ -31,6 +31,22 @@ def test_spline_inverts_and_logdet_matches_autograd(boundary, lower, upper, gene
     assert ((y >= lower - 1e-12) & (y <= upper + 1e-12) | (x < lower) | (x > upper)).all()
 
 
+@pytest.mark.parametrize("boundary,lower,upper", CASES)
+def test_logdet_at_interval_ends_is_the_one_sided_derivative(boundary, lower, upper, generator):
+    """At ``lower`` the log-det is the right derivative, at ``upper`` the left one (central differences would straddle
+    the end), and autograd gives the same slope whatever gradient the torch build gives ``clamp`` at its bounds."""
+    ends = torch.tensor([lower, upper], dtype=torch.float64)
+    params = 1.5 * torch.randn(2, n_spline_params(8, boundary), generator=generator, dtype=torch.float64)
+    _, ld = rational_quadratic_spline(ends, params, lower, upper, boundary)
+    inward = torch.tensor([1e-6, -1e-6], dtype=torch.float64)
+    y0, y1, y2 = (rational_quadratic_spline(ends + k * inward, params, lower, upper, boundary)[0] for k in range(3))
+    one_sided = (-3.0 * y0 + 4.0 * y1 - y2) / (2.0 * inward)  # second order, from inside the interval only
+    torch.testing.assert_close(ld, one_sided.log(), atol=1e-6, rtol=0)
+    xg = ends.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(rational_quadratic_spline(xg, params, lower, upper, boundary)[0].sum(), xg)
+    torch.testing.assert_close(grad.log(), ld, atol=1e-12, rtol=0)
+
+
 def test_linear_tails_are_identity_and_zero_params_identity(generator):
     x = torch.tensor([-7.0, -3.5, 3.2, 9.0], dtype=torch.float64)
     params = torch.randn(4, n_spline_params(5, "linear"), generator=generator, dtype=torch.float64)
