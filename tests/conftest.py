@@ -1,7 +1,27 @@
-"""Shared fixtures: fixed seeds, float64 helpers, random rotations."""
+"""Shared fixtures: fixed seeds, float64 helpers, random rotations; every test starts from the same global state."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
+
+import bgflow_se3.threads as thread_policy
+
+
+@pytest.fixture(autouse=True)
+def same_global_state_for_every_test():
+    """Each test sees the same global RNG states and torch thread count whatever ran before it, and leaves the thread
+    policy as it found it: a training run elsewhere in the suite applies the thread policy (1 or 2 threads, by the
+    load at that moment), and float32 training results differ with the thread count."""
+    torch.manual_seed(0)
+    np.random.seed(0)  # noqa: NPY002 (the legacy global state, for code that still draws from it)
+    random.seed(0)
+    threads = torch.get_num_threads()
+    policy = (thread_policy._user_threads, thread_policy._applied)
+    yield
+    torch.set_num_threads(threads)
+    thread_policy._user_threads, thread_policy._applied = policy
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Maximum likelihood on DW4 samples lowers the test NLL (issue 4, test 6)."""
 
+import contextlib
 import copy
 import functools
 
@@ -39,9 +40,26 @@ def fit_ml(flow, data, n_steps, batch=64, lr=3e-3, seed=0):
         opt.step()
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """float32 training is chaotic: 100 Adam steps from the same seed end 0.3 nats apart on 1 and 2 threads (other
+    reduction orders), so the learning tests train on one thread whatever the machine and the suite did before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run(projection: str, n_steps: int, flow_out: list | None = None) -> tuple[float, float]:
-    """Test NLL (nats, marginal by importance sampling) before and after `n_steps` of ML training, float32.
-    The trained flow is appended to ``flow_out`` when given."""
+    """Test NLL (nats, marginal by importance sampling) before and after `n_steps` of ML training, float32, on one
+    torch thread. The trained flow is appended to ``flow_out`` when given."""
+    with _one_torch_thread():
+        return _run_on_this_thread(projection, n_steps, flow_out)
+
+
+def _run_on_this_thread(projection: str, n_steps: int, flow_out: list | None) -> tuple[float, float]:
     data = dw4_samples(1024, 300).float()
     train, test = data[:512], data[512:]
     torch.manual_seed(0)
@@ -80,10 +98,11 @@ def _trained(projection: str) -> tuple[float, float, AugmentedCouplingFlow]:
 def test_dw4_maximum_likelihood_lowers_test_nll():
     before, after, _ = _trained("vector")
     # at initialisation the flow is its base (a CoM-free Gaussian, NLL 12.8); the equivariant flow must learn
-    # the pair-distance structure of DW4 to do clearly better
-    # measured 12.81 -> 10.78 with the pair EGNN at 2 layers (the dense EGNN, at 1 layer: 10.29; the pair EGNN,
-    # whose edge networks are leaner, needs the second layer: 11.25 at 1)
-    assert after < before - 1.8, (before, after)
+    # the pair-distance structure of DW4 to do clearly better. 100 float32 Adam steps at lr 5e-3 are chaotic: the
+    # gain is a draw from a wide distribution, and another torch build or thread count is another draw. Measured on
+    # one thread, flow and minibatch seeds 0-5: torch 2.13.0+cpu 1.56-2.16 nats (seed 0: 2.16), 2.14.1+cu130
+    # 1.26-2.25 (seed 0: 1.80); 2 threads, seed 0: 2.46 (2.13) and 1.36 (2.14). The margin sits below all of them.
+    assert after < before - 1.0, (before, after)
 
 
 @pytest.mark.slow
