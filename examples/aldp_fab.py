@@ -34,7 +34,6 @@ evaluations on TorchForceField, ~25 MB of autograd graph per configuration; not 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 from bgflow_se3.analysis import evaluate_dipeptide
 from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
@@ -198,7 +198,7 @@ def main() -> None:
         "n_target_evaluations_total": result.n_target_evaluations + scores["n_samples"],
         "wall_time_s_total": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>36}: {value:.4g}" if isinstance(value, float) else f"{key:>36}: {value}")
     dF, err = summary["dF_phi_positive_minus_negative_kT"], summary["dF_stderr_kT"]

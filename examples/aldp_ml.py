@@ -34,6 +34,7 @@ import torch
 from bgflow_se3.analysis import evaluate_dipeptide
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import strict_json, write_json
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
 from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
 from bgflow_se3.train import (
@@ -165,7 +166,7 @@ def main() -> None:
         }
         curve.append(record)
         with curve_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record, indent=None) + "\n")
     ctx.close()
     if not ctx.is_main:
         return
@@ -199,7 +200,7 @@ def main() -> None:
         **scores,
         "wall_time_s_total": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>34}: {value:.4g}" if isinstance(value, float) else f"{key:>34}: {value}")
     close = getattr(energy, "close", None)

@@ -35,7 +35,6 @@ Ctrl-C or SIGTERM stops after the current iteration with the checkpoint written 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from bgflow_se3.flow import (
     GroupAveragedFlow,
     KernelFlow,
 )
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.train import (
     FABObjective,
     TrainConfig,
@@ -182,7 +182,7 @@ def main() -> None:
         error = flow.solver_log_prob_error(x)
         summary["solver_log_q_error_mean"] = error.mean().item()
         summary["solver_log_q_error_max"] = error.max().item()
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
 

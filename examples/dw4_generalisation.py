@@ -16,7 +16,6 @@ Writes ``<out>/dw4_generalisation.json`` and ``<out>/dw4_generalisation.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch  # noqa: E402
 
 from bgflow_se3.energy import DoubleWellEnergy  # noqa: E402
 from bgflow_se3.flow import ENFlow, KernelFlow, NonEquivariantFlow  # noqa: E402
+from bgflow_se3.jsonio import write_json  # noqa: E402
 from bgflow_se3.systems.particle_data import metropolis_chains, remove_com  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"equivariant_model": args.equivariant, "steps": steps, "n_samples": args.n_samples,
                "thin": args.thin, "results": results, "gap_ratio": ratio}  # fmt: skip
-    (args.out / "dw4_generalisation.json").write_text(json.dumps(payload, indent=2))
+    write_json(args.out / "dw4_generalisation.json", payload)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for name, h in histories.items():
         axes[0].plot(h, label=name)

@@ -14,13 +14,13 @@ The reference data come from batched HMC on the DW4 energy (many chains, burn-in
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.train import (
     HamiltonianMonteCarlo,
     JointFlow,
@@ -119,7 +119,7 @@ def main() -> None:
         "n_skipped_nonfinite": result.n_skipped_nonfinite,
         "n_skipped_outlier": result.n_skipped_outlier,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 

@@ -20,7 +20,6 @@ pure torch) plus 8 flow updates per iteration; its wall time on one GPU was not 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from bgflow_se3 import LennardJonesEnergy
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight import log_importance_weights
 from bgflow_se3.systems import load_particle_data
 from bgflow_se3.train import (
@@ -177,7 +177,7 @@ def main() -> None:
         "n_parameters": sum(p.numel() for p in flow.parameters()),
         "wall_time_s_this_call": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
 

@@ -57,7 +57,6 @@ at most 0.19). Provenance: bgflow_se3/systems/data/aldp/umbrella_profile_implici
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -66,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from bgflow_se3.analysis.ramachandran import periodic_histogram
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight.umbrella import combine_profiles, combine_repeats, umbrella_free_energy, unbiased_weights
 from bgflow_se3.systems.umbrella import UmbrellaConfig, load_window_angles, load_windows, run_umbrella, window_centers
 
@@ -232,7 +232,7 @@ def write_outputs(summary: dict, records: list[dict], cache: Path, out: Path | N
         )
     repeats = [{k: v for k, v in r.items() if k not in ("profile", "ramachandran")} for r in records]
     out = out or cache / "summary.json"
-    out.write_text(json.dumps({**summary, "repeats": repeats}, indent=1))
+    write_json(out, {**summary, "repeats": repeats}, indent=1)
     return profile_path, out
 
 
