@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
@@ -116,7 +117,9 @@ def main() -> None:
     mode.add_argument("--quick", action="store_true", help="pretrained flow + short FAB: < 10 min on 2 CPU cores")
     mode.add_argument("--long", action="store_true", help="more FAB and samples: < 1 h on 2 CPU cores")
     mode.add_argument("--smoke", action="store_true", help="the smallest sizes: checks the pipeline")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab_<mode>)")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/aldp_fab_<mode>)"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="FAB iterations (default: the mode's)")
     parser.add_argument("--samples", type=int, default=None, help="flow samples for the estimate (default: the mode's)")
     parser.add_argument("--resume", action="store_true")
@@ -134,7 +137,7 @@ def main() -> None:
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
     parser.add_argument(
         "--umbrella",
-        type=Path,
+        type=existing_directory,
         default=default_umbrella_dir("implicit"),
         help="umbrella cache (default: its profile, else the shipped one)",
     )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import strict_json, write_json
@@ -94,11 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for 2 CPU cores (minutes)")
     parser.add_argument("--smoke", action="store_true", help="seconds: 10 ps of MD, 4 iterations, 64 samples")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_ml[_quick])")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/aldp_ml[_quick])"
+    )
     parser.add_argument("--md-data", type=Path, default=None, help="MD folder (default: the cache of this mode)")
     parser.add_argument(
         "--umbrella",
-        type=Path,
+        type=existing_directory,
         default=default_umbrella_dir("implicit"),
         help="umbrella cache (default: its profile, else the shipped one)",
     )

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
+from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import (
     AugmentedCouplingFlow,
     ContinuousFlow,
@@ -129,7 +130,9 @@ def main() -> None:
         default=None,
         help="model (default: averaged with --quick, augmented otherwise)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/dw4_fab_<mode>_<flow>)")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/dw4_fab_<mode>_<flow>)"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")

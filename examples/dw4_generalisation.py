@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from bgflow_se3.cli_checks import output_directory  # noqa: E402
 from bgflow_se3.energy import DoubleWellEnergy  # noqa: E402
 from bgflow_se3.flow import ENFlow, KernelFlow, NonEquivariantFlow  # noqa: E402
 from bgflow_se3.jsonio import write_json  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--thin", type=int, default=10)
     parser.add_argument("--steps", type=int, default=None, help="training steps (300 quick, 3000 full)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/dw4_generalisation"))
+    parser.add_argument("--out", type=output_directory, default=Path("outputs/dw4_generalisation"))
     args = parser.parse_args()
     steps = args.steps or (300 if args.quick else 3000)
     torch.manual_seed(args.seed)

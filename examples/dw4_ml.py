@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
+from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
 from bgflow_se3.train import (
@@ -58,7 +59,7 @@ def mcmc_samples(energy: DoubleWellEnergy, n: int, generator: torch.Generator, n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=output_directory, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
