@@ -15,6 +15,7 @@ SCRIPTS = {
     "dw4_fab.py": ["--quick"],
     "dw4_ml.py": ["--quick"],
     "dw4_generalisation.py": ["--quick"],
+    "free_energy_aldp.py": ["--quick"],
 }
 
 
@@ -43,6 +44,16 @@ def test_an_umbrella_folder_given_explicitly_must_exist(name, option, tmp_path, 
     missing, out = tmp_path / "no_such_cache", ["--out", str(tmp_path / "out")]
     err = _parse_error(ROOT / "examples" / name, [*SCRIPTS[name], *out, option, str(missing)], monkeypatch, capsys)
     assert f"argument {option}: {missing} does not exist" in err
+
+
+def test_free_energy_example_checks_its_options(tmp_path, monkeypatch, capsys):
+    script = ROOT / "examples" / "free_energy_aldp.py"
+    err = _parse_error(script, ["--quick", "--umbrella-cache", str(tmp_path / "missing")], monkeypatch, capsys)
+    assert "does not exist" in err
+    err = _parse_error(script, ["--quick", "--umbrella-cache", str(tmp_path)], monkeypatch, capsys)
+    assert "has no profile.npz" in err
+    err = _parse_error(script, ["--quick", "--n-bootstrap", "1"], monkeypatch, capsys)
+    assert "at least 2" in err
 
 
 def test_umbrella_recipe_refuses_zero_bins(tmp_path, monkeypatch, capsys):
