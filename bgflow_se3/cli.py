@@ -1,14 +1,23 @@
 """The ``bgflow-se3`` command line: one argparse subcommand per task (``free-energy`` now; train/sample to come).
 
 Add a subcommand by writing ``_add_<name>(subparsers)`` that registers its parser and sets ``func`` to a
-function taking the parsed arguments and returning an exit code, then listing it in ``SUBCOMMANDS``.
+function taking the parsed arguments and returning an exit code, then listing it in ``SUBCOMMANDS``. Options are
+checked at parse time with the ``type=`` functions of ``bgflow_se3.cli_checks``.
+
+``bgflow-se3 free-energy SAMPLES.npz`` reads the samples file described in ``SAMPLES_FORMAT`` (the
+``samples.npz`` that ``analysis.evaluate_dipeptide`` writes is one). The target is the molecule with the handedness
+of the given structure (the shipped alanine dipeptide: L; ``--pdb``: the chirality signs of the PDB's structure
+at every alpha carbon that ``analysis.chiral_centres`` finds): samples of the other handedness (mirror images,
+which an achiral force field scores the same) get u = +inf, i.e. weight 0, whether u is computed here or read
+from the file, as in the library (``evaluate_dipeptide(restrict_to_l=True)``, ``energy.RestrictedEnergy``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,35 +25,126 @@ from typing import Any
 
 import numpy as np
 
+from .cli_checks import n_bootstrap, output_directory, positive_int, umbrella_cache
 from .errors import BgflowError
 
-__all__ = ["build_parser", "main", "run_free_energy"]
+__all__ = ["SAMPLES_FORMAT", "build_parser", "check_samples", "load_samples", "main", "run_free_energy"]
 
 logger = logging.getLogger(__name__)
 
 #: phi in (0, 2) rad versus the rest: the alanine dipeptide state of the literature.
 PHI_STATE = (0.0, 2.0)
 
+SAMPLES_FORMAT = """\
+samples file: an .npz written with numpy.savez(path, x=..., log_q=..., ...); n samples, one row each:
+  x          (n, n_atoms, 3)  configurations in nm (finite)
+  log_q      (n,)             flow log-density in nats (the joint log q(x, a) for augmented flows)
+  log_p_aug  (n,)             log pi(a | x) of the augmented target in nats (zeros for a flow without auxiliary
+                              variables); required unless the file declares augmented=False
+  augmented  ()               optional bool scalar: False declares a flow without auxiliary variables, so
+                              log_p_aug may be left out (or pass --not-augmented)
+  a          (n, ...)         optional augmented variables; a file holding a needs log_p_aug
+  u          (n,)             optional reduced target energy E / kT at --temperature (+inf: weight 0); computed
+                              with OpenMM when absent
+Weights are exp(-u + log_p_aug - log_q). Samples whose handedness differs from the given structure's (mirror
+images, D residues for alanine dipeptide) get weight 0 unless --no-restrict-chirality; bgflow_se3's
+evaluate_dipeptide writes x, log_q, u, log_p_aug and augmented into samples.npz."""
 
-def _load_system(name: str | None, xml: Path | None, pdb: Path | None) -> tuple[Any, Any]:
-    """(openmm.System, openmm.app.Topology) from a shipped name or from serialized XML + PDB files."""
+
+def _load_system(name: str | None, xml: Path | None, pdb: Path | None) -> tuple[Any, Any, np.ndarray]:
+    """(openmm.System, openmm.app.Topology, positions (n_atoms, 3) nm) from a shipped name or from XML + PDB files.
+
+    The positions are the structure whose handedness defines the target (``run_free_energy``'s
+    ``reference_positions``).
+    """
     if xml is not None or pdb is not None:
         if xml is None or pdb is None:
             raise SystemExit("--system-xml and --pdb go together")
         import openmm
         import openmm.app as app
+        import openmm.unit as unit
 
-        return openmm.XmlSerializer.deserialize(Path(xml).read_text()), app.PDBFile(str(pdb)).topology
+        structure = app.PDBFile(str(pdb))
+        positions = np.asarray(structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
+        return openmm.XmlSerializer.deserialize(Path(xml).read_text()), structure.topology, positions
     from .systems import load_aldp
 
     if name not in ("aldp-implicit", "aldp-vacuum"):
         raise SystemExit(f"unknown --system {name!r}: use aldp-implicit, aldp-vacuum, or --system-xml with --pdb")
     aldp = load_aldp(name.split("-")[1])
-    return aldp.system, aldp.topology
+    return aldp.system, aldp.topology, aldp.positions_nm
 
 
-def _load_samples(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a samples .npz, checked for names and shapes; a bad file exits with a one-line message."""
+def _check_arrays(data: dict[str, np.ndarray], source: str) -> None:
+    """Names, shapes and dtypes of the samples arrays; raises ValueError naming the array and the remedy."""
+    missing = {"x", "log_q"} - set(data)
+    if missing:
+        raise ValueError(f"{source} lacks {sorted(missing)}: save x (n, n_atoms, 3) in nm and log_q (n,) in nats")
+    x = np.asarray(data["x"])
+    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] == 0:
+        raise ValueError(f"x in {source} must have shape (n, n_atoms, 3) with n >= 1, got {x.shape}")
+    for name in ("log_q", "u", "log_p_aug"):
+        if name in data and np.shape(data[name]) != (x.shape[0],):
+            raise ValueError(
+                f"{name} in {source} must have shape ({x.shape[0]},) (one per sample), got {np.shape(data[name])}"
+            )
+    if "a" in data and np.shape(data["a"])[:1] != (x.shape[0],):
+        raise ValueError(
+            f"a in {source} must have one row per sample, shape ({x.shape[0]}, ...), got {np.shape(data['a'])}"
+        )
+    for name, array in data.items():
+        kinds, what = ("biu", "a bool") if name == "augmented" else ("fiu", "numbers")
+        if array.dtype.kind not in kinds:
+            raise ValueError(f"{name} in {source} must be {what}, got dtype {array.dtype}")
+    if "augmented" in data and (np.shape(data["augmented"]) != () or data["augmented"] not in (0, 1)):
+        raise ValueError(f"augmented in {source} must be one bool (True or False), got {data['augmented']!r}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"x in {source} holds NaN or inf coordinates: drop those samples first")
+
+
+def _check_augmentation(data: dict[str, np.ndarray], source: str) -> None:
+    """log_p_aug must be there unless the file says the flow is not augmented (``augmented`` False, no ``a``)."""
+    declared = bool(data["augmented"]) if "augmented" in data else None
+    if declared is False and "a" in data:
+        raise ValueError(f"{source} says augmented=False but holds augmented variables a: fix one of the two")
+    if "log_p_aug" in data:
+        if declared is False and np.any(np.asarray(data["log_p_aug"]) != 0):
+            raise ValueError(
+                f"{source} says augmented=False but its log_p_aug is not zero: save augmented=True if it is augmented"
+            )
+        return
+    if "a" in data:
+        raise ValueError(
+            f"{source} holds augmented variables a but no log_p_aug: save log_p_aug = log pi(a | x) (n,) in nats, "
+            "without which the weights are wrong"
+        )
+    if declared is not False:
+        raise ValueError(
+            f"{source} has no log_p_aug: an augmented flow's weights need log_p_aug = log pi(a | x) (n,) in nats; "
+            "save it, or declare a flow without auxiliary variables with augmented=False in the file "
+            "(bgflow-se3 free-energy: --not-augmented)"
+        )
+
+
+def check_samples(samples: dict[str, Any], source: str = "the samples") -> dict[str, np.ndarray]:
+    """The samples dict (format: ``SAMPLES_FORMAT``) as numpy arrays, checked; ``ValueError`` names what is wrong.
+
+    Shapes, dtypes, finite x, and the augmentation rule: ``log_p_aug`` is required unless ``augmented`` is False
+    (and there is no ``a``), since leaving log pi(a | x) out of an augmented flow's weights gives a wrong Delta F
+    without any other sign.
+    """
+    data = {name: np.asarray(value) for name, value in samples.items()}
+    _check_arrays(data, source)
+    _check_augmentation(data, source)
+    return data
+
+
+def load_samples(path: Path, not_augmented: bool = False) -> dict[str, np.ndarray]:
+    """The checked arrays of a samples .npz (``check_samples``); for scripts: a bad file exits (``SystemExit``)
+    with a one-line message.
+
+    not_augmented: the user's declaration (``--not-augmented``) that the flow has no auxiliary variables.
+    """
     try:
         archive = np.load(path, allow_pickle=False)
         if not hasattr(archive, "files"):
@@ -54,29 +154,56 @@ def _load_samples(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise SystemExit(
             f"cannot read {path} as an .npz of samples ({type(error).__name__}: {error}); "
-            "write it with numpy.savez(path, x=..., log_q=..., [u=..., log_p_aug=...])"
+            "write it with numpy.savez(path, x=..., log_q=..., log_p_aug=... or augmented=False, [u=...])"
         ) from None
-    missing = {"x", "log_q"} - set(data)
-    if missing:
-        raise SystemExit(f"{path} lacks {sorted(missing)}: save x (n, n_atoms, 3) in nm and log_q (n,) in nats")
-    x = data["x"]
-    if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] == 0:
-        raise SystemExit(f"x in {path} must have shape (n, n_atoms, 3) with n >= 1, got {x.shape}")
-    for name in ("log_q", "u", "log_p_aug"):
-        if name in data and data[name].shape != (x.shape[0],):
-            raise SystemExit(
-                f"{name} in {path} must have shape ({x.shape[0]},) (one per sample), got {data[name].shape}"
+    if not_augmented:
+        if "augmented" in data and bool(data["augmented"]):
+            raise SystemExit(f"{path} says augmented=True, but --not-augmented was given: drop one of the two")
+        data.setdefault("augmented", np.asarray(False))
+    try:
+        return check_samples(data, str(path))
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def _mirror_samples(topology: Any, x: np.ndarray, reference_positions: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """(mask (n,) of samples whose handedness differs from the reference, number of chiral centres)."""
+    from .analysis.chirality import chiral_centres, chirality_mismatch
+
+    n_centres = len(chiral_centres(topology))
+    if n_centres == 0:
+        return np.zeros(x.shape[0], dtype=bool), 0
+    return chirality_mismatch(topology, x, reference_positions), n_centres
+
+
+def _target_energies(
+    samples: dict[str, np.ndarray], system: Any, temperature: float, mirror: np.ndarray, restrict: bool
+) -> np.ndarray:
+    """Reduced energies u (n,) of the target: from the file or OpenMM, +inf on mirror samples when ``restrict``."""
+    x = samples["x"]
+    if "u" in samples:
+        u = np.asarray(samples["u"], dtype=np.float64)
+        n_finite = int(np.sum(mirror & np.isfinite(u)))
+        if restrict and n_finite:
+            warnings.warn(
+                f"u in the samples gives {n_finite} mirror-image samples (of the other handedness than the given "
+                "structure's) a finite energy; they get weight 0, since the target is the molecule of the given "
+                "handedness (restrict_chirality=False, --no-restrict-chirality, keeps them)",
+                UserWarning,
+                stacklevel=3,
             )
-    for name, array in data.items():
-        if array.dtype.kind not in "fiu":
-            raise SystemExit(f"{name} in {path} must be numbers, got dtype {array.dtype}")
-    if not np.isfinite(x).all():
-        raise SystemExit(f"x in {path} holds NaN or inf coordinates: drop those samples first")
-    return data
+    else:
+        from .systems.simulation import reduced_energies
+
+        u = np.full(x.shape[0], math.inf)
+        compute = ~mirror if restrict else np.ones(x.shape[0], dtype=bool)
+        if compute.any():
+            u[compute] = reduced_energies(system, x[compute], temperature)
+    return np.where(mirror, math.inf, u) if restrict else u
 
 
 def run_free_energy(
-    samples: dict[str, np.ndarray],
+    samples: dict[str, Any],
     system: Any,
     topology: Any,
     *,
@@ -86,23 +213,43 @@ def run_free_energy(
     bins: int = 36,
     n_bootstrap: int = 0,
     seed: int = 0,
+    reference_positions: np.ndarray | None = None,
+    restrict_chirality: bool = True,
 ) -> dict[str, Any]:
     """phi-state Delta F, ESS, phi profile and Ramachandran plot of saved flow samples; returns a summary dict.
 
-    samples: ``x`` (n, n_atoms, 3) nm, ``log_q`` (n,) nats, optional ``log_p_aug`` (n,) and ``u`` (n,) (reduced
-    energies; evaluated with OpenMM at ``temperature`` when absent). Writes figures and summary.json to ``out``.
+    samples: ``x`` (n, n_atoms, 3) nm, ``log_q`` (n,) nats, ``log_p_aug`` (n,) nats (or ``augmented`` False),
+    optional ``u`` (n,) reduced energies (evaluated with OpenMM at ``temperature``, kelvin, when absent): the
+    format of ``SAMPLES_FORMAT``, checked by ``check_samples``.
+    reference_positions: (n_atoms, 3) nm, the structure whose handedness defines the target (None: L at every alpha
+    carbon). With ``restrict_chirality`` (default) samples of the other handedness get u = +inf (weight 0), also
+    when u comes from the file (with a warning if the file gave them a finite u); the summary reports their
+    fraction (``mirror_fraction``; None when the topology has no chiral centre) either way.
+    Summary: n_samples; n_infinite_energy (samples of the target's handedness with u = +inf: failed evaluations);
+    restrict_chirality, n_chiral_centres, n_mirror_samples, mirror_fraction; ess_fraction, ess_count; the fraction
+    of samples in phi (0, 2); delta_f_kT, delta_f_stderr_kT, delta_f_method; umbrella_* from ``umbrella_cache``.
+    Writes figures and summary.json (strict JSON: NaN as null) to ``out``.
     """
     from .analysis import free_energy_profile_figure, phi_psi, ramachandran_figure
+    from .jsonio import write_json
     from .reweight import effective_sample_size, free_energy_difference, free_energy_surface, log_importance_weights
 
+    samples = check_samples(samples)
     x, log_q = samples["x"], samples["log_q"]
+    n_atoms = topology.getNumAtoms() if hasattr(topology, "getNumAtoms") else topology.n_atoms
+    if x.shape[1] != n_atoms:
+        raise ValueError(
+            f"x holds {x.shape[1]} atoms per sample but the topology has {n_atoms}: use the matching System"
+        )
     log_p_aug = samples.get("log_p_aug")
-    if "u" in samples:
-        u = samples["u"]
-    else:
-        from .systems.simulation import reduced_energies
-
-        u = reduced_energies(system, x, temperature)
+    mirror, n_centres = _mirror_samples(topology, x, reference_positions)
+    if restrict_chirality and mirror.all():
+        raise ValueError(
+            f"all {len(mirror)} samples are mirror images of the given structure (the other handedness): the flow "
+            "samples the other enantiomer; give a structure of that handedness (--pdb), or keep them with "
+            "restrict_chirality=False (--no-restrict-chirality)"
+        )
+    u = _target_energies(samples, system, temperature, mirror, restrict_chirality)
     log_w = log_importance_weights(log_q, u, log_p_aug)
     ess = effective_sample_size(log_w)
     phi, psi = phi_psi(topology, x)
@@ -112,7 +259,11 @@ def run_free_energy(
     profile = free_energy_surface(phi, log_q, u, log_p_aug=log_p_aug, bins=edges)
     summary: dict[str, Any] = {
         "n_samples": int(x.shape[0]),
-        "n_infinite_energy": int(np.sum(~np.isfinite(u))),
+        "n_infinite_energy": int(np.sum(~np.isfinite(u) & ~(mirror & restrict_chirality))),  # failed evaluations
+        "restrict_chirality": bool(restrict_chirality),
+        "n_chiral_centres": n_centres,
+        "n_mirror_samples": int(mirror.sum()),
+        "mirror_fraction": float(mirror.mean()) if n_centres else None,
         "ess_fraction": ess.fraction,
         "ess_count": ess.count,
         "fraction_flow_samples_phi_in_0_2": float(in_a.mean()),
@@ -143,13 +294,34 @@ def run_free_energy(
             label="flow, reweighted",
             reference_label="umbrella sampling",
         ).savefig(out / "phi_profile.png", dpi=120)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out / "summary.json", summary, indent=1)
     return summary
 
 
+def _print_summary(summary: dict[str, Any], out: Path | None) -> None:
+    """The CLI's report: Delta F, ESS, the mirror-image fraction and the umbrella reference."""
+    print(
+        f"Delta F(phi in (0, 2) vs rest) = {summary['delta_f_kT']:.3f} +/- {summary['delta_f_stderr_kT']:.3f} kT "
+        f"({summary['delta_f_method']}); ESS {summary['ess_count']:.0f} of {summary['n_samples']} "
+        f"({100 * summary['ess_fraction']:.2f}%)"
+    )
+    if summary["mirror_fraction"] is not None:
+        fate = "weight 0" if summary["restrict_chirality"] else "kept: --no-restrict-chirality"
+        print(
+            f"mirror images of the given structure (D for alanine dipeptide): {summary['n_mirror_samples']} of "
+            f"{summary['n_samples']} samples ({100 * summary['mirror_fraction']:.2f}%), {fate}"
+        )
+    if "umbrella_delta_f_kT" in summary:
+        print(
+            f"umbrella reference: {summary['umbrella_delta_f_kT']:.3f} +/- {summary['umbrella_block_stderr_kT']:.3f} kT"
+        )
+    if out is not None:
+        print(f"figures and summary.json in {out}")
+
+
 def _free_energy(args: argparse.Namespace) -> int:
-    samples = _load_samples(args.samples)
-    system, topology = _load_system(args.system, args.system_xml, args.pdb)
+    samples = load_samples(args.samples, not_augmented=args.not_augmented)
+    system, topology, positions = _load_system(args.system, args.system_xml, args.pdb)
     try:
         summary = run_free_energy(
             samples,
@@ -161,21 +333,13 @@ def _free_energy(args: argparse.Namespace) -> int:
             bins=args.bins,
             n_bootstrap=args.n_bootstrap,
             seed=args.seed,
+            reference_positions=positions,
+            restrict_chirality=not args.no_restrict_chirality,
         )
     except (BgflowError, ValueError) as error:  # bad data or an estimate that cannot be trusted: one line, no trace
         logger.debug("free-energy failed", exc_info=True)
         raise SystemExit(f"bgflow-se3 free-energy: {type(error).__name__}: {error}") from None
-    print(
-        f"Delta F(phi in (0, 2) vs rest) = {summary['delta_f_kT']:.3f} +/- {summary['delta_f_stderr_kT']:.3f} kT "
-        f"({summary['delta_f_method']}); ESS {summary['ess_count']:.0f} of {summary['n_samples']} "
-        f"({100 * summary['ess_fraction']:.2f}%)"
-    )
-    if "umbrella_delta_f_kT" in summary:
-        print(
-            f"umbrella reference: {summary['umbrella_delta_f_kT']:.3f} +/- {summary['umbrella_block_stderr_kT']:.3f} kT"
-        )
-    if args.out is not None:
-        print(f"figures and summary.json in {args.out}")
+    _print_summary(summary, args.out)
     return 0
 
 
@@ -183,19 +347,39 @@ def _add_free_energy(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "free-energy",
         help="phi-state free energy, ESS, phi profile and Ramachandran plot of saved samples",
-        description="Reweight saved flow samples (npz: x in nm (n, n_atoms, 3), log_q; optional log_p_aug, u) "
-        "to the target System and report Delta F(phi in (0, 2) vs rest) in kT with its error.",
+        description="Reweight saved flow samples to the target System and report Delta F(phi in (0, 2) vs rest)\n"
+        "in kT with its error, the ESS and the fraction of mirror-image samples. The target is the molecule\n"
+        "with the handedness of the given structure (shipped alanine dipeptide: L; --pdb: that structure's):\n"
+        "mirror images get weight 0, also when the file gives them a finite u (with a warning).",
+        epilog=SAMPLES_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("samples", type=Path, help="npz with x (nm), log_q (nats), optional log_p_aug, u")
+    parser.add_argument("samples", type=Path, help="npz: x (nm), log_q, log_p_aug or augmented=False, optional u")
     parser.add_argument("--system", default="aldp-implicit", help="aldp-implicit | aldp-vacuum")
     parser.add_argument("--system-xml", type=Path, default=None, help="serialized openmm.System (with --pdb)")
-    parser.add_argument("--pdb", type=Path, default=None, help="PDB with the topology (with --system-xml)")
+    parser.add_argument(
+        "--pdb", type=Path, default=None, help="PDB with the topology and a structure of the target's handedness"
+    )
     parser.add_argument("--temperature", type=float, default=300.0, help="kelvin")
-    parser.add_argument("--umbrella-cache", type=Path, default=None, help="umbrella run to overlay (profile.npz)")
-    parser.add_argument("--bins", type=int, default=36, help="phi profile bins on [-pi, pi)")
-    parser.add_argument("--n-bootstrap", type=int, default=0, help="bootstrap error instead of MBAR's (0: MBAR)")
+    parser.add_argument(
+        "--umbrella-cache", type=umbrella_cache, default=None, help="umbrella run to overlay (holds profile.npz)"
+    )
+    parser.add_argument("--bins", type=positive_int, default=36, help="phi profile bins on [-pi, pi)")
+    parser.add_argument(
+        "--n-bootstrap", type=n_bootstrap, default=0, help="bootstrap error (>= 2 resamples) instead of MBAR's (0)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="directory for figures and summary.json")
+    parser.add_argument("--out", type=output_directory, default=None, help="directory for figures and summary.json")
+    parser.add_argument(
+        "--not-augmented",
+        action="store_true",
+        help="the flow has no auxiliary variables: accept a file without log_p_aug",
+    )
+    parser.add_argument(
+        "--no-restrict-chirality",
+        action="store_true",
+        help="keep samples of the other handedness (mirror images) instead of giving them weight 0",
+    )
     parser.set_defaults(func=_free_energy)
 
 

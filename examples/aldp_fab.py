@@ -34,15 +34,16 @@ evaluations on TorchForceField, ~25 MB of autograd graph per configuration; not 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
@@ -116,7 +117,9 @@ def main() -> None:
     mode.add_argument("--quick", action="store_true", help="pretrained flow + short FAB: < 10 min on 2 CPU cores")
     mode.add_argument("--long", action="store_true", help="more FAB and samples: < 1 h on 2 CPU cores")
     mode.add_argument("--smoke", action="store_true", help="the smallest sizes: checks the pipeline")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_fab_<mode>)")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/aldp_fab_<mode>)"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="FAB iterations (default: the mode's)")
     parser.add_argument("--samples", type=int, default=None, help="flow samples for the estimate (default: the mode's)")
     parser.add_argument("--resume", action="store_true")
@@ -134,7 +137,7 @@ def main() -> None:
     parser.add_argument("--md-data", type=Path, default=default_md_dir("implicit"), help="MD reference folder")
     parser.add_argument(
         "--umbrella",
-        type=Path,
+        type=existing_directory,
         default=default_umbrella_dir("implicit"),
         help="umbrella cache (default: its profile, else the shipped one)",
     )
@@ -198,7 +201,7 @@ def main() -> None:
         "n_target_evaluations_total": result.n_target_evaluations + scores["n_samples"],
         "wall_time_s_total": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>36}: {value:.4g}" if isinstance(value, float) else f"{key:>36}: {value}")
     dF, err = summary["dF_phi_positive_minus_negative_kT"], summary["dF_stderr_kT"]

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
+from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import strict_json, write_json
 from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
 from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
 from bgflow_se3.train import (
@@ -93,11 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for 2 CPU cores (minutes)")
     parser.add_argument("--smoke", action="store_true", help="seconds: 10 ps of MD, 4 iterations, 64 samples")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/aldp_ml[_quick])")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/aldp_ml[_quick])"
+    )
     parser.add_argument("--md-data", type=Path, default=None, help="MD folder (default: the cache of this mode)")
     parser.add_argument(
         "--umbrella",
-        type=Path,
+        type=existing_directory,
         default=default_umbrella_dir("implicit"),
         help="umbrella cache (default: its profile, else the shipped one)",
     )
@@ -165,7 +169,7 @@ def main() -> None:
         }
         curve.append(record)
         with curve_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record, indent=None) + "\n")
     ctx.close()
     if not ctx.is_main:
         return
@@ -199,7 +203,7 @@ def main() -> None:
         **scores,
         "wall_time_s_total": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>34}: {value:.4g}" if isinstance(value, float) else f"{key:>34}: {value}")
     close = getattr(energy, "close", None)

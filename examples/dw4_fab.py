@@ -35,13 +35,13 @@ Ctrl-C or SIGTERM stops after the current iteration with the checkpoint written 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
+from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import (
     AugmentedCouplingFlow,
     ContinuousFlow,
@@ -49,6 +49,7 @@ from bgflow_se3.flow import (
     GroupAveragedFlow,
     KernelFlow,
 )
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.train import (
     FABObjective,
     TrainConfig,
@@ -129,7 +130,9 @@ def main() -> None:
         default=None,
         help="model (default: averaged with --quick, augmented otherwise)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/dw4_fab_<mode>_<flow>)")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/dw4_fab_<mode>_<flow>)"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
@@ -182,7 +185,7 @@ def main() -> None:
         error = flow.solver_log_prob_error(x)
         summary["solver_log_q_error_mean"] = error.mean().item()
         summary["solver_log_q_error_max"] = error.max().item()
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
 

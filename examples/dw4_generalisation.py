@@ -16,7 +16,6 @@ Writes ``<out>/dw4_generalisation.json`` and ``<out>/dw4_generalisation.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -27,8 +26,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from bgflow_se3.cli_checks import output_directory  # noqa: E402
 from bgflow_se3.energy import DoubleWellEnergy  # noqa: E402
 from bgflow_se3.flow import ENFlow, KernelFlow, NonEquivariantFlow  # noqa: E402
+from bgflow_se3.jsonio import write_json  # noqa: E402
 from bgflow_se3.systems.particle_data import metropolis_chains, remove_com  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--thin", type=int, default=10)
     parser.add_argument("--steps", type=int, default=None, help="training steps (300 quick, 3000 full)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/dw4_generalisation"))
+    parser.add_argument("--out", type=output_directory, default=Path("outputs/dw4_generalisation"))
     args = parser.parse_args()
     steps = args.steps or (300 if args.quick else 3000)
     torch.manual_seed(args.seed)
@@ -100,7 +101,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"equivariant_model": args.equivariant, "steps": steps, "n_samples": args.n_samples,
                "thin": args.thin, "results": results, "gap_ratio": ratio}  # fmt: skip
-    (args.out / "dw4_generalisation.json").write_text(json.dumps(payload, indent=2))
+    write_json(args.out / "dw4_generalisation.json", payload)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for name, h in histories.items():
         axes[0].plot(h, label=name)

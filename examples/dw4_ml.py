@@ -14,13 +14,14 @@ The reference data come from batched HMC on the DW4 energy (many chains, burn-in
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from bgflow_se3 import DoubleWellEnergy
+from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.train import (
     HamiltonianMonteCarlo,
     JointFlow,
@@ -58,7 +59,7 @@ def mcmc_samples(energy: DoubleWellEnergy, n: int, generator: torch.Generator, n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=output_directory, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,7 +120,7 @@ def main() -> None:
         "n_skipped_nonfinite": result.n_skipped_nonfinite,
         "n_skipped_outlier": result.n_skipped_outlier,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 

@@ -4,9 +4,12 @@ umbrella-sampling reference, Ramachandran plots and the effective sample size.
     PYTHONPATH=. python examples/free_energy_aldp.py --samples samples.npz --out outputs/free_energy
     PYTHONPATH=. python examples/free_energy_aldp.py --quick --out outputs/free_energy_quick
 
-samples.npz holds x (n, 22, 3) in nm, log_q (n,) in nats (the joint log q(x, a) for augmented flows) and, for
-augmented flows, log_p_aug = log pi(a | x); save it from a trained flow with
-``np.savez(path, x=x, log_q=log_q, log_p_aug=log_p_aug)``. The same analysis is ``bgflow-se3 free-energy``.
+samples.npz holds x (n, 22, 3) in nm, log_q (n,) in nats (the joint log q(x, a) for augmented flows) and
+log_p_aug = log pi(a | x) (zeros for a flow without auxiliary variables, which may instead declare
+``augmented=False`` and leave log_p_aug out); save it from a trained flow with
+``np.savez(path, x=x, log_q=log_q, log_p_aug=log_p_aug)`` (the format: ``bgflow_se3.cli.SAMPLES_FORMAT``;
+``evaluate_dipeptide`` writes one). The target is the L molecule: D samples (mirror images) get weight 0. The same
+analysis is ``bgflow-se3 free-energy``.
 
 ``--quick`` needs no flow: it draws samples from a known, normalised stand-in density (a Gaussian kernel mixture
 around a few short MD frames, some pulled into phi > 0), only to exercise the pipeline in a minute on a CPU.
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from bgflow_se3.cli import run_free_energy
+from bgflow_se3.cli import load_samples, run_free_energy
+from bgflow_se3.cli_checks import n_bootstrap, output_directory, umbrella_cache
 from bgflow_se3.systems import load_aldp
 
 DEFAULT_UMBRELLA = Path.home() / ".cache" / "bgflow_se3" / "aldp_umbrella" / "implicit"
@@ -52,24 +56,28 @@ def quick_samples(aldp, n: int, sigma_nm: float, seed: int) -> dict[str, np.ndar
     squared = np.sum((x[:, None] - centers[None]) ** 2, axis=(2, 3))  # (n, M)
     log_q = logsumexp(-0.5 * squared / sigma_nm**2, axis=1) - np.log(len(centers))
     log_q -= 0.5 * d * np.log(2 * np.pi * sigma_nm**2)
-    return {"x": x, "log_q": log_q}
+    return {"x": x, "log_q": log_q, "augmented": np.asarray(False)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=Path, default=None, help="npz with x (nm), log_q, optional log_p_aug")
+    parser.add_argument("--samples", type=Path, default=None, help="npz: x (nm), log_q, log_p_aug, optional u")
+    parser.add_argument("--not-augmented", action="store_true", help="the flow has no log_p_aug: accept its file")
     parser.add_argument("--quick", action="store_true", help="stand-in samples (no flow needed), pipeline check")
     parser.add_argument("--solvent", choices=["implicit", "vacuum"], default="implicit")
-    parser.add_argument("--umbrella-cache", type=Path, default=DEFAULT_UMBRELLA)
-    parser.add_argument("--n-bootstrap", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/free_energy_aldp"))
+    parser.add_argument("--umbrella-cache", type=umbrella_cache, default=DEFAULT_UMBRELLA, help="holds profile.npz")
+    parser.add_argument("--n-bootstrap", type=n_bootstrap, default=0, help="0: MBAR's error, else >= 2 resamples")
+    parser.add_argument("--out", type=output_directory, default=Path("outputs/free_energy_aldp"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if (args.samples is None) == (not args.quick):
         parser.error("give exactly one of --samples and --quick")
 
     aldp = load_aldp(args.solvent)
-    samples = quick_samples(aldp, 2000, 0.002, args.seed) if args.quick else dict(np.load(args.samples))
+    if args.quick:
+        samples = quick_samples(aldp, 2000, 0.002, args.seed)
+    else:
+        samples = load_samples(args.samples, not_augmented=args.not_augmented)
     # energies, weights, ESS, the phi-state Delta F (pymbar MBAR), the phi profile against the umbrella reference
     # and the figures: the same analysis as `bgflow-se3 free-energy`
     summary = run_free_energy(

@@ -20,7 +20,6 @@ pure torch) plus 8 flow updates per iteration; its wall time on one GPU was not 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ import numpy as np
 import torch
 
 from bgflow_se3 import LennardJonesEnergy
+from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight import log_importance_weights
 from bgflow_se3.systems import load_particle_data
 from bgflow_se3.train import (
@@ -128,7 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for 2 CPU cores (minutes)")
     parser.add_argument("--smoke", action="store_true", help="seconds: 3 iterations, 128 evaluation samples")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/lj13_fab[_quick])")
+    parser.add_argument(
+        "--out", type=output_directory, default=None, help="output folder (default runs/lj13_fab[_quick])"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
@@ -177,7 +180,7 @@ def main() -> None:
         "n_parameters": sum(p.numel() for p in flow.parameters()),
         "wall_time_s_this_call": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     for key, value in summary.items():
         print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
 

@@ -15,7 +15,6 @@ Measured (800 steps, 391 s on one core): H = 7.20 nats, so ESS >= 50 % needs NLL
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.flow import EnvironmentKernelFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.systems.particle_data import load_particle_data
 from bgflow_se3.train import effective_sample_size, fit_ml, log_normalizer
 
@@ -64,7 +64,7 @@ def main() -> None:
         "nll_needed_for_50pct_ess": entropy + math.log(2.0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     for key, value in result.items():
         print(f"{key:>26}: {value:.4g}")
 

@@ -18,7 +18,6 @@ Prints both, the data statistics of each ensemble (mean u, pair distance, radius
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 from bgflow_se3.energy import LennardJonesEnergy, pair_distances
 from bgflow_se3.flow import KernelFlow
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.systems.particle_data import load_particle_data, metropolis_chains, remove_com
 from bgflow_se3.train import fit_ml
 
@@ -123,9 +123,7 @@ def main() -> None:
     print(f"H(unique): <= {bracket['test_nll_upper_bound'] + d_h:.2f}, IS estimate "
           f"{bracket['entropy_is_estimate'] + d_h:.2f}; published (public E-NF LJ13 set): 30.19-30.56")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"quick": args.quick, "thermodynamic_integration": ti, "bracket": bracket}, indent=2)
-    )
+    write_json(args.out, {"quick": args.quick, "thermodynamic_integration": ti, "bracket": bracket})
     print(f"wrote {args.out}")
 
 

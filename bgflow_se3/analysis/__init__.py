@@ -1,6 +1,6 @@
 """Analysis: collective variables (mdtraj), histograms, divergences and plots."""
 
-from .chirality import L_CHIRALITY_SIGN, chiral_centres, chirality_signs, d_chirality_fraction
+from .chirality import L_CHIRALITY_SIGN, chiral_centres, chirality_mismatch, chirality_signs, d_chirality_fraction
 from .dihedrals import BackboneDihedrals, as_mdtraj_topology, backbone_dihedrals, dihedral_angles, phi_psi
 from .dipeptide import evaluate_dipeptide
 from .plots import free_energy_profile_figure, ramachandran_figure, ramachandran_panels_figure
@@ -12,6 +12,7 @@ __all__ = [
     "as_mdtraj_topology",
     "backbone_dihedrals",
     "chiral_centres",
+    "chirality_mismatch",
     "chirality_signs",
     "d_chirality_fraction",
     "dihedral_angles",

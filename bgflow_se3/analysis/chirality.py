@@ -13,7 +13,7 @@ import numpy as np
 
 from .dihedrals import _coordinates, as_mdtraj_topology
 
-__all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_signs", "d_chirality_fraction"]
+__all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_mismatch", "chirality_signs", "d_chirality_fraction"]
 
 #: Sign of the signed volume (N - CA) . ((C - CA) x (CB - CA)) of an L amino acid (the "CORN" rule).
 L_CHIRALITY_SIGN = 1.0
@@ -53,3 +53,25 @@ def d_chirality_fraction(topology: Any, x: Any) -> float:
     if len(signs) == 0:
         raise ValueError("x holds no configuration: the D fraction of an empty batch is undefined")
     return float(np.mean((signs != L_CHIRALITY_SIGN).any(axis=1)))
+
+
+def chirality_mismatch(topology: Any, x: Any, reference: Any | None = None) -> np.ndarray:
+    """Which configurations differ in handedness from ``reference`` at some chiral alpha carbon, shape (batch,).
+
+    x: positions in nm, shape (batch, n_atoms, 3). reference: one structure (n_atoms, 3), nm, whose handedness
+    defines the target molecule, or None for L at every alpha carbon (``L_CHIRALITY_SIGN``). True marks a mirror
+    image (for an all-L reference: a sample with a D residue), which an achiral force field scores like the
+    reference molecule; the library gives such samples u = +inf (``evaluate_dipeptide(restrict_to_l=True)``,
+    ``energy.RestrictedEnergy``). A reference that is planar at a chiral centre raises ``ValueError``.
+    """
+    signs = chirality_signs(topology, x)
+    if reference is None:
+        target = np.full(signs.shape[1], L_CHIRALITY_SIGN)
+    else:
+        target = chirality_signs(topology, _coordinates(reference)[None])[0]
+        if (target == 0).any():
+            raise ValueError(
+                "the reference structure is planar at a chiral centre (N, CA, C, CB in one plane), so it has no "
+                "handedness: give a proper structure"
+            )
+    return (signs != target).any(axis=1)

@@ -22,6 +22,7 @@ from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFi
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from ..reweight.fes import free_energy_surface
 from ..sampling.flow_samples import sample_with_energies
+from ..sampling.joint import JointFlow
 from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
 from .dihedrals import as_mdtraj_topology, phi_psi
 from .plots import free_energy_profile_figure, ramachandran_panels_figure
@@ -83,9 +84,10 @@ def evaluate_dipeptide(
     flow: the trained flow, sampled in its own dtype and device (use float64). energy: the target, reduced u.
     topology: openmm or mdtraj topology of the molecule (one phi, one psi). n_samples: flow samples to draw.
     out_dir: receives ``samples.dcd`` (the first ``max_trajectory_frames`` samples) + ``topology.pdb``
-    (``mdtraj.load``), ``samples.npz`` (every sample: x in nm as float32, log_q, u, log_p_aug in float64: the input
-    of ``examples/free_energy_aldp.py``), ``ramachandran.png`` and ``phi_profile.png`` (the reweighted phi profile
-    against the umbrella profile).
+    (``mdtraj.load``), ``samples.npz`` (every sample: x in nm as float32, log_q, u (+inf for D samples when
+    restricted), log_p_aug in float64, and ``augmented``, whether the flow has auxiliary variables: the format of
+    ``bgflow_se3.cli.SAMPLES_FORMAT``, the input of ``bgflow-se3 free-energy`` and ``examples/free_energy_aldp.py``),
+    ``ramachandran.png`` and ``phi_profile.png`` (the reweighted phi profile against the umbrella profile).
     reference_md: reference configurations (n, n_atoms, 3), nm, e.g. MD frames: gives ``kl_md`` and
     ``kl_md_reweighted``, KL(MD || flow) in nats on a periodic ``bins`` x ``bins`` (phi, psi) histogram.
     umbrella_profile: ``(centers, f)`` of a phi profile in kT (``systems.umbrella.load_profile``): gives
@@ -129,6 +131,7 @@ def evaluate_dipeptide(
         log_q=log_q[finite],
         u=u[finite],
         log_p_aug=samples.log_p_aug[finite],
+        augmented=(flow if isinstance(flow, JointFlow) else JointFlow(flow)).n_aug > 0,
     )
 
     phi, psi = phi_psi(top, x)

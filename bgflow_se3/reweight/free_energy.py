@@ -78,8 +78,9 @@ def _make_samples(log_q: Any, u: Any, log_p_aug: Any, in_a: Any, in_b: Any, what
 
 
 def _check_states(flow: _Samples, reference: _Samples | None, method: str) -> None:
+    """Each state holds a sample with nonzero weight (BAR: a reference sample too); raises with the remedy."""
+    sets = [flow] if reference is None or method == "exp" else [flow, reference]
     for name in ("in_a", "in_b"):
-        sets = [flow] if reference is None or method == "exp" else [flow, reference]
         n_in = sum(int(getattr(s, name).sum()) for s in sets)
         n_alive = sum(int((getattr(s, name) & np.isfinite(s.u_target)).sum()) for s in sets)
         state = name[-1].upper()
@@ -99,6 +100,16 @@ def _check_states(flow: _Samples, reference: _Samples | None, method: str) -> No
                     f"BAR needs target samples in state {name[-1].upper()} ({name}), but the reference has none; "
                     "use method='mbar', which pools both sample sets"
                 )
+
+
+def _check_distinct(flow: _Samples, reference: _Samples | None, method: str) -> None:
+    """The states differ on some sample of nonzero weight (flow, and reference unless EXP); else ValueError."""
+    sets = [flow] if reference is None or method == "exp" else [flow, reference]
+    if all(np.array_equal(s.in_a & np.isfinite(s.u_target), s.in_b & np.isfinite(s.u_target)) for s in sets):
+        raise ValueError(
+            "in_a and in_b select the same samples (of those with nonzero weight): F_A - F_B would be 0 +/- 0 by "
+            "construction, not an estimate; give two different states (e.g. in_a and ~in_a)"
+        )
 
 
 def _mbar(flow: _Samples, reference: _Samples | None, diagnostics: bool, min_ess: float, min_overlap: float):
@@ -228,7 +239,8 @@ def free_energy_difference(
 
     log_q: flow log-density of each flow sample, nats, shape (n,) (joint log q(x, a) for augmented flows).
     u: reduced target energy of each flow sample, shape (n,); +inf gives weight 0.
-    in_a, in_b: boolean masks, shape (n,): which samples lie in state A and in state B.
+    in_a, in_b: boolean masks, shape (n,): which samples lie in state A and in state B. The states may overlap
+        (e.g. A inside B: F_A - F_B = -log P(A | B)) but must differ on the samples with nonzero weight.
     log_p_aug: log pi(a | x) of the augmented target, nats, shape (n,), or None.
     method: ``"mbar"`` (pymbar.MBAR: the flow, and with ``reference`` the target, are sampled states; the target
         restricted to A and to B are unsampled ones), ``"exp"`` (importance sampling of the flow samples only,
@@ -241,9 +253,11 @@ def free_energy_difference(
         asymptotic error (EXP: the delta method; BAR: the two per-state errors in quadrature, which ignores their
         covariance through the shared flow samples and underestimates the error). None (default): 0 for "mbar" and
         "exp", 100 for "bar". Every error assumes independent samples: subsample correlated (MD) data first.
-    Raises ``EmptyStateError`` when a state has no sample with nonzero weight, ``ConvergenceError`` when pymbar fails
-    or returns a non-finite or 0 +/- 0 result; warns ``LowOverlapWarning`` when a state has fewer than ``min_ess``
-    effective samples or (BAR, MBAR with reference) the overlap is below ``min_overlap``.
+    Raises ``ValueError`` when in_a and in_b select the same samples of nonzero weight (flow and reference
+    together; the answer would be 0 +/- 0 by construction), ``EmptyStateError`` when a state has no sample with
+    nonzero weight, ``ConvergenceError`` when pymbar fails or returns a non-finite or 0 +/- 0 result; warns
+    ``LowOverlapWarning`` when a state has fewer than ``min_ess`` effective samples or (BAR, MBAR with reference)
+    the overlap is below ``min_overlap``.
     """
     if method not in ("mbar", "exp", "bar"):
         raise ValueError(f"method must be 'mbar', 'exp' or 'bar', got {method!r}")
@@ -256,6 +270,7 @@ def free_energy_difference(
     if reference is not None:
         ref = _make_samples(reference.log_q, reference.u, reference.log_p_aug, reference.in_a, reference.in_b, "ref")
     _check_states(flow, ref, method)
+    _check_distinct(flow, ref, method)
     value, stderr = _estimate(method, flow, ref, True, min_ess, min_overlap)
     label = method.upper()
     if n_bootstrap is None:

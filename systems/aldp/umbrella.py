@@ -57,7 +57,6 @@ at most 0.19). Provenance: bgflow_se3/systems/data/aldp/umbrella_profile_implici
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -66,6 +65,8 @@ from pathlib import Path
 import numpy as np
 
 from bgflow_se3.analysis.ramachandran import periodic_histogram
+from bgflow_se3.cli_checks import positive_int
+from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight.umbrella import combine_profiles, combine_repeats, umbrella_free_energy, unbiased_weights
 from bgflow_se3.systems.umbrella import UmbrellaConfig, load_window_angles, load_windows, run_umbrella, window_centers
 
@@ -232,7 +233,7 @@ def write_outputs(summary: dict, records: list[dict], cache: Path, out: Path | N
         )
     repeats = [{k: v for k, v in r.items() if k not in ("profile", "ramachandran")} for r in records]
     out = out or cache / "summary.json"
-    out.write_text(json.dumps({**summary, "repeats": repeats}, indent=1))
+    write_json(out, {**summary, "repeats": repeats}, indent=1)
     return profile_path, out
 
 
@@ -242,11 +243,11 @@ def main() -> None:
     parser.add_argument("--ns-per-window", type=float, default=0.5, help="production per window and repeat (ns)")
     parser.add_argument("--extend-ns", type=float, default=None, help="longest cached repeat + this many ns/window")
     parser.add_argument("--repeats", type=int, default=2, help="independent runs, seeds seed .. seed + N - 1")
-    parser.add_argument("--windows", type=int, default=36)
+    parser.add_argument("--windows", type=positive_int, default=36)
     parser.add_argument("--force-constant", type=float, default=200.0, help="kJ/mol/rad^2")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--blocks", type=int, default=5, help="time blocks for the per-repeat block error")
-    parser.add_argument("--bins", type=int, default=36, help="profile bins on [-pi, pi)")
+    parser.add_argument("--bins", type=positive_int, default=36, help="profile bins on [-pi, pi)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat")
     parser.add_argument("--cache", type=Path, default=None, help="default ~/.cache/bgflow_se3/aldp_umbrella/SOLVENT")
     parser.add_argument("--out", type=Path, default=None, help="JSON summary (default CACHE/summary.json)")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.analysis import chiral_centres, chirality_signs, d_chirality_fraction
+from bgflow_se3.analysis import chiral_centres, chirality_mismatch, chirality_signs, d_chirality_fraction
 from bgflow_se3.systems import load_aldp
 from tests.conftest import random_rotation
 
@@ -34,3 +34,17 @@ def test_l_alanine_is_l_and_its_mirror_is_d(aldp):
 def test_bad_input_is_refused(aldp):
     with pytest.raises(ValueError, match="shape"):
         chirality_signs(aldp.topology, aldp.positions_nm)
+
+
+def test_chirality_mismatch_is_relative_to_the_reference_structure(aldp):
+    rng = np.random.default_rng(1)
+    x = aldp.positions_nm[None] + 0.01 * rng.normal(size=(8, 22, 3))
+    mixed = np.concatenate([x[:6], -x[6:]])  # 6 L, 2 D
+    expected = np.arange(8) >= 6
+    np.testing.assert_array_equal(chirality_mismatch(aldp.topology, mixed), expected)  # None: L
+    np.testing.assert_array_equal(chirality_mismatch(aldp.topology, mixed, aldp.positions_nm), expected)
+    np.testing.assert_array_equal(chirality_mismatch(aldp.topology, mixed, -aldp.positions_nm), ~expected)
+    planar = aldp.positions_nm.copy()
+    planar[10] = planar[8]  # CB on CA: no handedness (signed volume exactly 0)
+    with pytest.raises(ValueError, match="planar at a chiral centre"):
+        chirality_mismatch(aldp.topology, mixed, planar)

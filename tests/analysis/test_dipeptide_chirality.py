@@ -1,5 +1,6 @@
 """D samples must not enter the L molecule's phi states: a 'flow' that makes both enantiomers."""
 
+import json
 import math
 import warnings
 
@@ -8,6 +9,7 @@ import torch
 
 from bgflow_se3.analysis import evaluate_dipeptide
 from bgflow_se3.analysis.ramachandran import periodic_histogram
+from bgflow_se3.cli import main
 from bgflow_se3.energy import TorchForceField
 from bgflow_se3.sampling import minimise
 from bgflow_se3.sampling.dihedrals import set_torsion, torsion_angle
@@ -74,6 +76,15 @@ def test_d_samples_are_excluded_from_the_l_free_energy(tmp_path):
                 umbrella_ramachandran=reference,
             )
     assert results[True]["d_chirality_fraction"] == 0.5
+    # samples.npz says the flow is not augmented, and the CLI reads it with the same L restriction
+    saved = np.load(tmp_path / "True" / "samples.npz")
+    assert saved["augmented"].shape == () and not saved["augmented"] and not saved["log_p_aug"].any()
+    assert np.isinf(saved["u"][~is_l]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["free-energy", str(tmp_path / "True" / "samples.npz"), "--out", str(tmp_path / "cli")]) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["mirror_fraction"] == 0.5 and summary["n_infinite_energy"] == 0
     assert abs(results[True]["kl_ramachandran_umbrella_reweighted"]) < 1e-9
     assert results[False]["kl_ramachandran_umbrella_reweighted"] > 0.05  # the D copies sit at mirrored angles
     assert results[True]["kl_ramachandran_umbrella"] > 0.05  # unweighted: every sample counts alike

@@ -112,6 +112,27 @@ def test_bad_input_raises(problem):
         free_energy_difference(log_q, u, in_a, ~in_a, method="tpi")
 
 
+def test_identical_states_raise_and_nested_states_are_estimated(problem):
+    log_q, u, in_a = _flow(problem, 600, 5)
+    for method in ("mbar", "exp"):
+        with pytest.raises(ValueError, match="same samples"):
+            free_energy_difference(log_q, u, in_a, in_a.copy(), method=method)
+    # masks that differ only on samples of weight 0 (u = +inf) are the same state
+    other = in_a.copy()
+    flip = np.flatnonzero(~in_a)[:3]
+    other[flip] = True
+    with pytest.raises(ValueError, match="same samples"):
+        free_energy_difference(log_q, np.where(np.isin(np.arange(600), flip), np.inf, u), in_a, other)
+    # overlapping states are allowed: A inside everything gives F_A - F_all = -log P(A), written out here
+    everything = np.ones_like(in_a)
+    log_w = -u - log_q
+    expected = -(np.logaddexp.reduce(log_w[in_a]) - np.logaddexp.reduce(log_w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowOverlapWarning)
+        result = free_energy_difference(log_q, u, in_a, everything, method="exp")
+    assert result.value == pytest.approx(expected, abs=1e-9) and result.value > 0
+
+
 def test_poor_overlap_warns(problem):
     rng = np.random.default_rng(6)
     x = rng.normal(size=(3000, 3)) * 0.3 + 2.0  # a "flow" far narrower than, and off, the target

@@ -31,7 +31,7 @@ def good(aldp):
     )
     x = base + 0.002 * rng.normal(size=(200, 22, 3))
     log_q = rng.normal(size=200)
-    return {"x": x, "log_q": log_q, "u": -log_q + 0.1 * rng.normal(size=200)}
+    return {"x": x, "log_q": log_q, "u": -log_q + 0.1 * rng.normal(size=200), "log_p_aug": np.zeros(200)}
 
 
 def _write(tmp_path, arrays, name="samples.npz"):
@@ -48,7 +48,7 @@ CASES = {
     "nan_in_x": (lambda d: {**d, "x": np.where(np.arange(200)[:, None, None] == 1, np.nan, d["x"])}, "NaN or inf"),
     "short_u": (lambda d: {**d, "u": d["u"][:-1]}, r"u in .* must have shape \(200,\)"),
     "2d_log_q": (lambda d: {**d, "log_q": d["log_q"][:, None]}, r"log_q in .* must have shape \(200,\)"),
-    "x_wrong_atoms": (lambda d: {**d, "x": d["x"][:, :-1]}, r"shape \(batch, 22, 3\)"),
+    "x_wrong_atoms": (lambda d: {**d, "x": d["x"][:, :-1]}, "21 atoms per sample but the topology has 22"),
     "x_2d": (lambda d: {**d, "x": d["x"][:, :, 0]}, r"shape \(n, n_atoms, 3\)"),
     "no_samples": (lambda d: {k: v[:0] for k, v in d.items()}, "n >= 1"),
     "all_weights_zero": (lambda d: {**d, "u": np.full(200, np.inf)}, "EmptyStateError"),
@@ -82,7 +82,7 @@ def test_valid_samples_still_work_and_a_bad_file_gives_no_traceback_in_a_subproc
     assert main(["free-energy", str(path), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n_samples"] == 200 and np.isfinite(summary["delta_f_kT"]) and summary["delta_f_stderr_kT"] > 0
-    bad = _write(tmp_path, {"x": good["x"], "log_q": good["log_q"], "u": np.full(200, np.nan)}, "bad.npz")
+    bad = _write(tmp_path, {**good, "u": np.full(200, np.nan)}, "bad.npz")
     run = subprocess.run(
         [sys.executable, "-m", "bgflow_se3.cli", "free-energy", str(bad)], capture_output=True, text=True, timeout=120
     )
