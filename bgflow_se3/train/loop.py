@@ -43,7 +43,6 @@ ranks share a machine, each plans with its share of the cores (``cores // local_
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -66,7 +65,15 @@ from ..energy.base import Energy
 from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
 from ..sampling.joint import JointFlow, TargetDensity
 from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
-from .checkpoint import check_fits, class_name, output_error, probe_output_dir, read_checkpoint, write_atomically
+from .checkpoint import (
+    check_fits,
+    class_name,
+    output_error,
+    probe_output_dir,
+    read_checkpoint,
+    serialize_checkpoint,
+    write_atomically,
+)
 from .curves import plot_training_curves
 from .distributed import DistributedContext, init_from_env, rank_seed
 from .metrics import effective_sample_size
@@ -574,12 +581,22 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the full training state (see the module docstring); default ``out_dir/checkpoint.pt``.
 
-        Under ``torch.distributed`` every rank must call it (it gathers the per-rank states); rank 0 writes, and every
-        rank returns once the file is complete.
+        The file holds a SHA-256 checksum of its data, verified when it is read. Under ``torch.distributed`` every
+        rank must call it (it gathers the per-rank states); rank 0 writes, and every rank returns once the file is
+        complete.
         """
         path = Path(path) if path is not None else self._path(CHECKPOINT_NAME)
         if path is None:
             raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
+        state = self._checkpoint_state()
+        if state is not None:
+            self._write_checkpoint(path, state)
+        self.dist.barrier()  # under torch.distributed: every rank returns once rank 0 has written the file
+        return path
+
+    def _checkpoint_state(self) -> dict | None:
+        """The state a checkpoint holds (module docstring) on rank 0, None on the other ranks. Under
+        ``torch.distributed`` a collective: rank 0 gathers every rank's own state."""
         self.counters.grad_norms = list(self.grad_norms)
         extra = self._separate_eval_target
         rank_state = {"objective": self.objective.state_dict(), "rng": self._rng_state()}
@@ -594,8 +611,7 @@ class Trainer:
             )
             shards = self.dist.gather_objects(_to_cpu(rank_state))
             if not self.dist.is_main:
-                self.dist.barrier()  # return once rank 0 has written the file
-                return path
+                return None
             rank_state = shards[0]
             rank_state["objective"]["n_target_evaluations"] = n_objective
         state = {
@@ -617,25 +633,27 @@ class Trainer:
         if self.dist.distributed:
             state["rng"]["shared"] = self.shared_generator.get_state()
             state["rank_states"] = shards[1:]  # ranks 1 .. world_size - 1: replay buffers, generators
-        self._writing = True  # a stop signal waits until the file is complete
+        return state
+
+    def _write_checkpoint(self, path: Path, state: dict) -> None:
+        """Serialise ``state`` with its checksum and write it atomically to ``path``; a stop signal waits for it."""
+        self._writing = True
         try:
-            data = io.BytesIO()
-            torch.save(state, data)
-            write_atomically(path, data.getbuffer())
+            data = serialize_checkpoint(state)
+            write_atomically(path, data.header, data.payload)
         except OSError as err:
             raise self._write_error(err, path, "the checkpoint") from err
         finally:
             self._writing = False
         self._last_checkpoint = (path, self.iteration)
         logger.info("checkpoint at iteration %d written to %s", self.iteration, path)
-        self.dist.barrier()
-        return path
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring).
 
-        Raises ``CheckpointError`` naming the file when it cannot be read (truncated, corrupt, not a checkpoint) or
-        was written for another flow class, flow size or objective; these checks run before any state changes.
+        Raises ``CheckpointError`` naming the file when it cannot be read (checksum mismatch, truncated, corrupt, not a
+        checkpoint) or was written for another flow class, flow size or objective; these checks run before any state
+        changes.
         """
         path = Path(path)
         state = read_checkpoint(path, self.model.parameter.device)

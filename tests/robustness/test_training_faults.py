@@ -1,5 +1,5 @@
-"""Faults during training lose nothing: stop signals, unwritable or full output folders, bad checkpoints,
-non-finite energies; and training applies the thread policy."""
+"""Faults during training lose nothing: stop signals, unwritable or full output folders, bad or corrupt
+checkpoints, non-finite energies; and training applies the thread policy."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     TrainingInterrupted,
+    read_checkpoint,
 )
 
 SCRIPT = Path(__file__).with_name("_training_helpers.py")
@@ -110,7 +111,7 @@ def test_a_stop_signal_checkpoints_and_resume_continues_exactly(tmp_path, signum
     assert f"training stopped by {name} after iteration" in done.stderr
     assert "run(resume=True) continues" in done.stderr
     assert not (out / "checkpoint.pt.tmp").exists()
-    stopped_at = torch.load(out / "checkpoint.pt", weights_only=False)["iteration"]
+    stopped_at = read_checkpoint(out / "checkpoint.pt")["iteration"]
     assert 3 <= stopped_at < len(straight[0])  # stopped early, after the iteration it was in
 
     resumed = make_trainer(out)  # a fresh process would build the same trainer
@@ -165,7 +166,7 @@ def test_a_second_signal_mid_iteration_stops_at_once_and_keeps_the_last_checkpoi
         trainer.run()
     assert not isinstance(stop.value, TrainingInterrupted)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"]
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")["iteration"]
     assert 2 <= saved <= trainer.iteration and f"the checkpoint of iteration {saved}" in str(stop.value)
 
 
@@ -198,7 +199,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
         pytest.fail(f"torchrun hung: {proc.communicate()[0][-4000:]}")
     stops = re.findall(r"rank (\d): training stopped by SIGTERM after iteration (\d+) of", output)
     assert sorted(stops) == [("0", "5"), ("1", "5")], output[-4000:]
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (state["iteration"], state["world_size"], len(state["rank_states"])) == (5, 2, 1)
     assert proc.returncode != 0
 
@@ -277,7 +278,7 @@ def test_a_full_disk_at_a_periodic_checkpoint_keeps_the_previous_one(tmp_path, m
     with pytest.raises(OutputWriteError, match="the checkpoint of iteration 2 .* is intact") as error:
         trainer.run()
     assert error.value.errno == errno.ENOSPC and str(tmp_path / "checkpoint.pt") in str(error.value)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
     monkeypatch.undo()  # space freed: resuming loses nothing
@@ -306,7 +307,7 @@ def _empty(path: Path) -> None:
 
 
 def _flow_weights_only(path: Path) -> None:
-    torch.save(torch.load(path, weights_only=False)["flow"], path)
+    torch.save(read_checkpoint(path)["flow"], path)
 
 
 @pytest.mark.parametrize(
@@ -331,6 +332,39 @@ def test_an_unreadable_checkpoint_is_named_never_a_fresh_start(tmp_path, checkpo
     assert str(path) in str(error.value)
     assert trainer.iteration == 0 and trainer.objective.target.n_evaluations == 0
     assert torch.equal(parameters(trainer), before)
+
+
+def _flip_8_bytes_in_the_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_checkpoint_fails_its_checksum_before_any_state_changes(tmp_path, checkpoint):
+    """Eight flipped bytes in the middle of the file (replay-buffer data, which unpickles fine) are found by the
+    checksum."""
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    _flip_8_bytes_in_the_middle(path)
+    trainer = make_trainer(tmp_path)
+    before = parameters(trainer)
+    with pytest.raises(CheckpointError, match="SHA-256 checksum does not match") as error:
+        trainer.run(resume=True)
+    assert str(path) in str(error.value) and "cannot read the checkpoint" in str(error.value)
+    assert trainer.iteration == 0 and trainer.objective.target.n_evaluations == 0
+    assert torch.equal(parameters(trainer), before) and len(trainer.objective.buffer) == 0
+
+
+def test_a_checkpoint_without_a_checksum_still_resumes_with_a_warning(tmp_path, checkpoint, caplog):
+    """Checkpoints written before they had a checksum (plain ``torch.save``) are read unchecked, and said to be."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save(read_checkpoint(checkpoint), path)
+    trainer = make_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=checkpoint_files.__name__):
+        trainer.load_checkpoint(path)
+    assert trainer.iteration == 2
+    assert any("has no checksum" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
@@ -361,7 +395,7 @@ def test_a_checkpoint_of_another_setup_is_refused_by_name(tmp_path, checkpoint, 
 
 def test_a_checkpoint_without_class_names_is_still_checked(tmp_path, checkpoint):
     """Checkpoints written before the class names were stored: the weights and the objective state are checked."""
-    state = torch.load(checkpoint, weights_only=False)
+    state = read_checkpoint(checkpoint)
     del state["flow_class"], state["objective_class"]
     path = tmp_path / "checkpoint.pt"
     torch.save(state, path)
