@@ -100,10 +100,11 @@ class TrainConfig:
     lr: peak learning rate of Adam; warmup_iterations: linear warm-up from lr / warmup_iterations; then cosine decay
     to ``final_lr_fraction * lr`` at ``n_iterations``. Gradient guards: see the module docstring.
     eval_every: every this many iterations, the reverse ESS of ``n_eval`` fresh flow samples is logged (needs an
-    evaluation target; 0 = never). checkpoint_every: also checkpoint every this many iterations (0: only at the end
-    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it; rank r of a distributed run
-    uses seed + r). progress: tqdm bar (rank 0 only); plot: write the training-curve PNG at the end of ``run`` (with
-    an out_dir).
+    evaluation target; 0 = never). Checkpoints (with an out_dir) are written at the end of ``run``, at a stop signal,
+    and periodically: once ``checkpoint_every_s`` seconds (wall clock of rank 0) have passed since the last one, and
+    every ``checkpoint_every`` iterations (0 turns either off). seed: seeds the loop's generator (all sampling of the
+    loop draws from it; rank r of a distributed run uses seed + r). progress: tqdm bar (rank 0 only); plot: write the
+    training-curve PNG at the end of ``run`` (with an out_dir).
     """
 
     n_iterations: int = 1000
@@ -119,6 +120,7 @@ class TrainConfig:
     eval_every: int = 0
     n_eval: int = 256
     checkpoint_every: int = 0
+    checkpoint_every_s: float = 300.0
     seed: int = 0
     progress: bool = True
     plot: bool = True
@@ -132,6 +134,11 @@ class TrainConfig:
         if not 1 <= self.clip_multiple <= self.skip_multiple:
             raise ValueError(
                 f"need 1 <= clip_multiple <= skip_multiple, got {self.clip_multiple}, {self.skip_multiple}"
+            )
+        if self.checkpoint_every < 0 or not self.checkpoint_every_s >= 0:
+            raise ValueError(
+                f"need checkpoint_every >= 0 and checkpoint_every_s >= 0 (0: off), got {self.checkpoint_every}, "
+                f"{self.checkpoint_every_s}"
             )
 
 
@@ -234,6 +241,7 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT / SIGTERM received during run()
         self._writing = False  # a checkpoint is being written: signals wait for it
         self._last_checkpoint: tuple[Path, int] | None = None  # (path, iteration) last written or loaded
+        self._checkpoint_clock = time.monotonic()  # when the last checkpoint was written (or the loop started)
 
     def _lr_factor(self, iteration: int) -> float:
         cfg = self.config
@@ -361,16 +369,7 @@ class Trainer:
         if writes:
             probe_output_dir(self.out_dir)
         if resume:
-            path = Path(resume) if not isinstance(resume, bool) else self._path(CHECKPOINT_NAME)
-            if path is None:
-                raise ValueError("resume=True needs an out_dir (or pass the checkpoint path)")
-            if path.exists():
-                self.load_checkpoint(path)
-                logger.info("resumed from %s at iteration %d", path, self.iteration)
-            elif not isinstance(resume, bool):
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-            else:
-                logger.warning("resume=True but there is no checkpoint %s: training from scratch", path)
+            self._resume(resume)
         stop = cfg.n_iterations if until is None else min(int(until), cfg.n_iterations)
         if writes:
             self._rewrite_metrics()
@@ -384,21 +383,7 @@ class Trainer:
             self.counters.wall_time_s += time.perf_counter() - start
             show = cfg.progress and self.dist.is_main
             with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
-                while (signum := self._agreed_signal()) is None and self.iteration < stop:
-                    start = time.perf_counter()
-                    record = self._iterate()
-                    self.counters.wall_time_s += time.perf_counter() - start
-                    record.update(self._counter_record())
-                    if self.dist.distributed:
-                        record = self._reduce_record(record)
-                        self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
-                    self.history.append(record)
-                    self._append_metrics(record)
-                    bar.update(1)
-                    postfix = {k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record}
-                    bar.set_postfix(postfix)
-                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and self.iteration < stop:
-                        self.save_checkpoint()
+                signum = self._train_until(stop, bar)
             checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
             if signum is None:  # a signal during the last iteration or the final checkpoint stops the program too
                 signum = self._agreed_signal()
@@ -432,6 +417,53 @@ class Trainer:
                 result,
             )
         return result
+
+    def _resume(self, resume: bool | str | Path) -> None:
+        """Load the checkpoint ``run(resume=...)`` names: ``out_dir/checkpoint.pt`` for True (none there: a warning,
+        training starts fresh), else the path (which must exist)."""
+        path = Path(resume) if not isinstance(resume, bool) else self._path(CHECKPOINT_NAME)
+        if path is None:
+            raise ValueError("resume=True needs an out_dir (or pass the checkpoint path)")
+        if path.exists():
+            self.load_checkpoint(path)
+            logger.info("resumed from %s at iteration %d", path, self.iteration)
+        elif not isinstance(resume, bool):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        else:
+            logger.warning("resume=True but there is no checkpoint %s: training from scratch", path)
+
+    def _train_until(self, stop: int, bar: tqdm) -> int | None:
+        """Iterate up to iteration ``stop`` with the periodic checkpoints; returns the agreed stop signal, or None.
+
+        A periodic checkpoint is written before an iteration once ``checkpoint_every_s`` has passed on rank 0's clock
+        or the iteration count is a multiple of ``checkpoint_every``, never twice for one iteration."""
+        every = self.config.checkpoint_every
+        saved = self.iteration  # the newest iteration on disk (or where this run began)
+        self._checkpoint_clock = time.monotonic()
+        while True:
+            signum, time_due = self._poll()
+            if signum is not None or self.iteration >= stop:
+                return signum
+            count_due = every > 0 and self.iteration % every == 0
+            if self.out_dir is not None and self.iteration > saved and (time_due or count_due):
+                self.save_checkpoint()
+                saved = self.iteration
+            self._train_one(bar)
+
+    def _train_one(self, bar: tqdm) -> None:
+        """One iteration; its record (global under ``torch.distributed``) goes to the history, the metrics log and
+        the progress bar."""
+        start = time.perf_counter()
+        record = self._iterate()
+        self.counters.wall_time_s += time.perf_counter() - start
+        record.update(self._counter_record())
+        if self.dist.distributed:
+            record = self._reduce_record(record)
+            self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
+        self.history.append(record)
+        self._append_metrics(record)
+        bar.update(1)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record})
 
     # ---- signals and threads --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -471,14 +503,28 @@ class Trainer:
         raise KeyboardInterrupt(f"second {name}: stopped at once, during iteration {self.iteration + 1}; {kept}")
 
     def _agreed_signal(self) -> int | None:
-        """The signal that stops this run, or None. Under ``torch.distributed`` (a collective) a signal on any rank
-        stops every rank: SIGINT when some rank got SIGINT, else SIGTERM."""
+        """The signal that stops this run, or None (a collective under ``torch.distributed``, see ``_poll``)."""
+        return self._poll()[0]
+
+    def _poll(self) -> tuple[int | None, bool]:
+        """(the signal that stops this run or None, whether a time-based checkpoint is due).
+
+        Under ``torch.distributed`` one small all-reduce, so every rank gets the same answer: a signal on any rank
+        stops every rank (SIGINT when some rank got SIGINT, else SIGTERM), and rank 0's clock alone times the
+        checkpoints (every rank must take part in writing one)."""
+        due = self.dist.is_main and self._checkpoint_time_due()
         if not self.dist.distributed:
-            return self._signal
-        got_int, got_term = self.dist.all_reduce_floats(
-            [float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)]
+            return self._signal, due
+        got_int, got_term, due_on_main = self.dist.all_reduce_floats(
+            [float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM), float(due)]
         )
-        return signal.SIGINT if got_int > 0 else signal.SIGTERM if got_term > 0 else None
+        signum = signal.SIGINT if got_int > 0 else signal.SIGTERM if got_term > 0 else None
+        return signum, due_on_main > 0
+
+    def _checkpoint_time_due(self) -> bool:
+        """Whether ``checkpoint_every_s`` (> 0) has passed on this process's clock since the last checkpoint."""
+        every = self.config.checkpoint_every_s
+        return every > 0 and time.monotonic() - self._checkpoint_clock >= every
 
     def _apply_thread_policy(self) -> ThreadPlan:
         """Set torch's threads by the thread policy for the OpenMM workers behind the targets; log it on change."""
@@ -591,6 +637,7 @@ class Trainer:
         state = self._checkpoint_state()
         if state is not None:
             self._write_checkpoint(path, state)
+        self._checkpoint_clock = time.monotonic()
         self.dist.barrier()  # under torch.distributed: every rank returns once rank 0 has written the file
         return path
 

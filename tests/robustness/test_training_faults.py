@@ -1,5 +1,5 @@
-"""Faults during training lose nothing: stop signals, unwritable or full output folders, bad or corrupt
-checkpoints, non-finite energies; and training applies the thread policy."""
+"""Faults during training lose nothing: stop signals, a killed process, unwritable or full output folders, bad or
+corrupt checkpoints, non-finite energies; and training applies the thread policy."""
 
 from __future__ import annotations
 
@@ -119,6 +119,30 @@ def test_a_stop_signal_checkpoints_and_resume_continues_exactly(tmp_path, signum
     assert_same_run(resumed, result.history, straight)
 
 
+def test_checkpoints_are_periodic_by_default():
+    """Every run with an out_dir checkpoints every 5 minutes unless told otherwise, so a killed run can resume."""
+    assert TrainConfig().checkpoint_every_s == 300.0
+    with pytest.raises(ValueError, match="checkpoint_every_s >= 0"):
+        TrainConfig(checkpoint_every_s=-1.0)
+
+
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, straight, caplog):
+    """SIGKILL (no handler runs) after 3 logged iterations of a run that checkpoints whenever 1 ns has passed: a
+    checkpoint of an iteration before the kill is on disk, and resuming from it ends where the uninterrupted run
+    does."""
+    out = tmp_path / "run"
+    done = train_in_subprocess(out, signal.SIGKILL, "--checkpoint-every-s", "1e-9")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    saved = read_checkpoint(out / "checkpoint.pt")["iteration"]
+    assert 2 <= saved < len(straight[0])
+
+    resumed = make_trainer(out, checkpoint_every_s=1e-9)
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        result = resumed.run(resume=True)
+    assert f"at iteration {saved}" in "".join(r.getMessage() for r in caplog.records if "resumed from" in r.msg)
+    assert_same_run(resumed, result.history, straight)
+
+
 def test_a_second_sigint_while_the_checkpoint_is_written_leaves_a_good_checkpoint(tmp_path, straight):
     out = tmp_path / "run"
     done = train_in_subprocess(out, signal.SIGINT, "--signal-during-save")
@@ -184,11 +208,14 @@ def test_an_ignored_signal_stays_ignored():
 
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path):
     """torchrun, 2 gloo ranks: rank 1 alone gets SIGTERM (at its 20th target evaluation, in iteration 5); both ranks
-    finish that iteration, write one checkpoint of both ranks and exit 143."""
+    finish that iteration, write one checkpoint of both ranks and exit 143. Time-based checkpoints are due after every
+    iteration on rank 0's clock and never on rank 1's: the ranks must follow rank 0 (deciding apart, they would block
+    in different collectives)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["--monitor-interval", "0.2", str(SCRIPT), "--out", str(tmp_path), "--sigterm-rank-1-at-call", "20"]
+    command += ["--checkpoint-every-s", "1e-9", "--rank-1-clock-stopped"]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -202,6 +229,10 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
     state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (state["iteration"], state["world_size"], len(state["rank_states"])) == (5, 2, 1)
     assert proc.returncode != 0
+    # rank 0's clock alone times the checkpoints (rank 1's never finds one due): both ranks wrote each one together,
+    # one after each of iterations 1 to 4 and the final one
+    counts = re.findall(r"rank (\d): (\d+) checkpoints", output)
+    assert sorted(counts) == [("0", "5"), ("1", "5")], output[-4000:]
 
 
 # ---- 2. unwritable output, full disk -----------------------------------------------------------------------------
