@@ -1,11 +1,11 @@
 """Files of a training run: a write probe for the output folder, atomic writes, and checkpoints read with checks.
 
-``probe_output_dir`` shows an unwritable folder or a full disk before training; ``write_atomically`` leaves a file
-either old or new, never a part. ``serialize_checkpoint`` gives a checkpoint's bytes: a header (the line
-``bgflow_se3 checkpoint``, then ``sha256 <hex digest> bytes <n>``) and the ``torch.save`` payload the digest covers.
-``read_checkpoint`` verifies that checksum before it unpickles anything; it and ``check_fits`` turn a corrupt or
-unreadable checkpoint, or one of another flow class, flow size or objective, into a ``CheckpointError`` that names
-the file and the mismatch.
+``probe_output_dir`` shows an unwritable folder before training and ``free_bytes`` the space left on its disk;
+``write_atomically`` leaves a file either old or new, never a part. ``serialize_checkpoint`` gives a checkpoint's
+bytes: a header (the line ``bgflow_se3 checkpoint``, then ``sha256 <hex digest> bytes <n>``) and the ``torch.save``
+payload the digest covers. ``read_checkpoint`` verifies that checksum before it unpickles anything; it and
+``check_fits`` turn a corrupt or unreadable checkpoint, or one of another flow class, flow size or objective, into a
+``CheckpointError`` that names the file and the mismatch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointBytes",
     "check_fits",
     "class_name",
+    "free_bytes",
     "output_error",
     "probe_output_dir",
     "read_checkpoint",
@@ -96,6 +98,11 @@ def probe_output_dir(folder: Path) -> None:
             f"cannot write in the output folder {folder} ({err.strerror or err}): make it writable, free disk space, "
             "or pass another out_dir; nothing was trained",
         ) from err
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free for this user on the disk that holds ``folder`` (``shutil.disk_usage``)."""
+    return int(shutil.disk_usage(folder).free)
 
 
 def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:

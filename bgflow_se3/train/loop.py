@@ -43,6 +43,7 @@ ranks share a machine, each plans with its share of the cores (``cores // local_
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -66,8 +67,10 @@ from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
 from ..sampling.joint import JointFlow, TargetDensity
 from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
 from .checkpoint import (
+    CheckpointBytes,
     check_fits,
     class_name,
+    free_bytes,
     output_error,
     probe_output_dir,
     read_checkpoint,
@@ -90,6 +93,14 @@ PLOT_NAME = "training_curves.png"
 _SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples", "n_nonfinite_target", "n_dropped_samples")
 _SHARED_KEYS = ("iteration", "lr", "grad_norm", "ess", "n_skipped_nonfinite", "n_skipped_outlier", "n_skipped_masked")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: an upper bound of one iteration's record in the checkpoint's history and as a line of the metrics log (FAB on
+#: DW4: ~200 and ~550 bytes)
+_RECORD_BYTES = 1024
+#: an upper bound of what Adam's state adds to a checkpoint per parameter tensor beyond the two moments' data (zip
+#: records and pickle of step, exp_avg, exp_avg_sq: ~770 bytes measured)
+_OPTIMIZER_TENSOR_BYTES = 1024
+#: free disk space kept beyond the estimate (the plot, metrics lines longer than estimated)
+_DISK_MARGIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -360,9 +371,10 @@ class Trainer:
         resume: True loads ``out_dir/checkpoint.pt`` when it exists (and starts fresh otherwise, with a logged
         warning); a path loads that checkpoint. The schedule always spans ``config.n_iterations``, so stopping early
         with ``until`` and resuming later reproduces the uninterrupted run.
-        Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written, ``CheckpointError`` when the
-        checkpoint to resume cannot be read or does not fit, and ``TrainingInterrupted`` after SIGINT / SIGTERM,
-        once the checkpoint of the last complete iteration is written (see the module docstring).
+        Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written or its disk lacks the space
+        for the checkpoints (checked after the objective's setup, see the module docstring), ``CheckpointError`` when
+        the checkpoint to resume cannot be read, is corrupt or does not fit, and ``TrainingInterrupted`` after SIGINT /
+        SIGTERM, once the checkpoint of the last complete iteration is written.
         """
         cfg = self.config
         writes = self.out_dir is not None and self.dist.is_main
@@ -381,6 +393,8 @@ class Trainer:
                 self.objective.setup(self.model, self.generator)
                 self.counters.setup_done = True
             self.counters.wall_time_s += time.perf_counter() - start
+            if self.out_dir is not None:
+                self._check_disk_space()
             show = cfg.progress and self.dist.is_main
             with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
                 signum = self._train_until(stop, bar)
@@ -605,17 +619,24 @@ class Trainer:
             raise self._write_error(err, path, "the metrics log") from err
 
     def _write_error(self, err: OSError, path: Path, what: str) -> OutputWriteError:
-        """An ``OutputWriteError`` naming the file that could not be written and the checkpoint still intact."""
+        """An ``OutputWriteError`` naming the file that could not be written, the checkpoint still intact (if any) and
+        a remedy that holds: resuming only when there is a checkpoint to resume."""
         last = self._last_checkpoint
         if last is not None and last[0].exists():
-            kept = f"the checkpoint of iteration {last[1]} ({last[0]}) is intact"
+            resume = "run(resume=True)" if last[0] == self._path(CHECKPOINT_NAME) else f"run(resume='{last[0]}')"
+            state = (
+                f"the checkpoint of iteration {last[1]} ({last[0]}) is intact. Free disk space or fix the folder, "
+                f"then resume with {resume}"
+            )
         else:
-            kept = "no checkpoint of this run is on disk"
-        message = (
-            f"could not write {what} {path} at iteration {self.iteration} ({err.strerror or err}); {kept}. Free disk "
-            "space or fix the folder, then resume with run(resume=True) (or save elsewhere: save_checkpoint(path))"
+            state = (
+                "no checkpoint of this run is on disk, so it cannot be resumed. Free disk space or fix the folder and "
+                "train again from the start, or pass another out_dir (while this Trainer exists, "
+                "save_checkpoint(path) to another disk keeps what it trained: resume it with run(resume=path))"
+            )
+        return output_error(
+            err, f"could not write {what} {path} at iteration {self.iteration} ({err.strerror or err}); {state}"
         )
-        return output_error(err, message)
 
     def _rng_state(self) -> dict:
         return {
@@ -694,6 +715,43 @@ class Trainer:
             self._writing = False
         self._last_checkpoint = (path, self.iteration)
         logger.info("checkpoint at iteration %d written to %s", self.iteration, path)
+
+    def _check_disk_space(self) -> None:
+        """Raise ``OutputWriteError`` (ENOSPC) when the disk of ``out_dir`` has less free space than the rest of this
+        run's output needs (``_disk_bytes_needed``). Under ``torch.distributed`` a collective: rank 0 measures, every
+        rank decides alike."""
+        state = self._checkpoint_state()
+        needed = free = 0.0
+        if state is not None:
+            needed = float(self._disk_bytes_needed(serialize_checkpoint(state)))
+            free = float(free_bytes(self.out_dir))
+        needed, free = self.dist.all_reduce_floats([needed, free])
+        if needed > free:
+            raise OutputWriteError(
+                errno.ENOSPC,
+                f"not enough free disk space for the checkpoints of this run in {self.out_dir}: they need about "
+                f"{needed:.0f} bytes ({needed / 2**20:.1f} MiB), {free:.0f} bytes are free. Free disk space or pass "
+                "another out_dir; no iteration was trained",
+            )
+
+    def _disk_bytes_needed(self, now: CheckpointBytes) -> int:
+        """Free bytes the rest of this run needs in ``out_dir``, from the checkpoint as it is now: the final
+        checkpoint (now's, plus Adam's moments if no step was made yet, plus ``_RECORD_BYTES`` of history per
+        iteration left) twice, as a new checkpoint is written beside the old one before it replaces it (the space of
+        a checkpoint on disk now comes back), the metrics log's lines, and ``_DISK_MARGIN_BYTES``."""
+        left = max(self.config.n_iterations - self.iteration, 0)
+        checkpoint = now.size + self._optimizer_bytes_to_come() + left * _RECORD_BYTES
+        path = self._path(CHECKPOINT_NAME)
+        existing = path.stat().st_size if path is not None and path.exists() else 0
+        return max(checkpoint, 2 * checkpoint - existing) + left * _RECORD_BYTES + _DISK_MARGIN_BYTES
+
+    def _optimizer_bytes_to_come(self) -> int:
+        """Bytes Adam's state will add to a checkpoint at its first step (0 once it has one): two moments per
+        trained parameter, with ``_OPTIMIZER_TENSOR_BYTES`` overhead per parameter."""
+        if self.optimizer.state:
+            return 0
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        return sum(2 * p.numel() * p.element_size() + _OPTIMIZER_TENSOR_BYTES for p in params)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring).

@@ -317,6 +317,50 @@ def test_a_full_disk_at_a_periodic_checkpoint_keeps_the_previous_one(tmp_path, m
     assert_same_run(resumed, resumed.run(resume=True).history, straight)
 
 
+def test_a_failed_first_checkpoint_does_not_advise_resuming(tmp_path, monkeypatch):
+    """The disk fills up during training and the final checkpoint, the run's first, cannot be written: nothing can be
+    resumed, and the message says so instead of advising run(resume=True)."""
+    _raise_on(monkeypatch, lambda path, mode: path.name == "checkpoint.pt.tmp", errno.ENOSPC, partial=True)
+    trainer = make_trainer(tmp_path, 3)
+    with pytest.raises(OutputWriteError, match="no checkpoint of this run is on disk") as error:
+        trainer.run()
+    message = str(error.value)
+    assert error.value.errno == errno.ENOSPC and str(tmp_path / "checkpoint.pt") in message
+    assert "run(resume=True)" not in message and "train again from the start" in message
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def _free_disk(monkeypatch, free: int) -> None:
+    """Make every disk report ``free`` free bytes."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2 * free, free, free))
+
+
+def test_too_little_disk_space_for_the_checkpoints_fails_before_the_first_iteration(tmp_path, monkeypatch):
+    """The 4 KiB probe passes, but the disk cannot hold the checkpoints: the run stops before its first iteration,
+    naming the bytes needed (at least two final checkpoints and the metrics log, whose size the test measures in an
+    unhindered run, plus the margin) and free. With that much space free it trains to the end."""
+    full = make_trainer(tmp_path / "full")
+    full.run()
+    final = (tmp_path / "full" / "checkpoint.pt").stat().st_size + (tmp_path / "full" / "metrics.jsonl").stat().st_size
+
+    out = tmp_path / "out"
+    _free_disk(monkeypatch, 2 * final)
+    trainer = make_trainer(out)
+    before = parameters(trainer)
+    with pytest.raises(OutputWriteError, match="not enough free disk space") as error:
+        trainer.run()
+    found = re.search(r"need about (\d+) bytes .*, (\d+) bytes are free", str(error.value))
+    assert found and int(found.group(2)) == 2 * final and str(out) in str(error.value)
+    needed = int(found.group(1))
+    assert 2 * final + loop._DISK_MARGIN_BYTES <= needed <= 3 * final + loop._DISK_MARGIN_BYTES
+    assert error.value.errno == errno.ENOSPC and "no iteration was trained" in str(error.value)
+    assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
+    assert not (out / "checkpoint.pt").exists()
+
+    _free_disk(monkeypatch, needed)
+    assert make_trainer(out).run().iterations == len(full.history)
+
+
 # ---- 3. bad checkpoints -----------------------------------------------------------------------------------------
 def _truncated(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
