@@ -4,8 +4,9 @@
 ``write_atomically`` leaves a file either old or new, never a part. ``serialize_checkpoint`` gives a checkpoint's
 bytes: a header (the line ``bgflow_se3 checkpoint``, then ``sha256 <hex digest> bytes <n>``) and the ``torch.save``
 payload the digest covers. ``read_checkpoint`` verifies that checksum before it unpickles anything; it and
-``check_fits`` turn a corrupt or unreadable checkpoint, or one of another flow class, flow size or objective, into a
-``CheckpointError`` that names the file and the mismatch.
+``check_fits`` and ``check_config`` turn a corrupt or unreadable checkpoint, one of another flow class, flow size or
+objective, or one written with other training settings, into a ``CheckpointError`` that names the file and the
+mismatch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from ..errors import CheckpointError, OutputWriteError
 
 __all__ = [
     "CheckpointBytes",
+    "check_config",
     "check_fits",
     "class_name",
     "free_bytes",
@@ -235,6 +238,26 @@ def check_fits(state: dict, path: Path, flow: nn.Module, objective: object) -> N
             f"the flow weights in the checkpoint {path} do not fit this {_short(ours)} (another size or "
             f"architecture): {'; '.join(problems)}. Build the flow with the sizes of the run that wrote it, or "
             "train from scratch (another out_dir, or no resume)"
+        )
+
+
+def check_config(state: dict, path: Path, config: dict, free: Collection[str]) -> None:
+    """Raise ``CheckpointError`` when a training setting in ``config`` (``asdict(TrainConfig)``) differs from the one
+    ``state`` (from ``read_checkpoint(path)``) was written with, except the settings named in ``free``. Settings
+    only one side has (a checkpoint of an older version) are not compared. Changes nothing."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return
+    changed = [
+        f"{k}={saved[k]!r} there, {v!r} here"
+        for k, v in config.items()
+        if k in saved and k not in free and saved[k] != v
+    ]
+    if changed:
+        raise CheckpointError(
+            f"the checkpoint {path} was written with other training settings ({'; '.join(changed)}); resuming would "
+            "mix two runs. Resume with the settings that wrote it (only "
+            f"{', '.join(sorted(free))} may change), or train from scratch in another out_dir"
         )
 
 

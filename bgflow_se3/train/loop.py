@@ -68,6 +68,7 @@ from ..sampling.joint import JointFlow, TargetDensity
 from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
 from .checkpoint import (
     CheckpointBytes,
+    check_config,
     check_fits,
     class_name,
     free_bytes,
@@ -93,6 +94,8 @@ PLOT_NAME = "training_curves.png"
 _SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples", "n_nonfinite_target", "n_dropped_samples")
 _SHARED_KEYS = ("iteration", "lr", "grad_norm", "ess", "n_skipped_nonfinite", "n_skipped_outlier", "n_skipped_masked")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: TrainConfig fields a resumed run may change: they only change what is shown, logged or saved (see Trainer.run)
+_FREE_SETTINGS = frozenset({"progress", "plot", "checkpoint_every", "checkpoint_every_s", "eval_every", "n_eval"})
 #: an upper bound of one iteration's record in the checkpoint's history and as a line of the metrics log (FAB on
 #: DW4: ~200 and ~550 bytes)
 _RECORD_BYTES = 1024
@@ -115,7 +118,9 @@ class TrainConfig:
     and periodically: once ``checkpoint_every_s`` seconds (wall clock of rank 0) have passed since the last one, and
     every ``checkpoint_every`` iterations (0 turns either off). seed: seeds the loop's generator (all sampling of the
     loop draws from it; rank r of a distributed run uses seed + r). progress: tqdm bar (rank 0 only); plot: write the
-    training-curve PNG at the end of ``run`` (with an out_dir).
+    training-curve PNG at the end of ``run`` (with an out_dir). A resumed run must use the settings of the run that
+    wrote the checkpoint, except progress, plot, checkpoint_every, checkpoint_every_s, eval_every and n_eval (see
+    ``Trainer.run``).
     """
 
     n_iterations: int = 1000
@@ -370,11 +375,15 @@ class Trainer:
 
         resume: True loads ``out_dir/checkpoint.pt`` when it exists (and starts fresh otherwise, with a logged
         warning); a path loads that checkpoint. The schedule always spans ``config.n_iterations``, so stopping early
-        with ``until`` and resuming later reproduces the uninterrupted run.
+        with ``until`` and resuming later reproduces the uninterrupted run. The config must equal the one the
+        checkpoint was written with (n_iterations included: the learning-rate schedule spans it), except those that
+        only change what is shown, logged or saved: progress, plot, checkpoint_every, checkpoint_every_s, eval_every,
+        n_eval. (The reverse-ESS evaluations draw from the loop's generator, so with another eval_every the
+        continuation is a valid run, not the bit-identical one.)
         Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written or its disk lacks the space
         for the checkpoints (checked after the objective's setup, see the module docstring), ``CheckpointError`` when
-        the checkpoint to resume cannot be read, is corrupt or does not fit, and ``TrainingInterrupted`` after SIGINT /
-        SIGTERM, once the checkpoint of the last complete iteration is written.
+        the checkpoint to resume cannot be read, is corrupt, does not fit or was written with other settings, and
+        ``TrainingInterrupted`` after SIGINT / SIGTERM, once the checkpoint of the last complete iteration is written.
         """
         cfg = self.config
         writes = self.out_dir is not None and self.dist.is_main
@@ -757,12 +766,13 @@ class Trainer:
         """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring).
 
         Raises ``CheckpointError`` naming the file when it cannot be read (checksum mismatch, truncated, corrupt, not a
-        checkpoint) or was written for another flow class, flow size or objective; these checks run before any state
-        changes.
+        checkpoint), was written for another flow class, flow size or objective, or with other training settings
+        (``run``'s docstring says which may change); these checks run before any state changes.
         """
         path = Path(path)
         state = read_checkpoint(path, self.model.parameter.device)
         check_fits(state, path, self.flow, self.objective)
+        check_config(state, path, asdict(self.config), _FREE_SETTINGS)
         try:
             self._restore(state)
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:

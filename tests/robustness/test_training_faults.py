@@ -1,5 +1,5 @@
 """Faults during training lose nothing: stop signals, a killed process, unwritable or full output folders, bad or
-corrupt checkpoints, non-finite energies; and training applies the thread policy."""
+corrupt checkpoints, changed settings on resume, non-finite energies; and training applies the thread policy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import openmm
@@ -69,9 +70,9 @@ def straight():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A valid checkpoint of the test run after 2 iterations."""
+    """A valid checkpoint of the test run after 2 of its iterations."""
     out = tmp_path_factory.mktemp("valid")
-    make_trainer(out, 2).run()
+    make_trainer(out).run(until=2)
     return out / "checkpoint.pt"
 
 
@@ -440,6 +441,42 @@ def test_a_checkpoint_without_a_checksum_still_resumes_with_a_warning(tmp_path, 
         trainer.load_checkpoint(path)
     assert trainer.iteration == 2
     assert any("has no checksum" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(lr=2e-3), ["lr=0.001 there, 0.002 here"]),
+        (dict(n_iterations=20, warmup_iterations=3), ["n_iterations=12 there, 20 here", "warmup_iterations=2 there"]),
+        (dict(seed=1, min_log_q=-100.0), ["seed=0 there, 1 here", "min_log_q=-10000.0 there, -100.0 here"]),
+    ],
+    ids=["lr", "n_iterations_and_warmup", "seed_and_min_log_q"],
+)
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path, checkpoint, change, expected):
+    """Settings the checkpoint's state would silently override (lr, seed) or that change the rest of the run (the
+    schedule's length, the guards) must equal those it was written with."""
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    base = make_trainer(tmp_path)
+    trainer = Trainer(base.flow, base.objective, replace(base.config, **change), tmp_path)
+    before = parameters(trainer)
+    with pytest.raises(CheckpointError, match="written with other training settings") as error:
+        trainer.run(resume=True)
+    message = str(error.value)
+    assert str(path) in message and all(text in message for text in expected), message
+    assert "train from scratch in another out_dir" in message
+    assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
+
+
+def test_resuming_may_change_what_is_shown_logged_or_saved(tmp_path, checkpoint):
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    base = make_trainer(tmp_path)
+    free = dict(progress=True, plot=True, checkpoint_every=1, checkpoint_every_s=60.0, eval_every=2, n_eval=8)
+    assert set(free) == loop._FREE_SETTINGS
+    trainer = Trainer(base.flow, base.objective, replace(base.config, **free), tmp_path)
+    trainer.load_checkpoint(path)
+    assert trainer.iteration == 2
 
 
 @pytest.mark.parametrize(
