@@ -21,17 +21,26 @@ generators). Resuming on as many ranks continues exactly; on another number of r
 process) the replay buffers are pooled and re-sharded, each rank's generator is re-seeded from (seed, rank,
 iteration), and FAB tops up buffers below their minimum: reproducible, not bit-identical to an uninterrupted run.
 
-Faults: ``run`` first writes a probe file in the output folder, so an unwritable folder or a full disk raises
-``OutputWriteError`` before any training. Checkpoints are serialised in memory, written to ``checkpoint.pt.tmp``,
-synced and renamed over ``checkpoint.pt``: a failed write (disk full) raises ``OutputWriteError`` and leaves the
-previous checkpoint as it was. During ``run`` SIGINT and SIGTERM (in the main thread, where not ignored) ask for a
-stop: the current iteration finishes, the checkpoint is written and ``TrainingInterrupted`` (a
-``KeyboardInterrupt``; ``exit_code`` 130 or 143) is raised; a second signal while a checkpoint is written waits for
-it, a second signal at any other time raises ``KeyboardInterrupt`` at once, leaving the last checkpoint as it was.
-The previous handlers are restored when ``run`` returns. Under ``torch.distributed`` the ranks agree on the stop
-(one small all-reduce per iteration), so all stop after the same iteration. Resuming checks the checkpoint first:
-an unreadable file, a flow of another class or size, or another objective raises ``CheckpointError`` naming the
-file and the mismatch, before any state changes.
+Faults: ``run`` first writes a probe file in the output folder, so an unwritable folder raises ``OutputWriteError``
+before any training; after the objective's setup (which allocates FAB's replay buffer at its full length), before
+the first iteration, it serialises the checkpoint in memory and raises ``OutputWriteError`` (ENOSPC, naming the
+bytes needed and free) when the disk lacks room for two such checkpoints (the new one is written beside the old),
+grown by Adam's moments and the history of the iterations left, plus the metrics log and a margin. Checkpoints are
+written at the end, at a stop signal, and periodically: every ``checkpoint_every_s`` seconds (default 300) and every
+``checkpoint_every`` iterations, so a killed run (SIGKILL, power cut) resumes from the last one. Each is serialised in
+memory with a SHA-256 checksum of its data in a short header, written to ``checkpoint.pt.tmp``, synced and renamed
+over ``checkpoint.pt``: a failed write (disk full) raises ``OutputWriteError`` and leaves the previous checkpoint as
+it was; the message advises ``run(resume=True)`` only when a checkpoint of the run is on disk. During ``run`` SIGINT
+and SIGTERM (in the main thread, where not ignored) ask for a stop: the current iteration finishes, the checkpoint
+is written and ``TrainingInterrupted`` (a ``KeyboardInterrupt``; ``exit_code`` 130 or 143) is raised; a second
+signal while a checkpoint is written waits for it, a second signal at any other time raises ``KeyboardInterrupt`` at
+once, leaving the last checkpoint as it was. The previous handlers are restored when ``run`` returns. Under
+``torch.distributed`` the ranks agree on the stop and on the time-based checkpoints (rank 0's clock; one small
+all-reduce per iteration), so all stop and checkpoint after the same iterations. Resuming checks the checkpoint
+first: a checksum that does not match, an unreadable file, a flow of another class or size, another objective, or
+other training settings (``Trainer.run`` lists those that may change) raise ``CheckpointError`` naming the file and
+the mismatch, before any state changes. Checkpoints without a checksum (older files) are still read, with a
+warning.
 
 Threads: at its start ``run`` applies the thread policy (``bgflow_se3.threads.apply_thread_policy``) with the
 number of OpenMM worker processes behind the targets (``OpenMMEnergy(n_workers=k)``, k > 1, also inside wrapping
