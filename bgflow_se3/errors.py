@@ -58,13 +58,15 @@ class EmptyStateError(BgflowError, ValueError):
 
 
 class CheckpointError(BgflowError, ValueError):
-    """A training checkpoint cannot be resumed: unreadable (truncated, corrupt) or written by another setup (flow
-    class or size, objective); the message names the file and the mismatch."""
+    """A training checkpoint cannot be resumed: unreadable (truncated, corrupt, its checksum does not match) or
+    written by another setup (flow class or size, objective, training settings); the message names the file and the
+    mismatch."""
 
 
 class OutputWriteError(BgflowError, OSError):
-    """The training output cannot be written (folder not writable, not a folder, disk full); ``errno`` is the
-    operating system's, and the message names the file and what on disk is still intact."""
+    """The training output cannot be written (folder not writable, not a folder, disk full or too full for the run's
+    checkpoints); ``errno`` is the operating system's, and the message names the file and what on disk is still
+    intact."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):

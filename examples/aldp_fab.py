@@ -24,7 +24,9 @@ samples.npz (x, log_q, u, log_p_aug: the input of free_energy_aldp.py), ramachan
 results.json (dF and its error, reverse ESS, effective samples per state, D fraction, Ramachandran KL against MD
 and KL against the umbrella phi profile where those references exist, target evaluations, wall time).
 --smoke runs the smallest sizes (tests). Ctrl-C or SIGTERM during training stops after the current iteration with
-checkpoint.pt written (exit status 130 / 143); --resume continues from it.
+checkpoint.pt written (exit status 130 / 143); --resume continues from it. Training also checkpoints every 5 minutes
+(TrainConfig.checkpoint_every_s), so --resume continues a killed run from its last checkpoint. Resume with the
+options of the first run: other training settings (e.g. another --iterations) raise CheckpointError.
 
 GPU mode budget (FULL): the augmented coupling flow at the reference implementation's alanine dipeptide size (8
 blocks, EGNN 3 x 32, vector projection) from scratch: 6,000 iterations x 256 samples x (1 + 8 x 4) = 5.1e7 target
@@ -122,7 +124,7 @@ def main() -> None:
     )
     parser.add_argument("--iterations", type=int, default=None, help="FAB iterations (default: the mode's)")
     parser.add_argument("--samples", type=int, default=None, help="flow samples for the estimate (default: the mode's)")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (same options)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -167,7 +169,7 @@ def main() -> None:
         warmup_iterations=max(1, min(500, n_iterations // 10)),
         seed=args.seed,
         progress=not args.no_progress,
-        checkpoint_every=0 if name in ("smoke", "quick") else 500,
+        checkpoint_every=0 if name in ("smoke", "quick") else 500,  # and every 5 min in every mode (checkpoint_every_s)
     )
     with exit_when_interrupted(ctx.close):
         result = Trainer(flow, objective, config, out_dir=out, distributed=ctx).run(resume=args.resume)

@@ -15,7 +15,9 @@ validation NLL, nats per configuration, marginal log q by importance sampling wi
 samples.dcd + topology.pdb (mdtraj-readable), samples.npz, ramachandran.png (flow, reweighted flow, validation MD),
 results.json (validation NLL, reverse ESS vs the OpenMM target, Ramachandran KL(validation MD || flow) on 64 x 64
 periodic bins and KL(umbrella || flow) along phi in nats, unweighted and reweighted, D-chirality fraction,
-phi-state free-energy difference, wall time). --resume continues training; --smoke is a seconds-long check.
+phi-state free-energy difference, wall time). --resume continues training from checkpoint.pt (written every 5
+minutes, at Ctrl-C / SIGTERM and at the end; resume with the options of the first run); --smoke is a seconds-long
+check.
 
 Budget of the default mode: 20,000 iterations x 256 frames, 20 blocks of width 128, no energy evaluations while
 training (only 100,000 for the final weights); its wall time on one GPU was not measured here.
@@ -106,7 +108,7 @@ def main() -> None:
         help="umbrella cache (default: its profile, else the shipped one)",
     )
     parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (same options)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=1, help="OpenMM worker processes (CPU backend)")
@@ -142,7 +144,7 @@ def main() -> None:
         warmup_iterations=max(1, min(500, n_iterations // 10)),
         seed=args.seed,
         progress=not args.no_progress,
-        checkpoint_every=0 if mode != "full" else 1000,
+        checkpoint_every=0 if mode != "full" else 1000,  # and every 5 min in every mode (checkpoint_every_s)
         plot=False,  # plotted once at the end, not after every chunk
     )
     objective = MaximumLikelihoodObjective(train, setup["batch_size"])

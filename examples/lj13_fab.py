@@ -11,7 +11,8 @@ prioritised buffer of 64 to 512 batches, 8 updates per AIS batch). Reports the r
 ESS of AIS towards p with the trained HMC steps, and the mean reduced energy of flow samples (raw and reweighted)
 against the MCMC reference data (``load_particle_data("lj13", "test")``, when cached) with the reference NLL.
 Everything lands in --out: checkpoint.pt, metrics.jsonl, training_curves.png, results.json. --resume continues.
-Ctrl-C or SIGTERM stops after the current iteration with the checkpoint written (exit status 130 / 143).
+Ctrl-C or SIGTERM stops after the current iteration with the checkpoint written (exit status 130 / 143); training
+also checkpoints every 5 minutes, so a killed run resumes too. Resume with the options of the first run.
 
 Budget of the default mode: 10,000 iterations x 1024 samples x (1 + 8 x 4) = 3.4e8 target evaluations (cheap:
 pure torch) plus 8 flow updates per iteration; its wall time on one GPU was not measured here.
@@ -133,7 +134,9 @@ def main() -> None:
         "--out", type=output_directory, default=None, help="output folder (default runs/lj13_fab[_quick])"
     )
     parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --out (with the same options)"
+    )
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -158,7 +161,7 @@ def main() -> None:
         warmup_iterations=max(1, min(100, n_iterations // 10)),
         seed=args.seed,
         progress=not args.no_progress,
-        checkpoint_every=0 if mode != "full" else 500,
+        checkpoint_every=0 if mode != "full" else 500,  # and every 5 min in every mode (checkpoint_every_s)
     )
     trainer = Trainer(flow, objective, config, out_dir=out, distributed=ctx)
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from ..sampling.ais import AISResult, AnnealedImportanceSampler
 from ..sampling.hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from ..sampling.joint import JointFlow, TargetDensity
 from .buffer import BufferBatch, PrioritisedReplayBuffer
+from .checkpoint import read_checkpoint
 from .curves import plot_training_curves
 from .distributed import DistributedContext, init_from_env, rank_seed
 from .evaluate import EnergySamples, fab_scores, marginal_nll, sample_with_energies, training_summary
@@ -61,6 +62,7 @@ __all__ = [
     "maximum_likelihood_loss",
     "plot_training_curves",
     "rank_seed",
+    "read_checkpoint",
     "reverse_kl_loss",
     "sample_with_energies",
     "training_summary",

@@ -1,14 +1,25 @@
 """Files of a training run: a write probe for the output folder, atomic writes, and checkpoints read with checks.
 
-``probe_output_dir`` shows an unwritable folder or a full disk before training; ``write_atomically`` leaves a file
-either old or new, never a part; ``read_checkpoint`` and ``check_fits`` turn an unreadable checkpoint, or one of
-another flow class, flow size or objective, into a ``CheckpointError`` that names the file and the mismatch.
+``probe_output_dir`` shows an unwritable folder before training and ``free_bytes`` the space left on its disk;
+``write_atomically`` leaves a file either old or new, never a part. ``serialize_checkpoint`` gives a checkpoint's
+bytes: a header (the line ``bgflow_se3 checkpoint``, then ``sha256 <hex digest> bytes <n>``) and the ``torch.save``
+payload the digest covers. ``read_checkpoint`` verifies that checksum before it unpickles anything; it and
+``check_fits`` and ``check_config`` turn a corrupt or unreadable checkpoint, one of another flow class, flow size or
+objective, or one written with other training settings, into a ``CheckpointError`` that names the file and the
+mismatch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import logging
 import os
+import re
+import shutil
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,11 +27,51 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, OutputWriteError
 
-__all__ = ["check_fits", "class_name", "output_error", "probe_output_dir", "read_checkpoint", "write_atomically"]
+__all__ = [
+    "CheckpointBytes",
+    "check_config",
+    "check_fits",
+    "class_name",
+    "free_bytes",
+    "output_error",
+    "probe_output_dir",
+    "read_checkpoint",
+    "serialize_checkpoint",
+    "write_atomically",
+]
+
+logger = logging.getLogger(__name__)
 
 #: what every checkpoint of format 1 holds
 CHECKPOINT_KEYS = ("iteration", "flow", "optimizer", "scheduler", "objective", "counters", "history", "rng")
 PROBE_BYTES = 4096
+#: the first line of every checkpoint file with a checksum; the second is ``sha256 <64 hex digits> bytes <n>``
+MAGIC = b"bgflow_se3 checkpoint\n"
+_CHECKSUM_LINE = re.compile(rb"sha256 ([0-9a-f]{64}) bytes ([0-9]+)\n")
+_MAX_HEADER = len(MAGIC) + 100
+
+
+@dataclass(frozen=True)
+class CheckpointBytes:
+    """A checkpoint serialised in memory: ``header`` (magic line, checksum line) and the ``torch.save`` ``payload``
+    whose SHA-256 and length the header holds. The file is ``header + payload``; ``size`` is its length in bytes."""
+
+    header: bytes
+    payload: memoryview
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file: header and payload."""
+        return len(self.header) + self.payload.nbytes
+
+
+def serialize_checkpoint(state: dict) -> CheckpointBytes:
+    """``state`` ``torch.save``d in memory, with the header that lets ``read_checkpoint`` verify it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest()
+    return CheckpointBytes(MAGIC + f"sha256 {digest} bytes {payload.nbytes}\n".encode(), payload)
 
 
 def output_error(err: OSError, message: str) -> OutputWriteError:
@@ -52,15 +103,21 @@ def probe_output_dir(folder: Path) -> None:
         ) from err
 
 
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path.tmp``, sync it and rename it over ``path``: ``path`` then holds the old file or the
-    new one, never a part. On failure the ``OSError`` propagates, the old file is unchanged and the partial one
-    removed."""
+def free_bytes(folder: Path) -> int:
+    """Bytes free for this user on the disk that holds ``folder`` (``shutil.disk_usage``)."""
+    return int(shutil.disk_usage(folder).free)
+
+
+def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write the ``chunks`` one after the other to ``path.tmp``, sync it and rename it over ``path``: ``path`` then
+    holds the old file or the new one, never a part. On failure the ``OSError`` propagates, the old file is unchanged
+    and the partial one removed."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,21 +133,28 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
             os.close(fd)
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """The state dict that ``Trainer.save_checkpoint`` wrote to ``path``, tensors on ``device``.
 
-    Raises ``CheckpointError`` naming the file when it cannot be read (truncated, corrupt, empty) or is not a
-    training checkpoint (e.g. a flow's weights alone); ``FileNotFoundError`` when it does not exist.
+    The file's SHA-256 checksum (in its header, see ``serialize_checkpoint``) is verified before anything is
+    unpickled. Files without that header (written before checkpoints had one, or ``torch.save``d by hand) are still
+    read, without an integrity check, and a warning says so. Raises ``CheckpointError`` naming the file when it cannot
+    be read (checksum mismatch, truncated, corrupt, empty) or is not a training checkpoint (e.g. a flow's weights
+    alone); ``FileNotFoundError`` when it does not exist.
     """
+    path = Path(path)
+    data = path.read_bytes()
+    payload = _verified_payload(data, path)
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
+    except MemoryError:
         raise
     except Exception as err:  # torch and pickle raise many types here (RuntimeError, UnpicklingError, EOFError, ...)
-        raise CheckpointError(
-            f"cannot read the checkpoint {path} ({path.stat().st_size} bytes): {type(err).__name__}: "
-            f"{str(err).rstrip('. ')}. The file is truncated or corrupt (a copy cut short, a full disk, another "
-            "program's file): restore it from a backup, or move it away to train from scratch"
+        raise _unreadable(
+            path,
+            len(data),
+            f"{type(err).__name__}: {str(err).rstrip('. ')}. The file is truncated or corrupt (a copy cut short, a "
+            "full disk, another program's file)",
         ) from err
     if not isinstance(state, dict) or state.get("format") != 1:
         found = f"format {state.get('format')!r}" if isinstance(state, dict) else f"a pickled {type(state).__name__}"
@@ -103,7 +167,39 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         raise CheckpointError(
             f"the checkpoint {path} lacks {', '.join(missing)}: it is incomplete or from another version of bgflow_se3"
         )
+    if payload is data:
+        logger.warning("the checkpoint %s has no checksum (an older file): read without an integrity check", path)
     return state
+
+
+def _verified_payload(data: bytes, path: Path) -> bytes:
+    """The ``torch.save`` payload of a checkpoint file's bytes, its checksum verified; ``data`` itself when the file
+    has no header (an older checkpoint)."""
+    if not data.startswith(MAGIC):
+        return data
+    line = _CHECKSUM_LINE.match(data[len(MAGIC) : _MAX_HEADER])
+    if line is None:
+        raise _unreadable(path, len(data), "its checksum line is damaged. The file is corrupt")
+    digest, size = line.group(1).decode(), int(line.group(2))
+    payload = data[len(MAGIC) + line.end() :]
+    if len(payload) != size:
+        raise _unreadable(
+            path,
+            len(data),
+            f"its header announces {size} bytes of data, it holds {len(payload)}. The file is truncated",
+        )
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise _unreadable(
+            path, len(data), "its SHA-256 checksum does not match the one in its header. The file is corrupt"
+        )
+    return payload
+
+
+def _unreadable(path: Path, size: int, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read the checkpoint {path} ({size} bytes): {why}: restore it from a backup, or move it away to train "
+        "from scratch"
+    )
 
 
 def check_fits(state: dict, path: Path, flow: nn.Module, objective: object) -> None:
@@ -142,6 +238,26 @@ def check_fits(state: dict, path: Path, flow: nn.Module, objective: object) -> N
             f"the flow weights in the checkpoint {path} do not fit this {_short(ours)} (another size or "
             f"architecture): {'; '.join(problems)}. Build the flow with the sizes of the run that wrote it, or "
             "train from scratch (another out_dir, or no resume)"
+        )
+
+
+def check_config(state: dict, path: Path, config: dict, free: Collection[str]) -> None:
+    """Raise ``CheckpointError`` when a training setting in ``config`` (``asdict(TrainConfig)``) differs from the one
+    ``state`` (from ``read_checkpoint(path)``) was written with, except the settings named in ``free``. Settings
+    only one side has (a checkpoint of an older version) are not compared. Changes nothing."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return
+    changed = [
+        f"{k}={saved[k]!r} there, {v!r} here"
+        for k, v in config.items()
+        if k in saved and k not in free and saved[k] != v
+    ]
+    if changed:
+        raise CheckpointError(
+            f"the checkpoint {path} was written with other training settings ({'; '.join(changed)}); resuming would "
+            "mix two runs. Resume with the settings that wrote it (only "
+            f"{', '.join(sorted(free))} may change), or train from scratch in another out_dir"
         )
 
 

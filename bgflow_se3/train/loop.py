@@ -21,17 +21,26 @@ generators). Resuming on as many ranks continues exactly; on another number of r
 process) the replay buffers are pooled and re-sharded, each rank's generator is re-seeded from (seed, rank,
 iteration), and FAB tops up buffers below their minimum: reproducible, not bit-identical to an uninterrupted run.
 
-Faults: ``run`` first writes a probe file in the output folder, so an unwritable folder or a full disk raises
-``OutputWriteError`` before any training. Checkpoints are serialised in memory, written to ``checkpoint.pt.tmp``,
-synced and renamed over ``checkpoint.pt``: a failed write (disk full) raises ``OutputWriteError`` and leaves the
-previous checkpoint as it was. During ``run`` SIGINT and SIGTERM (in the main thread, where not ignored) ask for a
-stop: the current iteration finishes, the checkpoint is written and ``TrainingInterrupted`` (a
-``KeyboardInterrupt``; ``exit_code`` 130 or 143) is raised; a second signal while a checkpoint is written waits for
-it, a second signal at any other time raises ``KeyboardInterrupt`` at once, leaving the last checkpoint as it was.
-The previous handlers are restored when ``run`` returns. Under ``torch.distributed`` the ranks agree on the stop
-(one small all-reduce per iteration), so all stop after the same iteration. Resuming checks the checkpoint first:
-an unreadable file, a flow of another class or size, or another objective raises ``CheckpointError`` naming the
-file and the mismatch, before any state changes.
+Faults: ``run`` first writes a probe file in the output folder, so an unwritable folder raises ``OutputWriteError``
+before any training; after the objective's setup (which allocates FAB's replay buffer at its full length), before
+the first iteration, it serialises the checkpoint in memory and raises ``OutputWriteError`` (ENOSPC, naming the
+bytes needed and free) when the disk lacks room for two such checkpoints (the new one is written beside the old),
+grown by Adam's moments and the history of the iterations left, plus the metrics log and a margin. Checkpoints are
+written at the end, at a stop signal, and periodically: every ``checkpoint_every_s`` seconds (default 300) and every
+``checkpoint_every`` iterations, so a killed run (SIGKILL, power cut) resumes from the last one. Each is serialised in
+memory with a SHA-256 checksum of its data in a short header, written to ``checkpoint.pt.tmp``, synced and renamed
+over ``checkpoint.pt``: a failed write (disk full) raises ``OutputWriteError`` and leaves the previous checkpoint as
+it was; the message advises ``run(resume=True)`` only when a checkpoint of the run is on disk. During ``run`` SIGINT
+and SIGTERM (in the main thread, where not ignored) ask for a stop: the current iteration finishes, the checkpoint
+is written and ``TrainingInterrupted`` (a ``KeyboardInterrupt``; ``exit_code`` 130 or 143) is raised; a second
+signal while a checkpoint is written waits for it, a second signal at any other time raises ``KeyboardInterrupt`` at
+once, leaving the last checkpoint as it was. The previous handlers are restored when ``run`` returns. Under
+``torch.distributed`` the ranks agree on the stop and on the time-based checkpoints (rank 0's clock; one small
+all-reduce per iteration), so all stop and checkpoint after the same iterations. Resuming checks the checkpoint
+first: a checksum that does not match, an unreadable file, a flow of another class or size, another objective, or
+other training settings (``Trainer.run`` lists those that may change) raise ``CheckpointError`` naming the file and
+the mismatch, before any state changes. Checkpoints without a checksum (older files) are still read, with a
+warning.
 
 Threads: at its start ``run`` applies the thread policy (``bgflow_se3.threads.apply_thread_policy``) with the
 number of OpenMM worker processes behind the targets (``OpenMMEnergy(n_workers=k)``, k > 1, also inside wrapping
@@ -43,7 +52,7 @@ ranks share a machine, each plans with its share of the cores (``cores // local_
 from __future__ import annotations
 
 import contextlib
-import io
+import errno
 import json
 import logging
 import math
@@ -66,7 +75,18 @@ from ..energy.base import Energy
 from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
 from ..sampling.joint import JointFlow, TargetDensity
 from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
-from .checkpoint import check_fits, class_name, output_error, probe_output_dir, read_checkpoint, write_atomically
+from .checkpoint import (
+    CheckpointBytes,
+    check_config,
+    check_fits,
+    class_name,
+    free_bytes,
+    output_error,
+    probe_output_dir,
+    read_checkpoint,
+    serialize_checkpoint,
+    write_atomically,
+)
 from .curves import plot_training_curves
 from .distributed import DistributedContext, init_from_env, rank_seed
 from .metrics import effective_sample_size
@@ -83,6 +103,16 @@ PLOT_NAME = "training_curves.png"
 _SUMMED_KEYS = ("loss", "n_target_evaluations", "n_masked_samples", "n_nonfinite_target", "n_dropped_samples")
 _SHARED_KEYS = ("iteration", "lr", "grad_norm", "ess", "n_skipped_nonfinite", "n_skipped_outlier", "n_skipped_masked")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: TrainConfig fields a resumed run may change: they only change what is shown, logged or saved (see Trainer.run)
+_FREE_SETTINGS = frozenset({"progress", "plot", "checkpoint_every", "checkpoint_every_s", "eval_every", "n_eval"})
+#: an upper bound of one iteration's record in the checkpoint's history and as a line of the metrics log (FAB on
+#: DW4: ~200 and ~550 bytes)
+_RECORD_BYTES = 1024
+#: an upper bound of what Adam's state adds to a checkpoint per parameter tensor beyond the two moments' data (zip
+#: records and pickle of step, exp_avg, exp_avg_sq: ~770 bytes measured)
+_OPTIMIZER_TENSOR_BYTES = 1024
+#: free disk space kept beyond the estimate (the plot, metrics lines longer than estimated)
+_DISK_MARGIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -93,10 +123,13 @@ class TrainConfig:
     lr: peak learning rate of Adam; warmup_iterations: linear warm-up from lr / warmup_iterations; then cosine decay
     to ``final_lr_fraction * lr`` at ``n_iterations``. Gradient guards: see the module docstring.
     eval_every: every this many iterations, the reverse ESS of ``n_eval`` fresh flow samples is logged (needs an
-    evaluation target; 0 = never). checkpoint_every: also checkpoint every this many iterations (0: only at the end
-    or stop). seed: seeds the loop's generator (all sampling of the loop draws from it; rank r of a distributed run
-    uses seed + r). progress: tqdm bar (rank 0 only); plot: write the training-curve PNG at the end of ``run`` (with
-    an out_dir).
+    evaluation target; 0 = never). Checkpoints (with an out_dir) are written at the end of ``run``, at a stop signal,
+    and periodically: once ``checkpoint_every_s`` seconds (wall clock of rank 0) have passed since the last one, and
+    every ``checkpoint_every`` iterations (0 turns either off). seed: seeds the loop's generator (all sampling of the
+    loop draws from it; rank r of a distributed run uses seed + r). progress: tqdm bar (rank 0 only); plot: write the
+    training-curve PNG at the end of ``run`` (with an out_dir). A resumed run must use the settings of the run that
+    wrote the checkpoint, except progress, plot, checkpoint_every, checkpoint_every_s, eval_every and n_eval (see
+    ``Trainer.run``).
     """
 
     n_iterations: int = 1000
@@ -112,6 +145,7 @@ class TrainConfig:
     eval_every: int = 0
     n_eval: int = 256
     checkpoint_every: int = 0
+    checkpoint_every_s: float = 300.0
     seed: int = 0
     progress: bool = True
     plot: bool = True
@@ -125,6 +159,11 @@ class TrainConfig:
         if not 1 <= self.clip_multiple <= self.skip_multiple:
             raise ValueError(
                 f"need 1 <= clip_multiple <= skip_multiple, got {self.clip_multiple}, {self.skip_multiple}"
+            )
+        if self.checkpoint_every < 0 or not self.checkpoint_every_s >= 0:
+            raise ValueError(
+                f"need checkpoint_every >= 0 and checkpoint_every_s >= 0 (0: off), got {self.checkpoint_every}, "
+                f"{self.checkpoint_every_s}"
             )
 
 
@@ -227,6 +266,7 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT / SIGTERM received during run()
         self._writing = False  # a checkpoint is being written: signals wait for it
         self._last_checkpoint: tuple[Path, int] | None = None  # (path, iteration) last written or loaded
+        self._checkpoint_clock = time.monotonic()  # when the last checkpoint was written (or the loop started)
 
     def _lr_factor(self, iteration: int) -> float:
         cfg = self.config
@@ -344,26 +384,22 @@ class Trainer:
 
         resume: True loads ``out_dir/checkpoint.pt`` when it exists (and starts fresh otherwise, with a logged
         warning); a path loads that checkpoint. The schedule always spans ``config.n_iterations``, so stopping early
-        with ``until`` and resuming later reproduces the uninterrupted run.
-        Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written, ``CheckpointError`` when the
-        checkpoint to resume cannot be read or does not fit, and ``TrainingInterrupted`` after SIGINT / SIGTERM,
-        once the checkpoint of the last complete iteration is written (see the module docstring).
+        with ``until`` and resuming later reproduces the uninterrupted run. The config must equal the one the
+        checkpoint was written with (n_iterations included: the learning-rate schedule spans it), except those that
+        only change what is shown, logged or saved: progress, plot, checkpoint_every, checkpoint_every_s, eval_every,
+        n_eval. (The reverse-ESS evaluations draw from the loop's generator, so with another eval_every the
+        continuation is a valid run, not the bit-identical one.)
+        Raises ``OutputWriteError`` before training when ``out_dir`` cannot be written or its disk lacks the space
+        for the checkpoints (checked after the objective's setup, see the module docstring), ``CheckpointError`` when
+        the checkpoint to resume cannot be read, is corrupt, does not fit or was written with other settings, and
+        ``TrainingInterrupted`` after SIGINT / SIGTERM, once the checkpoint of the last complete iteration is written.
         """
         cfg = self.config
         writes = self.out_dir is not None and self.dist.is_main
         if writes:
             probe_output_dir(self.out_dir)
         if resume:
-            path = Path(resume) if not isinstance(resume, bool) else self._path(CHECKPOINT_NAME)
-            if path is None:
-                raise ValueError("resume=True needs an out_dir (or pass the checkpoint path)")
-            if path.exists():
-                self.load_checkpoint(path)
-                logger.info("resumed from %s at iteration %d", path, self.iteration)
-            elif not isinstance(resume, bool):
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-            else:
-                logger.warning("resume=True but there is no checkpoint %s: training from scratch", path)
+            self._resume(resume)
         stop = cfg.n_iterations if until is None else min(int(until), cfg.n_iterations)
         if writes:
             self._rewrite_metrics()
@@ -375,23 +411,11 @@ class Trainer:
                 self.objective.setup(self.model, self.generator)
                 self.counters.setup_done = True
             self.counters.wall_time_s += time.perf_counter() - start
+            if self.out_dir is not None:
+                self._check_disk_space()
             show = cfg.progress and self.dist.is_main
             with tqdm(total=cfg.n_iterations, initial=self.iteration, disable=not show, desc="train") as bar:
-                while (signum := self._agreed_signal()) is None and self.iteration < stop:
-                    start = time.perf_counter()
-                    record = self._iterate()
-                    self.counters.wall_time_s += time.perf_counter() - start
-                    record.update(self._counter_record())
-                    if self.dist.distributed:
-                        record = self._reduce_record(record)
-                        self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
-                    self.history.append(record)
-                    self._append_metrics(record)
-                    bar.update(1)
-                    postfix = {k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record}
-                    bar.set_postfix(postfix)
-                    if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0 and self.iteration < stop:
-                        self.save_checkpoint()
+                signum = self._train_until(stop, bar)
             checkpoint_path = self.save_checkpoint() if self.out_dir is not None else None
             if signum is None:  # a signal during the last iteration or the final checkpoint stops the program too
                 signum = self._agreed_signal()
@@ -425,6 +449,53 @@ class Trainer:
                 result,
             )
         return result
+
+    def _resume(self, resume: bool | str | Path) -> None:
+        """Load the checkpoint ``run(resume=...)`` names: ``out_dir/checkpoint.pt`` for True (none there: a warning,
+        training starts fresh), else the path (which must exist)."""
+        path = Path(resume) if not isinstance(resume, bool) else self._path(CHECKPOINT_NAME)
+        if path is None:
+            raise ValueError("resume=True needs an out_dir (or pass the checkpoint path)")
+        if path.exists():
+            self.load_checkpoint(path)
+            logger.info("resumed from %s at iteration %d", path, self.iteration)
+        elif not isinstance(resume, bool):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        else:
+            logger.warning("resume=True but there is no checkpoint %s: training from scratch", path)
+
+    def _train_until(self, stop: int, bar: tqdm) -> int | None:
+        """Iterate up to iteration ``stop`` with the periodic checkpoints; returns the agreed stop signal, or None.
+
+        A periodic checkpoint is written before an iteration once ``checkpoint_every_s`` has passed on rank 0's clock
+        or the iteration count is a multiple of ``checkpoint_every``, never twice for one iteration."""
+        every = self.config.checkpoint_every
+        saved = self.iteration  # the newest iteration on disk (or where this run began)
+        self._checkpoint_clock = time.monotonic()
+        while True:
+            signum, time_due = self._poll()
+            if signum is not None or self.iteration >= stop:
+                return signum
+            count_due = every > 0 and self.iteration % every == 0
+            if self.out_dir is not None and self.iteration > saved and (time_due or count_due):
+                self.save_checkpoint()
+                saved = self.iteration
+            self._train_one(bar)
+
+    def _train_one(self, bar: tqdm) -> None:
+        """One iteration; its record (global under ``torch.distributed``) goes to the history, the metrics log and
+        the progress bar."""
+        start = time.perf_counter()
+        record = self._iterate()
+        self.counters.wall_time_s += time.perf_counter() - start
+        record.update(self._counter_record())
+        if self.dist.distributed:
+            record = self._reduce_record(record)
+            self.counters.wall_time_s = record["wall_time_s"]  # the mean over ranks, as recorded
+        self.history.append(record)
+        self._append_metrics(record)
+        bar.update(1)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "ess_flow", "ess_ais", "ess") if k in record})
 
     # ---- signals and threads --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -464,14 +535,28 @@ class Trainer:
         raise KeyboardInterrupt(f"second {name}: stopped at once, during iteration {self.iteration + 1}; {kept}")
 
     def _agreed_signal(self) -> int | None:
-        """The signal that stops this run, or None. Under ``torch.distributed`` (a collective) a signal on any rank
-        stops every rank: SIGINT when some rank got SIGINT, else SIGTERM."""
+        """The signal that stops this run, or None (a collective under ``torch.distributed``, see ``_poll``)."""
+        return self._poll()[0]
+
+    def _poll(self) -> tuple[int | None, bool]:
+        """(the signal that stops this run or None, whether a time-based checkpoint is due).
+
+        Under ``torch.distributed`` one small all-reduce, so every rank gets the same answer: a signal on any rank
+        stops every rank (SIGINT when some rank got SIGINT, else SIGTERM), and rank 0's clock alone times the
+        checkpoints (every rank must take part in writing one)."""
+        due = self.dist.is_main and self._checkpoint_time_due()
         if not self.dist.distributed:
-            return self._signal
-        got_int, got_term = self.dist.all_reduce_floats(
-            [float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM)]
+            return self._signal, due
+        got_int, got_term, due_on_main = self.dist.all_reduce_floats(
+            [float(self._signal == signal.SIGINT), float(self._signal == signal.SIGTERM), float(due)]
         )
-        return signal.SIGINT if got_int > 0 else signal.SIGTERM if got_term > 0 else None
+        signum = signal.SIGINT if got_int > 0 else signal.SIGTERM if got_term > 0 else None
+        return signum, due_on_main > 0
+
+    def _checkpoint_time_due(self) -> bool:
+        """Whether ``checkpoint_every_s`` (> 0) has passed on this process's clock since the last checkpoint."""
+        every = self.config.checkpoint_every_s
+        return every > 0 and time.monotonic() - self._checkpoint_clock >= every
 
     def _apply_thread_policy(self) -> ThreadPlan:
         """Set torch's threads by the thread policy for the OpenMM workers behind the targets; log it on change."""
@@ -552,17 +637,24 @@ class Trainer:
             raise self._write_error(err, path, "the metrics log") from err
 
     def _write_error(self, err: OSError, path: Path, what: str) -> OutputWriteError:
-        """An ``OutputWriteError`` naming the file that could not be written and the checkpoint still intact."""
+        """An ``OutputWriteError`` naming the file that could not be written, the checkpoint still intact (if any) and
+        a remedy that holds: resuming only when there is a checkpoint to resume."""
         last = self._last_checkpoint
         if last is not None and last[0].exists():
-            kept = f"the checkpoint of iteration {last[1]} ({last[0]}) is intact"
+            resume = "run(resume=True)" if last[0] == self._path(CHECKPOINT_NAME) else f"run(resume='{last[0]}')"
+            state = (
+                f"the checkpoint of iteration {last[1]} ({last[0]}) is intact. Free disk space or fix the folder, "
+                f"then resume with {resume}"
+            )
         else:
-            kept = "no checkpoint of this run is on disk"
-        message = (
-            f"could not write {what} {path} at iteration {self.iteration} ({err.strerror or err}); {kept}. Free disk "
-            "space or fix the folder, then resume with run(resume=True) (or save elsewhere: save_checkpoint(path))"
+            state = (
+                "no checkpoint of this run is on disk, so it cannot be resumed. Free disk space or fix the folder and "
+                "train again from the start, or pass another out_dir (while this Trainer exists, "
+                "save_checkpoint(path) to another disk keeps what it trained: resume it with run(resume=path))"
+            )
+        return output_error(
+            err, f"could not write {what} {path} at iteration {self.iteration} ({err.strerror or err}); {state}"
         )
-        return output_error(err, message)
 
     def _rng_state(self) -> dict:
         return {
@@ -574,12 +666,23 @@ class Trainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the full training state (see the module docstring); default ``out_dir/checkpoint.pt``.
 
-        Under ``torch.distributed`` every rank must call it (it gathers the per-rank states); rank 0 writes, and every
-        rank returns once the file is complete.
+        The file holds a SHA-256 checksum of its data, verified when it is read. Under ``torch.distributed`` every
+        rank must call it (it gathers the per-rank states); rank 0 writes, and every rank returns once the file is
+        complete.
         """
         path = Path(path) if path is not None else self._path(CHECKPOINT_NAME)
         if path is None:
             raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
+        state = self._checkpoint_state()
+        if state is not None:
+            self._write_checkpoint(path, state)
+        self._checkpoint_clock = time.monotonic()
+        self.dist.barrier()  # under torch.distributed: every rank returns once rank 0 has written the file
+        return path
+
+    def _checkpoint_state(self) -> dict | None:
+        """The state a checkpoint holds (module docstring) on rank 0, None on the other ranks. Under
+        ``torch.distributed`` a collective: rank 0 gathers every rank's own state."""
         self.counters.grad_norms = list(self.grad_norms)
         extra = self._separate_eval_target
         rank_state = {"objective": self.objective.state_dict(), "rng": self._rng_state()}
@@ -594,8 +697,7 @@ class Trainer:
             )
             shards = self.dist.gather_objects(_to_cpu(rank_state))
             if not self.dist.is_main:
-                self.dist.barrier()  # return once rank 0 has written the file
-                return path
+                return None
             rank_state = shards[0]
             rank_state["objective"]["n_target_evaluations"] = n_objective
         state = {
@@ -617,29 +719,69 @@ class Trainer:
         if self.dist.distributed:
             state["rng"]["shared"] = self.shared_generator.get_state()
             state["rank_states"] = shards[1:]  # ranks 1 .. world_size - 1: replay buffers, generators
-        self._writing = True  # a stop signal waits until the file is complete
+        return state
+
+    def _write_checkpoint(self, path: Path, state: dict) -> None:
+        """Serialise ``state`` with its checksum and write it atomically to ``path``; a stop signal waits for it."""
+        self._writing = True
         try:
-            data = io.BytesIO()
-            torch.save(state, data)
-            write_atomically(path, data.getbuffer())
+            data = serialize_checkpoint(state)
+            write_atomically(path, data.header, data.payload)
         except OSError as err:
             raise self._write_error(err, path, "the checkpoint") from err
         finally:
             self._writing = False
         self._last_checkpoint = (path, self.iteration)
         logger.info("checkpoint at iteration %d written to %s", self.iteration, path)
-        self.dist.barrier()
-        return path
+
+    def _check_disk_space(self) -> None:
+        """Raise ``OutputWriteError`` (ENOSPC) when the disk of ``out_dir`` has less free space than the rest of this
+        run's output needs (``_disk_bytes_needed``). Under ``torch.distributed`` a collective: rank 0 measures, every
+        rank decides alike."""
+        state = self._checkpoint_state()
+        needed = free = 0.0
+        if state is not None:
+            needed = float(self._disk_bytes_needed(serialize_checkpoint(state)))
+            free = float(free_bytes(self.out_dir))
+        needed, free = self.dist.all_reduce_floats([needed, free])
+        if needed > free:
+            raise OutputWriteError(
+                errno.ENOSPC,
+                f"not enough free disk space for the checkpoints of this run in {self.out_dir}: they need about "
+                f"{needed:.0f} bytes ({needed / 2**20:.1f} MiB), {free:.0f} bytes are free. Free disk space or pass "
+                "another out_dir; no iteration was trained",
+            )
+
+    def _disk_bytes_needed(self, now: CheckpointBytes) -> int:
+        """Free bytes the rest of this run needs in ``out_dir``, from the checkpoint as it is now: the final
+        checkpoint (now's, plus Adam's moments if no step was made yet, plus ``_RECORD_BYTES`` of history per
+        iteration left) twice, as a new checkpoint is written beside the old one before it replaces it (the space of
+        a checkpoint on disk now comes back), the metrics log's lines, and ``_DISK_MARGIN_BYTES``."""
+        left = max(self.config.n_iterations - self.iteration, 0)
+        checkpoint = now.size + self._optimizer_bytes_to_come() + left * _RECORD_BYTES
+        path = self._path(CHECKPOINT_NAME)
+        existing = path.stat().st_size if path is not None and path.exists() else 0
+        return max(checkpoint, 2 * checkpoint - existing) + left * _RECORD_BYTES + _DISK_MARGIN_BYTES
+
+    def _optimizer_bytes_to_come(self) -> int:
+        """Bytes Adam's state will add to a checkpoint at its first step (0 once it has one): two moments per
+        trained parameter, with ``_OPTIMIZER_TENSOR_BYTES`` overhead per parameter."""
+        if self.optimizer.state:
+            return 0
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        return sum(2 * p.numel() * p.element_size() + _OPTIMIZER_TENSOR_BYTES for p in params)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore the state written by ``save_checkpoint``, on this many ranks or another (module docstring).
 
-        Raises ``CheckpointError`` naming the file when it cannot be read (truncated, corrupt, not a checkpoint) or
-        was written for another flow class, flow size or objective; these checks run before any state changes.
+        Raises ``CheckpointError`` naming the file when it cannot be read (checksum mismatch, truncated, corrupt, not a
+        checkpoint), was written for another flow class, flow size or objective, or with other training settings
+        (``run``'s docstring says which may change); these checks run before any state changes.
         """
         path = Path(path)
         state = read_checkpoint(path, self.model.parameter.device)
         check_fits(state, path, self.flow, self.objective)
+        check_config(state, path, asdict(self.config), _FREE_SETTINGS)
         try:
             self._restore(state)
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:

@@ -3,11 +3,14 @@
 Run as a script, it trains one such run in this process (the subprocess of the signal tests)::
 
     python tests/robustness/_training_helpers.py --out DIR [--iterations N] [--resume] [--signal-during-save]
+        [--checkpoint-every-s S]
     torchrun --nproc_per_node 2 tests/robustness/_training_helpers.py --out DIR --sigterm-rank-1-at-call K
+        [--checkpoint-every-s S --rank-1-clock-stopped]
 
 and exits 0 when training completes, or with ``TrainingInterrupted.exit_code`` (130 SIGINT, 143 SIGTERM) after a
-stop signal, the message on stderr. Under torchrun (gloo) ``--sigterm-rank-1-at-call K`` makes rank 1 send itself
-SIGTERM at its K-th target evaluation.
+stop signal, the message on stderr; either way each rank prints ``rank R: N checkpoints`` (the checkpoints it took
+part in). Under torchrun (gloo) ``--sigterm-rank-1-at-call K`` makes rank 1 send itself SIGTERM at its K-th target
+evaluation, and ``--rank-1-clock-stopped`` makes rank 1's own clock never find a time-based checkpoint due.
 """
 
 from __future__ import annotations
@@ -80,12 +83,14 @@ def make_trainer(
     energy: Energy | None = None,
     objective: str = "fab",
     checkpoint_every: int = 0,
+    checkpoint_every_s: float = 0.0,
     seed: int = 0,
     distributed: DistributedContext | None = None,
 ) -> Trainer:
     """The test run: ``make_flow(hidden)`` (torch seeded with ``seed`` first) trained by ``make_objective``.
 
-    Every call with the same arguments builds the same state, as a fresh process would.
+    Every call with the same arguments builds the same state, as a fresh process would. Time-based checkpoints are
+    off unless ``checkpoint_every_s`` > 0, so that how many checkpoints a test sees does not depend on the machine.
     """
     torch.manual_seed(seed)
     config = TrainConfig(
@@ -94,6 +99,7 @@ def make_trainer(
         warmup_iterations=2,
         min_grad_history=2,
         checkpoint_every=checkpoint_every,
+        checkpoint_every_s=checkpoint_every_s,
         seed=seed,
         progress=False,
         plot=False,
@@ -170,29 +176,51 @@ def _signal_during_save(trainer: Trainer) -> None:
     os.fsync = fsync
 
 
+def _count_checkpoints(trainer: Trainer) -> list[int]:
+    """A one-element list that counts the calls of ``trainer.save_checkpoint`` (every rank takes part in each)."""
+    count = [0]
+    save = trainer.save_checkpoint
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return save(*args, **kwargs)
+
+    trainer.save_checkpoint = counted
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=N_ITERATIONS)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--signal-during-save", action="store_true")
+    parser.add_argument("--checkpoint-every-s", type=float, default=0.0)
     parser.add_argument("--sigterm-rank-1-at-call", type=int, default=None)
+    parser.add_argument("--rank-1-clock-stopped", action="store_true")
     args = parser.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even if launched in the background
     ctx = init_from_env(backend="gloo")
     energy = None
     if args.sigterm_rank_1_at_call is not None and ctx.rank == 1:
         energy = SignallingEnergy(DoubleWellEnergy(), signal.SIGTERM, (args.sigterm_rank_1_at_call,))
-    trainer = make_trainer(args.out, args.iterations, energy=energy, distributed=ctx)
+    trainer = make_trainer(
+        args.out, args.iterations, energy=energy, checkpoint_every_s=args.checkpoint_every_s, distributed=ctx
+    )
+    if args.rank_1_clock_stopped and ctx.rank == 1:
+        trainer._checkpoint_time_due = lambda: False
     if args.signal_during_save:
         _signal_during_save(trainer)
+    n_checkpoints = _count_checkpoints(trainer)
     try:
         result = trainer.run(resume=args.resume)
     except TrainingInterrupted as stop:
         ctx.close()
+        print(f"rank {ctx.rank}: {n_checkpoints[0]} checkpoints", file=sys.stderr)
         print(f"rank {ctx.rank}: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
     ctx.close()
+    print(f"rank {ctx.rank}: {n_checkpoints[0]} checkpoints")
     assert all(math.isfinite(float(p.sum())) for p in trainer.flow.parameters())
     print(f"done: {result.iterations} iterations")
 

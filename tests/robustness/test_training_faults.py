@@ -1,5 +1,5 @@
-"""Faults during training lose nothing: stop signals, unwritable or full output folders, bad checkpoints,
-non-finite energies; and training applies the thread policy."""
+"""Faults during training lose nothing: stop signals, a killed process, unwritable or full output folders, bad or
+corrupt checkpoints, changed settings on resume, non-finite energies; and training applies the thread policy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import openmm
@@ -41,6 +42,7 @@ from bgflow_se3.train import (
     TrainConfig,
     Trainer,
     TrainingInterrupted,
+    read_checkpoint,
 )
 
 SCRIPT = Path(__file__).with_name("_training_helpers.py")
@@ -68,9 +70,9 @@ def straight():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A valid checkpoint of the test run after 2 iterations."""
+    """A valid checkpoint of the test run after 2 of its iterations."""
     out = tmp_path_factory.mktemp("valid")
-    make_trainer(out, 2).run()
+    make_trainer(out).run(until=2)
     return out / "checkpoint.pt"
 
 
@@ -110,11 +112,35 @@ def test_a_stop_signal_checkpoints_and_resume_continues_exactly(tmp_path, signum
     assert f"training stopped by {name} after iteration" in done.stderr
     assert "run(resume=True) continues" in done.stderr
     assert not (out / "checkpoint.pt.tmp").exists()
-    stopped_at = torch.load(out / "checkpoint.pt", weights_only=False)["iteration"]
+    stopped_at = read_checkpoint(out / "checkpoint.pt")["iteration"]
     assert 3 <= stopped_at < len(straight[0])  # stopped early, after the iteration it was in
 
     resumed = make_trainer(out)  # a fresh process would build the same trainer
     result = resumed.run(resume=True)
+    assert_same_run(resumed, result.history, straight)
+
+
+def test_checkpoints_are_periodic_by_default():
+    """Every run with an out_dir checkpoints every 5 minutes unless told otherwise, so a killed run can resume."""
+    assert TrainConfig().checkpoint_every_s == 300.0
+    with pytest.raises(ValueError, match="checkpoint_every_s >= 0"):
+        TrainConfig(checkpoint_every_s=-1.0)
+
+
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(tmp_path, straight, caplog):
+    """SIGKILL (no handler runs) after 3 logged iterations of a run that checkpoints whenever 1 ns has passed: a
+    checkpoint of an iteration before the kill is on disk, and resuming from it ends where the uninterrupted run
+    does."""
+    out = tmp_path / "run"
+    done = train_in_subprocess(out, signal.SIGKILL, "--checkpoint-every-s", "1e-9")
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    saved = read_checkpoint(out / "checkpoint.pt")["iteration"]
+    assert 2 <= saved < len(straight[0])
+
+    resumed = make_trainer(out, checkpoint_every_s=1e-9)
+    with caplog.at_level(logging.INFO, logger=loop.__name__):
+        result = resumed.run(resume=True)
+    assert f"at iteration {saved}" in "".join(r.getMessage() for r in caplog.records if "resumed from" in r.msg)
     assert_same_run(resumed, result.history, straight)
 
 
@@ -165,7 +191,7 @@ def test_a_second_signal_mid_iteration_stops_at_once_and_keeps_the_last_checkpoi
         trainer.run()
     assert not isinstance(stop.value, TrainingInterrupted)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"]
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")["iteration"]
     assert 2 <= saved <= trainer.iteration and f"the checkpoint of iteration {saved}" in str(stop.value)
 
 
@@ -183,11 +209,14 @@ def test_an_ignored_signal_stays_ignored():
 
 def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path):
     """torchrun, 2 gloo ranks: rank 1 alone gets SIGTERM (at its 20th target evaluation, in iteration 5); both ranks
-    finish that iteration, write one checkpoint of both ranks and exit 143."""
+    finish that iteration, write one checkpoint of both ranks and exit 143. Time-based checkpoints are due after every
+    iteration on rank 0's clock and never on rank 1's: the ranks must follow rank 0 (deciding apart, they would block
+    in different collectives)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["--monitor-interval", "0.2", str(SCRIPT), "--out", str(tmp_path), "--sigterm-rank-1-at-call", "20"]
+    command += ["--checkpoint-every-s", "1e-9", "--rank-1-clock-stopped"]
     proc = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -198,9 +227,13 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
         pytest.fail(f"torchrun hung: {proc.communicate()[0][-4000:]}")
     stops = re.findall(r"rank (\d): training stopped by SIGTERM after iteration (\d+) of", output)
     assert sorted(stops) == [("0", "5"), ("1", "5")], output[-4000:]
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (state["iteration"], state["world_size"], len(state["rank_states"])) == (5, 2, 1)
     assert proc.returncode != 0
+    # rank 0's clock alone times the checkpoints (rank 1's never finds one due): both ranks wrote each one together,
+    # one after each of iterations 1 to 4 and the final one
+    counts = re.findall(r"rank (\d): (\d+) checkpoints", output)
+    assert sorted(counts) == [("0", "5"), ("1", "5")], output[-4000:]
 
 
 # ---- 2. unwritable output, full disk -----------------------------------------------------------------------------
@@ -277,12 +310,56 @@ def test_a_full_disk_at_a_periodic_checkpoint_keeps_the_previous_one(tmp_path, m
     with pytest.raises(OutputWriteError, match="the checkpoint of iteration 2 .* is intact") as error:
         trainer.run()
     assert error.value.errno == errno.ENOSPC and str(tmp_path / "checkpoint.pt") in str(error.value)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
     monkeypatch.undo()  # space freed: resuming loses nothing
     resumed = make_trainer(tmp_path, checkpoint_every=2)
     assert_same_run(resumed, resumed.run(resume=True).history, straight)
+
+
+def test_a_failed_first_checkpoint_does_not_advise_resuming(tmp_path, monkeypatch):
+    """The disk fills up during training and the final checkpoint, the run's first, cannot be written: nothing can be
+    resumed, and the message says so instead of advising run(resume=True)."""
+    _raise_on(monkeypatch, lambda path, mode: path.name == "checkpoint.pt.tmp", errno.ENOSPC, partial=True)
+    trainer = make_trainer(tmp_path, 3)
+    with pytest.raises(OutputWriteError, match="no checkpoint of this run is on disk") as error:
+        trainer.run()
+    message = str(error.value)
+    assert error.value.errno == errno.ENOSPC and str(tmp_path / "checkpoint.pt") in message
+    assert "run(resume=True)" not in message and "train again from the start" in message
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def _free_disk(monkeypatch, free: int) -> None:
+    """Make every disk report ``free`` free bytes."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2 * free, free, free))
+
+
+def test_too_little_disk_space_for_the_checkpoints_fails_before_the_first_iteration(tmp_path, monkeypatch):
+    """The 4 KiB probe passes, but the disk cannot hold the checkpoints: the run stops before its first iteration,
+    naming the bytes needed (at least two final checkpoints and the metrics log, whose size the test measures in an
+    unhindered run, plus the margin) and free. With that much space free it trains to the end."""
+    full = make_trainer(tmp_path / "full")
+    full.run()
+    final = (tmp_path / "full" / "checkpoint.pt").stat().st_size + (tmp_path / "full" / "metrics.jsonl").stat().st_size
+
+    out = tmp_path / "out"
+    _free_disk(monkeypatch, 2 * final)
+    trainer = make_trainer(out)
+    before = parameters(trainer)
+    with pytest.raises(OutputWriteError, match="not enough free disk space") as error:
+        trainer.run()
+    found = re.search(r"need about (\d+) bytes .*, (\d+) bytes are free", str(error.value))
+    assert found and int(found.group(2)) == 2 * final and str(out) in str(error.value)
+    needed = int(found.group(1))
+    assert 2 * final + loop._DISK_MARGIN_BYTES <= needed <= 3 * final + loop._DISK_MARGIN_BYTES
+    assert error.value.errno == errno.ENOSPC and "no iteration was trained" in str(error.value)
+    assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
+    assert not (out / "checkpoint.pt").exists()
+
+    _free_disk(monkeypatch, needed)
+    assert make_trainer(out).run().iterations == len(full.history)
 
 
 # ---- 3. bad checkpoints -----------------------------------------------------------------------------------------
@@ -306,7 +383,7 @@ def _empty(path: Path) -> None:
 
 
 def _flow_weights_only(path: Path) -> None:
-    torch.save(torch.load(path, weights_only=False)["flow"], path)
+    torch.save(read_checkpoint(path)["flow"], path)
 
 
 @pytest.mark.parametrize(
@@ -331,6 +408,75 @@ def test_an_unreadable_checkpoint_is_named_never_a_fresh_start(tmp_path, checkpo
     assert str(path) in str(error.value)
     assert trainer.iteration == 0 and trainer.objective.target.n_evaluations == 0
     assert torch.equal(parameters(trainer), before)
+
+
+def _flip_8_bytes_in_the_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_checkpoint_fails_its_checksum_before_any_state_changes(tmp_path, checkpoint):
+    """Eight flipped bytes in the middle of the file (replay-buffer data, which unpickles fine) are found by the
+    checksum."""
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    _flip_8_bytes_in_the_middle(path)
+    trainer = make_trainer(tmp_path)
+    before = parameters(trainer)
+    with pytest.raises(CheckpointError, match="SHA-256 checksum does not match") as error:
+        trainer.run(resume=True)
+    assert str(path) in str(error.value) and "cannot read the checkpoint" in str(error.value)
+    assert trainer.iteration == 0 and trainer.objective.target.n_evaluations == 0
+    assert torch.equal(parameters(trainer), before) and len(trainer.objective.buffer) == 0
+
+
+def test_a_checkpoint_without_a_checksum_still_resumes_with_a_warning(tmp_path, checkpoint, caplog):
+    """Checkpoints written before they had a checksum (plain ``torch.save``) are read unchecked, and said to be."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save(read_checkpoint(checkpoint), path)
+    trainer = make_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=checkpoint_files.__name__):
+        trainer.load_checkpoint(path)
+    assert trainer.iteration == 2
+    assert any("has no checksum" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(lr=2e-3), ["lr=0.001 there, 0.002 here"]),
+        (dict(n_iterations=20, warmup_iterations=3), ["n_iterations=12 there, 20 here", "warmup_iterations=2 there"]),
+        (dict(seed=1, min_log_q=-100.0), ["seed=0 there, 1 here", "min_log_q=-10000.0 there, -100.0 here"]),
+    ],
+    ids=["lr", "n_iterations_and_warmup", "seed_and_min_log_q"],
+)
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path, checkpoint, change, expected):
+    """Settings the checkpoint's state would silently override (lr, seed) or that change the rest of the run (the
+    schedule's length, the guards) must equal those it was written with."""
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    base = make_trainer(tmp_path)
+    trainer = Trainer(base.flow, base.objective, replace(base.config, **change), tmp_path)
+    before = parameters(trainer)
+    with pytest.raises(CheckpointError, match="written with other training settings") as error:
+        trainer.run(resume=True)
+    message = str(error.value)
+    assert str(path) in message and all(text in message for text in expected), message
+    assert "train from scratch in another out_dir" in message
+    assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
+
+
+def test_resuming_may_change_what_is_shown_logged_or_saved(tmp_path, checkpoint):
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, path)
+    base = make_trainer(tmp_path)
+    free = dict(progress=True, plot=True, checkpoint_every=1, checkpoint_every_s=60.0, eval_every=2, n_eval=8)
+    assert set(free) == loop._FREE_SETTINGS
+    trainer = Trainer(base.flow, base.objective, replace(base.config, **free), tmp_path)
+    trainer.load_checkpoint(path)
+    assert trainer.iteration == 2
 
 
 @pytest.mark.parametrize(
@@ -361,7 +507,7 @@ def test_a_checkpoint_of_another_setup_is_refused_by_name(tmp_path, checkpoint, 
 
 def test_a_checkpoint_without_class_names_is_still_checked(tmp_path, checkpoint):
     """Checkpoints written before the class names were stored: the weights and the objective state are checked."""
-    state = torch.load(checkpoint, weights_only=False)
+    state = read_checkpoint(checkpoint)
     del state["flow_class"], state["objective_class"]
     path = tmp_path / "checkpoint.pt"
     torch.save(state, path)

@@ -28,6 +28,7 @@ from bgflow_se3.train import (
     fit_ml,
     init_from_env,
     rank_seed,
+    read_checkpoint,
 )
 from tests.train._distributed_worker import (
     FAB_CONFIG,
@@ -145,14 +146,14 @@ def test_fab_on_two_ranks_resumes_exactly(trained):
     assert len(lines) == FAB_CONFIG.n_iterations  # written once, by rank 0
     history = straight["history"]
     assert all(r["n_target_evaluations"] == 2 * (2 + r["iteration"]) * EVALUATIONS_PER_AIS_BATCH for r in history)
-    state = torch.load(trained / "fab" / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(trained / "fab" / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["rank_states"]) == 1
 
 
 def test_fab_resumes_from_two_ranks_on_one(trained):
     """The 2-rank checkpoint at iteration 3 in one process: both buffers pooled (capped at max_length), the count of
     target evaluations continued, the history kept."""
-    saved = torch.load(trained / "fab_at_3.pt", weights_only=False)
+    saved = read_checkpoint(trained / "fab_at_3.pt")
     objective = fab_objective(mixture())
     flow = GaussianAugmentedFlow().double()
     result = Trainer(flow, objective, FAB_CONFIG, trained / "fab_2_to_1").run(resume=trained / "fab_at_3.pt")
@@ -167,7 +168,7 @@ def test_fab_resumes_from_two_ranks_on_one(trained):
 
 def test_fab_resumes_from_one_process_on_two_ranks(trained):
     grown = torch.load(trained / "fab_1to2.pt")
-    single = torch.load(trained / "fab_single" / "checkpoint.pt", weights_only=False)
+    single = read_checkpoint(trained / "fab_single" / "checkpoint.pt")
     assert [r["iteration"] for r in grown["history"]] == list(range(1, 7))
     assert grown["history"][:3] == single["history"]
     # the single buffer (16 x (2 + 3) = 80 samples) split 40 / 40 (ready: no top-up), then 3 AIS batches per rank
