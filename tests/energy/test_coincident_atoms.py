@@ -83,3 +83,30 @@ def test_coincident_1_3_atoms_give_openmms_finite_reduced_energy(reference):
     u, force = ff.energy_and_force(torch.tensor(x[k : k + 1]))
     torch.testing.assert_close(u, torch.tensor([e_ref[k]]) / ff.kT, rtol=ENERGY_RTOL, atol=0)
     assert torch.isfinite(force).all()
+
+
+def test_coincident_atoms_in_custom_bond_angle_and_torsion_forces_match_openmm():
+    system = openmm.System()
+    for _ in range(4):
+        system.addParticle(12.0)
+    bond = openmm.CustomBondForce("0.5*1000*(r-0.15)^2")
+    bond.addBond(0, 1, [])
+    angle = openmm.CustomAngleForce("0.5*100*(theta-2.0)^2")
+    angle.addAngle(0, 1, 2, [])
+    torsion = openmm.CustomTorsionForce("10*(1+cos(2*theta-0.3))")
+    torsion.addTorsion(0, 1, 2, 3, [])
+    for group, force in enumerate((bond, angle, torsion)):
+        force.setForceGroup(group)
+        system.addForce(force)
+    positions = np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.15, 0.0], [0.3, 0.2, 0.1]])
+    pairs = [(0, 1), (0, 2), (1, 2), (1, 3), (0, 3)]
+    x = np.repeat(positions[None], len(pairs), axis=0)
+    for k, (i, j) in enumerate(pairs):
+        x[k, j] = x[k, i]
+    ff = TorchForceField.from_system(system, 300.0)
+    for group, (e_ref, f_ref) in openmm_by_group(system, x).items():
+        xt = torch.tensor(x, requires_grad=True)
+        energy = ff.potential_energy(xt, groups={group})
+        (grad,) = torch.autograd.grad(energy.sum(), xt)
+        what = type(system.getForce(group)).__name__
+        assert_like_openmm(energy.detach().numpy(), grad.numpy(), e_ref, f_ref, what, pairs)
