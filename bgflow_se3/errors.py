@@ -42,7 +42,8 @@ class WorkerError(BgflowError, RuntimeError):
 
 
 class InsufficientMemoryError(BgflowError, MemoryError):
-    """A call would need more memory than the device has free; raised before it allocates, naming the size."""
+    """A call would need more memory than the device has free; raised before it allocates, naming the size and the
+    limit that binds (e.g. a cgroup memory limit, ``ulimit -v``, or the system's available memory)."""
 
 
 class ConvergenceError(BgflowError, RuntimeError):

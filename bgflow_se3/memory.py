@@ -1,19 +1,72 @@
-"""Memory guards: how much memory a device has free, and a clear error before an allocation that cannot fit."""
+"""Memory guards: how much memory a device has free, and a clear error before an allocation that cannot fit.
+
+On the CPU the free memory is the tightest of: the system's ``MemAvailable``; the memory limits of this process's
+own cgroup and of each of its ancestors (a parent's limit binds its children too), v2 or v1, found through
+/proc/self/cgroup and /proc/self/mountinfo, the way a batch system (SLURM, Kubernetes) confines a job; and the
+address-space limit (``ulimit -v``, RLIMIT_AS) minus this process's virtual size. The error names the limit that
+binds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .errors import InsufficientMemoryError
 
-__all__ = ["available_bytes", "check_fits", "format_bytes", "graph_bytes_per_item"]
+try:
+    import resource
+except ImportError:  # not on POSIX: no address-space limit to read
+    resource = None  # type: ignore[assignment]
+
+__all__ = ["FreeMemory", "available_bytes", "available_memory", "check_fits", "format_bytes", "graph_bytes_per_item"]
 
 #: the share of the free memory a single call may plan to use (the rest is for the allocator, the OS, others)
 USABLE_FRACTION = 0.8
+#: the free memory reported where no limit is known (other devices, no /proc)
+NO_LIMIT = 2**62
+#: limits at or above this many bytes mean "no limit" (cgroup v1 writes 2^63 rounded down to a page for none)
+_UNLIMITED = 2**60
+
+# Where the CPU guard reads: this process's /proc entries (cgroup, mountinfo, status, statm), the system's meminfo,
+# and the cgroup mounts assumed when mountinfo cannot be read. Read at each call, so tests can point them at a
+# fake tree.
+PROC_SELF = Path("/proc/self")
+PROC_MEMINFO = Path("/proc/meminfo")
+CGROUP2_MOUNT = Path("/sys/fs/cgroup")
+CGROUP1_MEMORY_MOUNT = Path("/sys/fs/cgroup/memory")
+
+
+class FreeMemory(NamedTuple):
+    """Memory a new allocation can use, and the limit that sets it."""
+
+    n_bytes: int  # bytes free under the binding limit
+    limit: str  # the binding limit in words, e.g. "the cgroup memory limit of 4.29 GB (/sys/fs/cgroup/.../memory.max)"
+
+
+class _Files(NamedTuple):
+    """The memory files of one cgroup version."""
+
+    limit: str  # the limit in bytes, "max" (v2) or a huge number (v1) for none
+    usage: str  # the usage in bytes, this cgroup and its descendants
+    cache_key: str  # the memory.stat key of the hierarchical inactive page cache, which the kernel reclaims first
+
+
+_V2 = _Files("memory.max", "memory.current", "inactive_file")
+_V1 = _Files("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+class _Mount(NamedTuple):
+    """One cgroup mount from /proc/self/mountinfo."""
+
+    root: str  # the cgroup path of the mount's top directory, e.g. "/" (or "/docker/<id>" without a cgroup namespace)
+    point: Path  # where it is mounted, e.g. /sys/fs/cgroup
+    fstype: str  # "cgroup2" or "cgroup" (v1)
+    options: frozenset[str]  # super options; for v1 they name the controllers, e.g. {"rw", "memory"}
 
 
 def format_bytes(n: float) -> str:
@@ -26,36 +79,43 @@ def format_bytes(n: float) -> str:
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int:
-    """Memory a new allocation on ``device`` can use now, in bytes.
+    """Memory a new allocation on ``device`` can use now, in bytes: ``available_memory(device).n_bytes``."""
+    return available_memory(device).n_bytes
 
-    CUDA: free device memory plus what torch's caching allocator holds unused. CPU: the kernel's
-    ``MemAvailable`` (/proc/meminfo), capped by the cgroup limit of this process (v2 ``memory.max`` minus
-    ``memory.current``, or v1 ``memory.limit_in_bytes`` minus ``memory.usage_in_bytes``) when there is one.
-    Other devices, or a CPU without /proc: a very large number (no guard).
+
+def available_memory(device: torch.device | str = "cpu") -> FreeMemory:
+    """Memory a new allocation on ``device`` can use now (bytes) and the limit that sets it.
+
+    CUDA: free device memory plus what torch's caching allocator holds unused. CPU: the tightest of the kernel's
+    ``MemAvailable`` (/proc/meminfo); the headroom (limit minus usage, reclaimable inactive page cache not counted
+    as usage) under the memory limit of this process's cgroup and of every ancestor up to the root of its
+    hierarchy, in cgroup v2 (``memory.max``, ``memory.current``) and v1 (``memory.limit_in_bytes``,
+    ``memory.usage_in_bytes``); and the address-space limit (``ulimit -v``) minus this process's virtual size
+    (VmSize). Other devices, or a CPU without /proc and limits: ``NO_LIMIT`` bytes (no guard).
     """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        n_bytes = int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        return FreeMemory(n_bytes, f"the free memory of {device}")
     if device.type != "cpu":
-        return 2**62
-    available = _meminfo_available()
-    limit = _cgroup_headroom()
-    if limit is not None:
-        available = min(available, limit)
-    return available
+        return FreeMemory(NO_LIMIT, "no known limit")
+    candidates = [_meminfo_available(PROC_MEMINFO), _cgroup_headroom(PROC_SELF), _address_space_headroom(PROC_SELF)]
+    known = [c for c in candidates if c is not None]
+    return min(known, key=lambda c: c.n_bytes, default=FreeMemory(NO_LIMIT, "no known limit"))
 
 
 def check_fits(needed: float, device: torch.device | str, what: str, remedy: str) -> None:
     """Raise ``InsufficientMemoryError`` when ``needed`` bytes exceed ``USABLE_FRACTION`` of the free memory.
 
-    what: the call, e.g. "log q + backward of 4096 configurations"; remedy: what the caller can do instead.
+    what: the call, e.g. "log q + backward of 4096 configurations"; remedy: what the caller can do instead. The
+    message names the size, the free memory and the limit that binds (``available_memory``).
     """
-    free = available_bytes(device)
-    if needed > USABLE_FRACTION * free:
+    free = available_memory(device)
+    if needed > USABLE_FRACTION * free.n_bytes:
         raise InsufficientMemoryError(
             f"{what} would need about {format_bytes(needed)} on {torch.device(device)}, but only "
-            f"{format_bytes(free)} is free; {remedy}"
+            f"{format_bytes(free.n_bytes)} is free, set by {free.limit}; {remedy}"
         )
 
 
@@ -80,29 +140,180 @@ def graph_bytes_per_item(run: Callable[[int], Any]) -> float:
     return max(0.0, (saved[1] - saved[0]) / 2)
 
 
-def _meminfo_available() -> int:
+def _meminfo_available(meminfo: Path) -> FreeMemory | None:
+    """``MemAvailable`` from ``meminfo`` (/proc/meminfo), or None when it cannot be read."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+                n_bytes = int(line.split()[1]) * 1024
+                return FreeMemory(n_bytes, f"the memory the system has available (MemAvailable in {meminfo})")
+    except (OSError, ValueError, IndexError):
         pass
-    return 2**62
-
-
-def _cgroup_headroom() -> int | None:
-    """Bytes left under this process's cgroup memory limit, or None when it has no limit."""
-    pairs = (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    )
-    for limit_path, usage_path in pairs:
-        try:
-            limit = Path(limit_path).read_text().strip()
-            usage = int(Path(usage_path).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or int(limit) >= 2**60:
-            return None
-        return max(0, int(limit) - usage)
     return None
+
+
+def _cgroup_headroom(proc_self: Path) -> FreeMemory | None:
+    """The least headroom under the memory limits of this process's cgroups (v2 and v1) and their ancestors.
+
+    proc_self: /proc/self (its ``cgroup`` and ``mountinfo`` files are read). None when no limit is set or the
+    files cannot be read.
+    """
+    try:
+        lines = (proc_self / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    mounts = _cgroup_mounts(proc_self / "mountinfo")
+    found = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":  # v2, the unified hierarchy
+            v2 = [m for m in mounts if m.fstype == "cgroup2"] or [_Mount("/", CGROUP2_MOUNT, "cgroup2", frozenset())]
+            found.append(_headroom_in(v2, path, _V2))
+        elif "memory" in controllers.split(","):  # v1, the memory controller's hierarchy
+            v1 = [m for m in mounts if m.fstype == "cgroup" and "memory" in m.options]
+            v1 = v1 or [_Mount("/", CGROUP1_MEMORY_MOUNT, "cgroup", frozenset({"memory"}))]
+            found.append(_headroom_in(v1, path, _V1))
+    known = [f for f in found if f is not None]
+    return min(known, key=lambda f: f.n_bytes, default=None)
+
+
+def _cgroup_mounts(mountinfo: Path) -> list[_Mount]:
+    """The cgroup (v1) and cgroup2 mounts listed in ``mountinfo`` (/proc/self/mountinfo); [] when unreadable.
+
+    A line reads "id parent major:minor root mount-point options [optional fields] - fstype source super-options".
+    """
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        if len(fields) < sep + 3 or fields[sep + 1] not in ("cgroup", "cgroup2"):
+            continue
+        options = frozenset(fields[sep + 3].split(",")) if len(fields) > sep + 3 else frozenset()
+        mounts.append(_Mount(_unescape(fields[3]), Path(_unescape(fields[4])), fields[sep + 1], options))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path with its octal escapes (\\040 for a space, \\011, \\012, \\134) decoded."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _headroom_in(mounts: list[_Mount], path: str, files: _Files) -> FreeMemory | None:
+    """The least headroom along cgroup ``path`` and its ancestors in the first of ``mounts`` that shows it."""
+    for mount in mounts:
+        leaf = _cgroup_dir(mount, path)
+        if leaf is not None:
+            levels = [_level_headroom(d, files) for d in _ancestors(leaf, mount.point)]
+            known = [level for level in levels if level is not None]
+            return min(known, key=lambda f: f.n_bytes, default=None)
+    return None
+
+
+def _cgroup_dir(mount: _Mount, path: str) -> Path | None:
+    """The directory of cgroup ``path`` (from /proc/self/cgroup) under ``mount``, or None when it is not mounted.
+
+    The path is relative to the hierarchy's root and the mount shows the subtree at ``mount.root``. When the path is
+    not under the mount's root (e.g. a cgroup namespace the mount does not reflect), the mount's top directory, the
+    nearest cgroup this process can see, stands in.
+    """
+    root = mount.root.rstrip("/")
+    if path == root or path.startswith(root + "/"):
+        candidate = mount.point / path[len(root) :].lstrip("/")
+        if candidate.is_dir():
+            return candidate
+    return mount.point if mount.point.is_dir() else None
+
+
+def _ancestors(leaf: Path, top: Path) -> Iterator[Path]:
+    """``leaf``, its parent, ... up to and including ``top`` (the mount point of the hierarchy)."""
+    directory = leaf
+    while True:
+        yield directory
+        if directory == top or directory.parent == directory:
+            return
+        directory = directory.parent
+
+
+def _level_headroom(directory: Path, files: _Files) -> FreeMemory | None:
+    """Bytes left under the memory limit of one cgroup ``directory``, or None when it sets no limit.
+
+    Usage is the usage file minus the inactive page cache (``files.cache_key`` in memory.stat), which the kernel
+    reclaims before the limit is hit (what ``docker stats`` and the kubelet call the working set).
+    """
+    try:
+        text = (directory / files.limit).read_text().strip()
+        limit = _UNLIMITED if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+    if limit >= _UNLIMITED:
+        return None
+    try:
+        usage = int((directory / files.usage).read_text().strip())
+    except (OSError, ValueError):
+        usage = 0
+    usage = max(0, usage - _memory_stat(directory / "memory.stat", files.cache_key))
+    return FreeMemory(
+        max(0, limit - usage),
+        f"the cgroup memory limit of {format_bytes(limit)} ({directory / files.limit}) with "
+        f"{format_bytes(usage)} in use",
+    )
+
+
+def _memory_stat(path: Path, key: str) -> int:
+    """The value of ``key`` in a cgroup's memory.stat (bytes), 0 when missing."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _address_space_headroom(proc_self: Path) -> FreeMemory | None:
+    """Bytes left under the soft address-space limit (``ulimit -v``, RLIMIT_AS), or None when there is none.
+
+    Virtual memory counts, not resident: the headroom is the soft limit minus this process's virtual size (VmSize
+    in /proc/self/status, else the first field of /proc/self/statm), which includes what torch and the thread
+    arenas reserve without touching.
+    """
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft < 0 or soft >= _UNLIMITED:
+        return None
+    size = _virtual_size(proc_self)
+    return FreeMemory(
+        max(0, soft - size),
+        f"the address-space limit (ulimit -v) of {format_bytes(soft)} with a virtual size of {format_bytes(size)} "
+        "in use",
+    )
+
+
+def _virtual_size(proc_self: Path) -> int:
+    """This process's virtual memory size in bytes (VmSize, or statm's first field in pages); 0 when unreadable."""
+    try:
+        for line in (proc_self / "status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int((proc_self / "statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

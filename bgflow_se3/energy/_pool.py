@@ -87,6 +87,10 @@ class WorkerPool:
         self.max_retries = int(max_retries)
         self._slots: list[_Slot] = []
         self._job_counter = 0
+        # the chunks of the call in progress, {job: (start, stop)} rows of its positions, and the caller's index of
+        # each row (None: the row numbers): what error messages name
+        self._call_jobs: dict[int, tuple[int, int]] = {}
+        self._call_indices: np.ndarray | None = None
         self.closed = False
         self._owner = os.getpid()  # a forked copy of this process must not drive (or stop) our workers
         try:
@@ -174,11 +178,14 @@ class WorkerPool:
         slot.state, slot.jobs, slot.deadline = "dead", [], math.inf
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    def evaluate(
+        self, positions: np.ndarray, indices: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Energies (n,), forces (n, n_atoms, 3) and failures ``{index: message}`` in the order of ``positions``.
 
         positions: float64, shape (n, n_atoms, 3), nm. Energies in kJ/mol, forces in kJ/(mol nm), as
-        ``evaluate_batch`` returns them; chunks go to whichever worker has room.
+        ``evaluate_batch`` returns them; chunks go to whichever worker has room. indices: the caller's batch index
+        of each row, shape (n,), which a ``WorkerError`` names (None: the row numbers); failures are keyed by row.
         """
         if self.closed:
             raise WorkerError("this OpenMMEnergy's worker pool is closed; create a new OpenMMEnergy")
@@ -198,6 +205,7 @@ class WorkerPool:
         first = self._job_counter
         jobs = {first + k: (start, min(start + size, n)) for k, start in enumerate(range(0, n, size))}
         self._job_counter += len(jobs)
+        self._call_jobs, self._call_indices = jobs, indices
         pending = list(jobs)
         done: set[int] = set()
         deaths = 0
@@ -222,11 +230,10 @@ class WorkerPool:
                     deaths += 1
                     pending[:0] = [job for job in lost_jobs if job not in done]
                     if deaths > self.max_retries:
-                        start, stop = (jobs[lost_jobs[0]][0], jobs[lost_jobs[-1]][1]) if lost_jobs else (0, n)
                         raise WorkerError(
                             f"OpenMM worker processes died {deaths} times in one call (the last one holding "
-                            f"configurations {start}..{stop - 1}); a configuration may crash OpenMM. Check the "
-                            "positions, or evaluate with n_workers=1 to see the error"
+                            f"{self._held(lost_jobs)}); a configuration may crash OpenMM. Check the positions, or "
+                            "evaluate with n_workers=1 to see the error"
                         )
                     logger.warning("OpenMM worker died; restarting it and re-running its chunks")
                     self._stop(self._slots[index], graceful=False)
@@ -238,7 +245,18 @@ class WorkerPool:
                 if slot.jobs or slot.state in ("starting", "lost"):
                     self._stop(slot, graceful=False)
             raise
+        finally:
+            self._call_jobs, self._call_indices = {}, None
         return energies, forces, failures
+
+    def _held(self, held_jobs: list[int]) -> str:
+        """The configurations of ``held_jobs`` (chunks of the call in progress) as the caller's batch indices, e.g.
+        "configurations 10..71, 258..319"; "no configuration" for a worker that held none."""
+        rows = [row for job in held_jobs if job in self._call_jobs for row in range(*self._call_jobs[job])]
+        if not rows:
+            return "no configuration"
+        index = np.asarray(sorted(rows)) if self._call_indices is None else np.sort(self._call_indices[rows])
+        return ("configuration " if index.size == 1 else "configurations ") + _runs(index)
 
     def _feed(
         self, slot: _Slot, pending: list[int], jobs: dict[int, tuple[int, int]], positions: np.ndarray, depth: int
@@ -297,7 +315,7 @@ class WorkerPool:
                     slot.state = "lost"
                     lost.append((index, list(slot.jobs)))
                 elif time.monotonic() >= slot.deadline:
-                    what = "to start" if slot.state == "starting" else f"to evaluate a chunk (job {slot.jobs[0]})"
+                    what = "to start" if slot.state == "starting" else f"to evaluate {self._held(slot.jobs[:1])}"
                     self._stop(slot, graceful=False)
                     raise WorkerError(
                         f"OpenMM worker took longer than timeout_s={self.timeout_s:g} s {what} and was killed; "
@@ -317,3 +335,10 @@ class WorkerPool:
                 slot.deadline = time.monotonic() + self.timeout_s if slot.jobs else math.inf
                 on_result(job, (e, f, fail))
         return lost
+
+
+def _runs(index: np.ndarray) -> str:
+    """Sorted integers as runs, e.g. [3, 4, 5, 9, 11, 12] -> "3..5, 9, 11..12"."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    runs = np.split(index, breaks)
+    return ", ".join(str(run[0]) if run.size == 1 else f"{run[0]}..{run[-1]}" for run in runs)

@@ -157,8 +157,8 @@ class CustomBondTerm(CustomTerm):
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
         a, b = _gather(x, self.atoms)
-        d = b - a
-        return {"r": (d * d).sum(dim=-1).sqrt()}
+        # vector_norm's gradient at r = 0 is 0 (sqrt's is inf): coincident atoms get no force, as in OpenMM
+        return {"r": torch.linalg.vector_norm(b - a, dim=-1)}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomBondTerm:
@@ -170,7 +170,8 @@ class CustomBondTerm(CustomTerm):
 
 
 class CustomAngleTerm(CustomTerm):
-    """``CustomAngleForce``: E(theta, parameters) per angle, theta in radians at the middle particle, [0, pi]."""
+    """``CustomAngleForce``: E(theta, parameters) per angle, theta in radians at the middle particle, [0, pi];
+    NaN for an arm of zero length, as in OpenMM."""
 
     geometric_variables = ("theta",)
 

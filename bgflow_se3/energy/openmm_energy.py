@@ -28,7 +28,10 @@ class _LocalBackend:
         self._virtual_sites = virtual_sites
         self.closed = False
 
-    def evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    def evaluate(
+        self, positions: np.ndarray, indices: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """As ``WorkerPool.evaluate`` (``indices`` only name configurations in a pool's errors)."""
         if self.closed:
             raise WorkerError("this OpenMMEnergy is closed; create a new OpenMMEnergy")
         return evaluate_batch(self._context, positions, self._virtual_sites)
@@ -250,7 +253,7 @@ class OpenMMEnergy(Energy):
         if rows.size:
             chunk = np.ascontiguousarray(positions if rows.size == batch else positions[rows])
             with self._lock:
-                e, f, fail = self._backend.evaluate(chunk)
+                e, f, fail = self._backend.evaluate(chunk, rows)
             energies[rows], forces[rows] = e, f
             failures = {int(rows[i]): message for i, message in fail.items()}
         kT = self.kT

@@ -109,7 +109,9 @@ class PairParameters(NamedTuple):
     """The shared pair list: atoms (long, (2, n_pairs), i < j) and ``ij`` (long, (2 n_pairs,), i's then j's);
     per pair (n_pairs, 1): c12 = 4 eps sigma^12, c6 = 4 eps sigma^6 (kJ/mol nm^12, nm^6), cq = ONE_4PI_EPS0 q_i q_j
     (kJ nm/mol), zero for excluded pairs, the exception's own values for exceptions; ``obc``: the GBSA-OBC
-    forces on the same pairs (the list then holds every pair); ``lennard_jones``: whether c12/c6/cq are used."""
+    forces on the same pairs (the list then holds every pair); ``lennard_jones``: whether c12/c6/cq are used;
+    ``no_lj``: (bool, (n_pairs, 1)) the pairs whose c12, c6 and cq are all zero when the list holds them (with
+    OBC), else None."""
 
     atoms: Tensor
     ij: Tensor
@@ -118,6 +120,7 @@ class PairParameters(NamedTuple):
     cq: Tensor
     lennard_jones: bool
     obc: tuple[OBCParameters, ...]
+    no_lj: Tensor | None = None
 
 
 class FusedParameters(NamedTuple):
@@ -127,6 +130,10 @@ class FusedParameters(NamedTuple):
     angles: tuple[AngleParameters, ...]
     torsions: tuple[TorsionParameters, ...]
     pairs: PairParameters | None
+
+
+#: the least |u x w| (nm^2) that divides an angle's force, as OpenMM's Reference platform clamps it
+_MIN_ANGLE_NORMAL = 1e-6
 
 
 def _cross(a: Sequence[Tensor], b: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,15 +146,24 @@ def _gather(X: Tensor, atoms: Tensor) -> Tensor:
     return X.index_select(0, atoms.reshape(-1)).view(*atoms.shape, *X.shape[1:])
 
 
+def _atan2_degenerate_half_pi(y: Tensor, x: Tensor) -> Tensor:
+    """``atan2(y, x)``, but pi/2 where y = x = 0: OpenMM's dihedral angle when a cross product vanishes (its
+    normalised dot product of the two normals is then 0, and acos(0) = pi/2)."""
+    return torch.atan2(y, x).masked_fill_((x == 0) & (y == 0), 0.5 * math.pi)
+
+
 def bond_energy_and_gradient(X: Tensor, p: BondParameters, grad: Tensor | None) -> Tensor:
-    """``sum 0.5 k (r - r0)^2``, kJ/mol, shape (batch,); adds dE/dX into ``grad`` (see the module docstring)."""
+    """``sum 0.5 k (r - r0)^2``, kJ/mol, shape (batch,); adds dE/dX into ``grad`` (see the module docstring).
+
+    Two coincident bonded atoms (r = 0) get the energy 0.5 k r0^2 and no force, as in OpenMM.
+    """
     xs = _gather(X, p.atoms)
     d = xs[0] - xs[1]  # (m, 3, batch)
     r = d.square().sum(dim=1).sqrt_()
     stretch = r - p.length
     energy = (0.5 * p.k * stretch.square()).sum(dim=0)
     if grad is not None:
-        g = d * (p.k * stretch / r).unsqueeze(1)
+        g = d * (p.k * stretch / r).masked_fill_(r == 0, 0.0).unsqueeze(1)  # OpenMM: dE/dr / r := 0 at r = 0
         grad.index_add_(0, p.atoms[0], g).index_add_(0, p.atoms[1], g, alpha=-1)
     return energy
 
@@ -156,8 +172,10 @@ def angle_energy_and_gradient(X: Tensor, p: AngleParameters, grad: Tensor | None
     """``sum 0.5 k (theta - theta0)^2``, kJ/mol, shape (batch,); adds dE/dX into ``grad``.
 
     theta = atan2(|u x w|, u . w) with u, w the bond vectors from the vertex. With c = dE/dtheta / |u x w|:
-    dE/du = c ((u . w) / |u|^2 u - w), dE/dw = c ((u . w) / |w|^2 w - u) (from u x (u x w) = u (u . w) - w |u|^2;
-    undefined for exactly collinear atoms, as in OpenMM).
+    dE/du = c ((u . w) / |u|^2 u - w), dE/dw = c ((u . w) / |w|^2 w - u) (from u x (u x w) = u (u . w) - w |u|^2).
+    As OpenMM's Reference platform: |u x w| in c is at least 1e-6 nm^2, so collinear atoms (theta = 0 or pi, e.g.
+    two coincident atoms 1-3) get a finite force, zero when exactly collinear; an arm of zero length (two
+    coincident bonded atoms) leaves theta undefined: NaN energy (OpenMM's cosine is 0/0 there).
     """
     xs = _gather(X, p.atoms)
     uw = xs[0::2] - xs[1]  # (2, m, 3, batch): u, w
@@ -166,11 +184,11 @@ def angle_energy_and_gradient(X: Tensor, p: AngleParameters, grad: Tensor | None
     normal_norm = (normal[0].square() + normal[1].square() + normal[2].square()).sqrt_()
     squares = uw.square().sum(dim=2)  # (2, m, batch): |u|^2, |w|^2
     dot = (u * w).sum(dim=1)
-    theta = torch.atan2(normal_norm, dot)
+    theta = torch.atan2(normal_norm, dot).masked_fill_(squares[0] * squares[1] == 0, math.nan)
     bend = theta - p.theta0
     energy = (0.5 * p.k * bend.square()).sum(dim=0)
     if grad is not None:
-        c = (p.k * bend).div_(normal_norm)
+        c = (p.k * bend).div_(normal_norm.clamp_min_(_MIN_ANGLE_NORMAL))
         along = (c * dot / squares).unsqueeze(2)  # (2, m, 1, batch)
         c = c.unsqueeze(1)
         g_u = u * along[0] - w * c
@@ -185,7 +203,8 @@ def torsion_energy_and_gradient(X: Tensor, p: TorsionParameters, grad: Tensor | 
 
     phi = atan2(|b2| b1 . n2, n1 . n2) with b1, b2, b3 the bond vectors and n1 = b1 x b2, n2 = b2 x b3 (IUPAC,
     as OpenMM). Gradient of Blondel and Karplus (J. Comput. Chem. 17, 1132, 1996): dphi/dx0 = -|b2| n1 / |n1|^2,
-    dphi/dx3 = |b2| n2 / |n2|^2, the middle atoms by translation and rotation invariance.
+    dphi/dx3 = |b2| n2 / |n2|^2, the middle atoms by translation and rotation invariance. A degenerate dihedral
+    (n1 or n2 zero, e.g. two of its atoms coincident) has phi = pi/2 as in OpenMM, and, as there, no finite force.
     """
     xs = _gather(X, p.atoms)
     b = xs[1:] - xs[:-1]  # (3, m, 3, batch): b1, b2, b3
@@ -195,7 +214,7 @@ def torsion_energy_and_gradient(X: Tensor, p: TorsionParameters, grad: Tensor | 
     b2_norm = dots_b2[1].sqrt()
     n1_dot_n2 = n[0][0] * n[0][1] + n[1][0] * n[1][1] + n[2][0] * n[2][1]
     b1_dot_n2 = components[0][0] * n[0][1] + components[1][0] * n[1][1] + components[2][0] * n[2][1]
-    phi = torch.atan2(b2_norm * b1_dot_n2, n1_dot_n2)
+    phi = _atan2_degenerate_half_pi(b2_norm * b1_dot_n2, n1_dot_n2)
     angle = p.periodicity * phi.index_select(0, p.dihedral_index) - p.phase
     energy = (p.k * torch.cos(angle)).sum(dim=0) + p.k.sum()
     if grad is not None:
@@ -221,23 +240,41 @@ def pair_energy_and_gradient(X: Tensor, p: PairParameters, grad: Tensor | None) 
     HCT integrals in both directions of every pair, OBC-II Born radii, Still's GB pair and self energies, ACE.
     Every pair contribution to the gradient is ``dE/dr^2`` times ``2 (x_i - x_j)``; Born radii enter through
     ``dE/dB``, chained to the HCT integrals (whose limits L and U contribute no derivative).
+
+    Coincident atoms (r = 0) as in OpenMM: an excluded pair adds nothing (its zero coefficients are not multiplied
+    by 1/r = inf), a pair that interacts gives inf or NaN; an OBC direction whose scaled sphere does not reach the
+    other atom at r = 0 adds nothing, one that does gives NaN (OpenMM's HCT integral is 0 * inf there).
     """
     xs = _gather(X, p.atoms)
     d = xs[0] - xs[1]  # (n_pairs, 3, batch)
     r2 = d.square().sum(dim=1)
     inv_r = torch.rsqrt(r2)
     inv_r2 = inv_r.square()
+    r = r_min = None
+    if p.obc:
+        r = r2 * inv_r
+        # Closest approach of each pair over the batch, for the rare cases (coincident atoms give r = 0 * inf: NaN,
+        # which must count as 0 so as not to hide them).
+        r_min = r.amin(dim=-1, keepdim=True).nan_to_num_(nan=0.0)
     energy = r2.new_zeros(r2.shape[1])
     de_dr2 = None
     if p.lennard_jones:
-        inv_r6 = inv_r2 * inv_r2 * inv_r2
+        lj_inv_r, lj_inv_r2 = inv_r, inv_r2
+        if p.no_lj is not None and _any(p.no_lj & (r_min < _lj_overflow_distance(r2.dtype))):
+            # Pairs without LJ or Coulomb (exclusions, in the list for OBC) so close that 1/r^6 overflows: their
+            # zero coefficients times inf would be NaN, and OpenMM skips them.
+            lj_inv_r = inv_r.masked_fill(p.no_lj, 0.0)
+            lj_inv_r2 = lj_inv_r.square()
+        inv_r6 = lj_inv_r2 * lj_inv_r2 * lj_inv_r2
         repulsion = p.c12 * inv_r6
-        coulomb = p.cq * inv_r
+        coulomb = p.cq * lj_inv_r
         energy = energy + ((repulsion - p.c6).mul_(inv_r6).add_(coulomb)).sum(dim=0)
         if grad is not None:
-            de_dr2 = (3.0 * p.c6 - 6.0 * repulsion).mul_(inv_r6).sub_(0.5 * coulomb).mul_(inv_r2)
+            de_dr2 = (3.0 * p.c6 - 6.0 * repulsion).mul_(inv_r6).sub_(0.5 * coulomb).mul_(lj_inv_r2)
+    if p.obc and _any(r_min == 0):
+        r = r.masked_fill(r2 == 0, 0.0)  # coincident atoms: r = 0, not 0 * inf
     for obc in p.obc:
-        e_obc, de_dr2_obc = _obc_pairs(r2, inv_r, inv_r2, p, obc, grad is not None)
+        e_obc, de_dr2_obc = _obc_pairs(r2, r, inv_r, inv_r2, r_min, p, obc, grad is not None)
         energy = energy + e_obc
         if de_dr2_obc is not None:
             de_dr2 = de_dr2_obc if de_dr2 is None else de_dr2.add_(de_dr2_obc)
@@ -255,13 +292,28 @@ def _any(mask: Tensor) -> bool:
     return bool(mask.any())
 
 
+def _lj_overflow_distance(dtype: torch.dtype) -> float:
+    """Distances (nm) below which 1/r^6 may overflow in ``dtype`` (with a factor 10 of margin)."""
+    return 10.0 * torch.finfo(dtype).max ** (-1.0 / 6.0)
+
+
 def _obc_pairs(
-    r2: Tensor, inv_r: Tensor, inv_r2: Tensor, p: PairParameters, obc: OBCParameters, with_gradient: bool
+    r2: Tensor,
+    r: Tensor,
+    inv_r: Tensor,
+    inv_r2: Tensor,
+    r_min: Tensor,
+    p: PairParameters,
+    obc: OBCParameters,
+    with_gradient: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """One GBSA-OBC force on the pair list: energy (batch,) and dE/dr^2 per pair (n_pairs, batch) or None."""
+    """One GBSA-OBC force on the pair list: energy (batch,) and dE/dr^2 per pair (n_pairs, batch) or None.
+
+    r2, r, inv_r, inv_r2: squared distances, distances and their inverses, (n_pairs, batch); r_min: the least
+    distance of each pair over the batch, (n_pairs, 1).
+    """
     i, j = p.atoms
     n_pairs, batch = r2.shape
-    r = r2 * inv_r
     # Directed pairs (2, n_pairs, batch): HCT integral of the atom seen, from the atom that sees.
     upper = (r + obc.s_seen).reciprocal_()
     lower_dist = torch.maximum((r - obc.s_seen).abs_(), obc.rho_seeing)
@@ -274,9 +326,7 @@ def _obc_pairs(
     term = (quarter_s2_inv_r2 - 0.25).mul_(r).mul_(l2_minus_u2).add_(l_minus_u).addcmul_(half_inv_r, log_ratio)
     # Two rare cases, checked on the closest approach of each pair over the batch before any full-size mask:
     # the atom that sees lies inside the scaled sphere of the other (r < s - rho), or that sphere does not
-    # reach it (r <= rho - s, the pair then adds nothing).
-    # A NaN row (coincident atoms: r = 0 * inf) must not hide the rare cases of the other rows: NaN counts as 0.
-    r_min = r.amin(dim=-1, keepdim=True).nan_to_num_(nan=0.0)
+    # reach it (r <= rho - s, the pair then adds nothing: masked_fill also clears the 0 * inf of r = 0).
     if _any(r_min < obc.inside_below):
         outside = r >= obc.inside_below
         term += (obc.inv_rho_seeing - lower).mul_(2.0).masked_fill_(outside, 0.0)
@@ -314,6 +364,8 @@ def _obc_pairs(
     w = chain.index_select(0, p.ij).view(2, n_pairs, batch).mul_(di_dr)
     if inactive is not None:
         w.masked_fill_(inactive, 0.0)
+        if _any(r_min == 0):  # a coincident pair that neither sphere reaches: w = 0, and 0 / r must be 0, not NaN
+            half_inv_r = half_inv_r.masked_fill(inactive[0] & inactive[1], 0.0)
     return energy, de_dr2.sub_((w[0] + w[1]).mul_(half_inv_r))
 
 
@@ -417,6 +469,7 @@ def make_pair_parameters(
                 active_above=(rho_seeing - s_seen).to(**cast),
             )
         )
+    no_lj = ((c12 == 0) & (c6 == 0) & (cq == 0))[i, j].reshape(-1, 1)
     return PairParameters(
         atoms=torch.stack([i, j]).to(device),
         ij=torch.cat([i, j]).to(device),
@@ -425,4 +478,5 @@ def make_pair_parameters(
         cq=per_pair(cq),
         lennard_jones=bool(nonbonded),
         obc=tuple(obc_parameters),
+        no_lj=no_lj.to(device) if obc and bool(no_lj.any()) else None,
     )

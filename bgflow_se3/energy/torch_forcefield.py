@@ -331,9 +331,11 @@ class GBSAOBCTerm(ForceTerm):
         """OBC Born radii in nm, shape (batch, n_atoms), for positions ``x`` in nm, shape (batch, n_atoms, 3)."""
         if r2 is None:
             r2 = squared_distance_matrix(x)
-        eye = torch.eye(r2.shape[-1], dtype=r2.dtype, device=r2.device)
-        r = torch.sqrt(r2 + eye)  # 1 nm stand-in on the diagonal keeps 1/r finite; the diagonal is masked
-        return obc_born_radii(r, self.radius.to(x.dtype), self.scale.to(x.dtype))
+        # a 1 nm stand-in where the distance is 0 (the diagonal, coincident atoms) keeps 1/r and the gradient of
+        # sqrt finite; obc_born_radii masks those entries
+        zero = r2 == 0
+        r = torch.sqrt(r2.masked_fill(zero, 1.0))
+        return obc_born_radii(r, self.radius.to(x.dtype), self.scale.to(x.dtype), zero=zero)
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
@@ -609,8 +611,10 @@ class TorchForceField(Energy):
     def energy_and_force(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, force)`` from one evaluation: u (batch,) in kT, force (batch, n_atoms, 3) in 1/nm, no autograd
         graph kept (terms outside the fused pass are differentiated chunk by chunk). Non-finite configurations, and
-        finite ones whose energy or force is not finite (coincident atoms, float32 overflow), get u = +inf and zero
-        force (or raise, as ``on_error`` says)."""
+        finite ones whose energy or force is not finite (coincident atoms where OpenMM's energy or force is not
+        finite either: interacting pairs, bonded pairs whose angle is then undefined; float32 overflow), get u = +inf
+        and zero force (or raise, as ``on_error`` says). Coincident atoms that OpenMM evaluates to finite numbers
+        (e.g. an excluded 1-3 pair) give the same finite numbers here."""
         x = self.validate(x)
         if x.shape[0] == 0:
             return x.new_zeros(0), torch.zeros_like(x)

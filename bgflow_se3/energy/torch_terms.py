@@ -80,16 +80,30 @@ def harmonic_bond_energy(x: Tensor, atoms: Tensor, length: Tensor, k: Tensor) ->
     return (0.5 * k * (r - length).square()).sum(dim=-1)
 
 
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """Cross product of vectors of shape (..., 3), component by component: exactly zero for parallel inputs such
+    as b = -a (``torch.linalg.cross`` may fuse multiply-adds and leave a rounding residue there)."""
+    a0, a1, a2 = a.unbind(-1)
+    b0, b1, b2 = b.unbind(-1)
+    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-1)
+
+
 def _angle(a: Tensor, b: Tensor) -> Tensor:
-    """Angle between vectors ``a`` and ``b`` (shape (..., 3)) in radians, accurate near 0 and pi (atan2 form)."""
-    return torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(dim=-1))
+    """Angle between vectors ``a`` and ``b`` (shape (..., 3)) in radians, accurate near 0 and pi (atan2 form).
+
+    NaN where ``a`` or ``b`` has zero length (the angle is undefined; OpenMM's cosine is 0/0 there). The gradient
+    is zero for exactly parallel vectors, as OpenMM's force.
+    """
+    zero_length = (a * a).sum(dim=-1) * (b * b).sum(dim=-1) == 0
+    return torch.atan2(_cross(a, b).norm(dim=-1), (a * b).sum(dim=-1)).masked_fill(zero_length, math.nan)
 
 
 def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -> Tensor:
     """``sum 0.5 k (theta - theta0)^2`` over angles i-j-k with vertex j (OpenMM ``HarmonicAngleForce``).
 
     atoms: long, shape (n_angles, 3); theta0: radians, shape (n_angles,); k: kJ/mol/rad^2, shape (n_angles,).
-    Returns kJ/mol, shape (batch,). The gradient is undefined for exactly collinear atoms (as in OpenMM).
+    Returns kJ/mol, shape (batch,). Exactly collinear atoms get zero force (as in OpenMM); an arm of zero length
+    (two coincident bonded atoms) leaves the angle undefined: NaN, as OpenMM's cosine 0/0.
     """
     a, vertex, c = _gather(x, atoms)
     theta = _angle(a - vertex, c - vertex)
@@ -105,12 +119,17 @@ def dihedral_angle(x: Tensor, atoms: Tensor) -> Tensor:
 
 
 def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
-    """Dihedral p1-p2-p3-p4 of positions (..., 3) in radians, (-pi, pi], OpenMM's sign convention."""
+    """Dihedral p1-p2-p3-p4 of positions (..., 3) in radians, (-pi, pi], OpenMM's sign convention.
+
+    Degenerate (n1 = b1 x b2 or n2 = b2 x b3 zero, e.g. two of the atoms coincident): pi/2, as OpenMM (its
+    normalised dot product of the normals is then 0); the gradient there is not finite (nor is OpenMM's force).
+    """
     b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
-    n1 = torch.linalg.cross(b1, b2)
-    n2 = torch.linalg.cross(b2, b3)
+    n1 = _cross(b1, b2)
+    n2 = _cross(b2, b3)
     y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
-    return torch.atan2(y, (n1 * n2).sum(dim=-1))
+    x = (n1 * n2).sum(dim=-1)
+    return torch.atan2(y, x).masked_fill((x == 0) & (y == 0), 0.5 * math.pi)
 
 
 def periodic_torsion_energy(
@@ -155,12 +174,15 @@ def obc_born_radii(
     alpha: float = OBC_ALPHA,
     beta: float = OBC_BETA,
     gamma: float = OBC_GAMMA,
+    zero: Tensor | None = None,
 ) -> Tensor:
     """OBC (type II) effective Born radii, as OpenMM's ``ReferenceObc::computeBornRadii``, nm.
 
-    r: distance matrix in nm, shape (batch, n, n), with any **positive** stand-in on the diagonal (it is masked);
-    radius: intrinsic radii in nm, shape (n,); scale: overlap scale factors, shape (n,).
-    Returns Born radii in nm, shape (batch, n).
+    r: distance matrix in nm, shape (batch, n, n), with any **positive** stand-in where the distance is 0 (it is
+    masked); radius: intrinsic radii in nm, shape (n,); scale: overlap scale factors, shape (n,); zero: bool,
+    (batch, n, n), where the distance is 0 (the diagonal and coincident atoms), None: the diagonal only.
+    Returns Born radii in nm, shape (batch, n). Coincident atoms as in OpenMM: a pair whose scaled sphere does
+    not reach the other atom (rho_i >= s_j) adds nothing; one that does makes the Born radius NaN (0 * inf).
 
     With rho_i = radius_i - offset and s_j = scale_j * rho_j, the HCT pair integral of atom j seen from i is
     ``L - U + r/4 (U^2 - L^2) + ln(U/L) / (2r) + s_j^2 / (4r) (L^2 - U^2)`` with ``U = 1/(r + s_j)``,
@@ -183,9 +205,12 @@ def obc_born_radii(
         + 0.25 * s_j.square() * inv_r * (lower.square() - upper.square())
     )
     term = term + torch.where(rho_i < s_j - r, 2.0 * (1.0 / rho_i - lower), torch.zeros_like(term))
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=r.device)
-    term = torch.where(off_diagonal & (rho_i < r + s_j), term, torch.zeros_like(term))
+    diagonal = torch.eye(n, dtype=torch.bool, device=r.device)
+    zero = diagonal if zero is None else zero
+    term = torch.where(~zero & (rho_i < r + s_j), term, torch.zeros_like(term))
     psi = 0.5 * rho * term.sum(dim=-1)
+    reached = (zero & ~diagonal & (rho_i < s_j)).any(dim=-1)  # coincident, and j's scaled sphere reaches i
+    psi = psi.masked_fill(reached, math.nan)
     tanh_sum = torch.tanh(alpha * psi - beta * psi.square() + gamma * psi.pow(3))
     return 1.0 / (1.0 / rho - tanh_sum / radius)
 
@@ -247,10 +272,11 @@ def gbsa_obc_energy_and_gradient(
     dtype = x.dtype
     r2 = squared_distance_matrix(x)
     # Elementwise work on (batch, n, n) dominates; masks are multiplied in (torch.where is several times slower
-    # on CPU), so every entry, the diagonal included (r := 1 there), must stay finite.
+    # on CPU), so every entry must stay finite: where the distance is 0 (the diagonal, coincident atoms) r := 1.
     eye = torch.eye(n, dtype=dtype, device=x.device)
-    inv_r = torch.rsqrt(r2 + eye)
-    r = r2 * inv_r + eye
+    zero = (r2 == 0).to(dtype)
+    inv_r = torch.rsqrt(r2 + zero)
+    r = r2 * inv_r + zero
     rho = radius - OBC_DIELECTRIC_OFFSET
     rho_i = rho.view(1, n, 1)
     s_j = (scale * rho).view(1, 1, n)
@@ -264,8 +290,10 @@ def gbsa_obc_energy_and_gradient(
     term = lower - upper + 0.25 * r * (s2_inv_r2 - 1.0) * l2_minus_u2 + 0.5 * inv_r * log_ratio
     inside = (s_j - r > rho_i).to(dtype)  # atom i inside the scaled sphere of j
     term = term + inside * (2.0 * (rho_i.reciprocal() - lower))
-    active = (r_plus_s > rho_i).to(dtype) * (1.0 - eye)
+    active = (r_plus_s > rho_i).to(dtype) * (1.0 - zero)
     psi = 0.5 * rho * (term * active).sum(dim=-1)
+    # coincident atoms where j's scaled sphere reaches i: OpenMM's HCT integral is 0 * inf there
+    psi = psi.masked_fill(((zero - eye) * (s_j > rho_i)).sum(dim=-1) > 0, math.nan)
     tanh_sum = torch.tanh(psi * (OBC_ALPHA + psi * (-OBC_BETA + OBC_GAMMA * psi)))
     born = (rho.reciprocal() - tanh_sum / radius).reciprocal()
 

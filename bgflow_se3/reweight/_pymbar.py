@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from scipy.special import logsumexp
@@ -21,6 +23,7 @@ __all__ = [
     "import_pymbar",
     "overlap_scalar",
     "pymbar_errors",
+    "quiet_pymbar_import",
 ]
 
 #: Below this MBAR overlap (1 - second eigenvalue of the overlap matrix) BAR/MBAR results are flagged.
@@ -30,15 +33,27 @@ DEFAULT_MIN_OVERLAP = 0.03
 _INFINITE_WORK_MARGIN = 1000.0
 
 
-def import_pymbar():
-    """Import pymbar lazily, without its import-time log messages (JAX banner, timeseries caveat)."""
+@contextmanager
+def quiet_pymbar_import() -> Iterator[None]:
+    """Silence pymbar's import-time log messages (the JAX banner, the timeseries caveat) inside the block.
+
+    Wrap every import that may import pymbar first, directly or through another package: openmmtools imports
+    pymbar, so ``with quiet_pymbar_import(): from openmmtools import testsystems``. Later imports of pymbar are
+    silent anyway (it is then in ``sys.modules``). Messages at ERROR and above still get through.
+    """
     logger = logging.getLogger("pymbar")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        import pymbar
+        yield
     finally:
         logger.setLevel(level)
+
+
+def import_pymbar():
+    """Import pymbar lazily, without its import-time log messages (``quiet_pymbar_import``)."""
+    with quiet_pymbar_import():
+        import pymbar
     return pymbar
 
 

@@ -44,7 +44,11 @@ def write_aldp_files(directory: str | Path) -> None:
     """
     import openmm
     import openmm.app as app
-    from openmmtools import testsystems
+
+    from ..reweight._pymbar import quiet_pymbar_import
+
+    with quiet_pymbar_import():  # openmmtools imports pymbar, which prints a JAX banner and a caveat on import
+        from openmmtools import testsystems
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +162,74 @@ def test_too_many_deaths_raise_worker_error_then_the_pool_recovers(aldp, serial,
     finally:
         pool._backend.max_retries = 3
     assert torch.equal(pool(x[:50]), serial(x[:50]))
+
+
+def _named_configurations(message: str) -> list[int]:
+    """The batch indices a WorkerError names after "holding configuration(s)", e.g. "10..71, 258" -> [10, ..., 258]."""
+    runs = re.search(r"holding configurations? ([0-9., ]+)\)", message).group(1).split(", ")
+    bounds = [[int(v) for v in run.split("..")] for run in runs]
+    return [i for b in bounds for i in range(b[0], b[-1] + 1)]
+
+
+def test_a_dead_worker_error_names_exactly_the_configurations_it_held(aldp, pool, monkeypatch):
+    """An uneven split (non-finite rows never reach a worker, so pool rows are not batch indices; the last chunk is
+    short) and a victim killed while it holds chunks that are not contiguous (it finished one and got a later one,
+    the other worker's chunks lie between): the error names the batch indices of exactly those configurations."""
+    backend = pool._backend
+    backend.wait_ready()
+    x = perturbed(aldp, 1000, seed=8)
+    x[:10, 0, 0] = float("nan")  # batch indices 0..9 go to no worker: pool row k is batch index k + 10 ...
+    x[300, 4, 2] = float("inf")  # ... up to row 289, then k + 11
+    rows = np.flatnonzero(torch.isfinite(x).flatten(1).all(dim=1).numpy())
+    chunks: dict[int, tuple[int, int]] = {}  # job -> (start, stop) rows of the positions the pool was given
+    deaths: list[list[int]] = []  # the jobs each dead worker held
+    feed, poll = backend._feed, backend._poll
+
+    def recording_feed(slot, pending, jobs, positions, depth):
+        chunks.update(jobs)
+        feed(slot, pending, jobs, positions, depth)
+
+    def recording_poll(on_result, during_start=False):
+        lost = poll(on_result, during_start)
+        deaths.extend(jobs for _, jobs in lost)
+        return lost
+
+    monkeypatch.setattr(backend, "_feed", recording_feed)
+    monkeypatch.setattr(backend, "_poll", recording_poll)
+    monkeypatch.setattr(backend, "max_retries", 0)
+    victim = backend._slots[0]
+
+    def kill_when_scattered():
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            held = list(victim.jobs)
+            if held and max(held) - min(held) + 1 > len(held):
+                break
+            time.sleep(1e-3)
+        os.kill(victim.process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_scattered)
+    killer.start()
+    with pytest.raises(WorkerError, match="died 1 times in one call") as info:
+        pool(x)
+    killer.join()
+    (held,) = deaths
+    assert max(held) - min(held) + 1 > len(held), held  # the victim's chunks were not contiguous
+    pool_rows = [row for job in held for row in range(*chunks[job])]
+    assert _named_configurations(str(info.value)) == sorted(int(rows[row]) for row in pool_rows)
+
+
+def test_a_worker_dead_while_idle_is_not_said_to_hold_the_batch(aldp, serial, pool, monkeypatch):
+    pool._backend.wait_ready()
+    victim = pool._backend._slots[0].process
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)  # reaped: the pool sees it dead before it sends it anything
+    monkeypatch.setattr(pool._backend, "max_retries", 0)
+    with pytest.raises(WorkerError, match=r"the last one holding no configuration\)"):
+        pool(perturbed(aldp, 64, seed=9))
+    monkeypatch.undo()
+    x = perturbed(aldp, 8, seed=10)
+    assert torch.equal(pool(x), serial(x))
 
 
 def test_hung_worker_times_out_with_a_clear_error(aldp, serial, pool):

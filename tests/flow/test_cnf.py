@@ -214,7 +214,7 @@ def test_a_solve_with_gradients_that_cannot_fit_raises_before_it_allocates(monke
 
     torch.manual_seed(0)
     flow = KernelFlow(4, 2, n_kernels=4, n_time=2, n_steps=2).double()
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda device: memory.FreeMemory(1000, "a test limit"))
     x = torch.randn(64, 4, 2, dtype=torch.float64)
     with pytest.raises(InsufficientMemoryError, match="CNF solve of 64 configurations"):
         flow.log_prob(x)

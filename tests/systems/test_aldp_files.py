@@ -1,7 +1,9 @@
 """The shipped alanine dipeptide files (aldp.pdb, vacuum.xml, implicit.xml, gbn2.xml) are what systems/aldp/build.py
 makes."""
 
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,3 +105,23 @@ def test_gbn2_is_amber14_with_gbn2_on_the_shipped_topology():
     gb = next(f for f in aldp.system.getForces() if type(f).__name__ == "CustomGBForce")
     assert sorted(gb.getTabulatedFunctionName(i) for i in range(gb.getNumTabulatedFunctions())) == ["getd0", "getm0"]
     assert gb.getNonbondedMethod() == gb.NoCutoff
+
+
+def test_building_the_files_prints_nothing_of_pymbar(tmp_path):
+    """openmmtools imports pymbar, whose import prints a JAX banner and a timeseries caveat; the builder imports
+    openmmtools inside ``quiet_pymbar_import``, so a fresh process running build.py prints neither."""
+    root = BUILD.parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(BUILD), "--out", str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert "wrote" in done.stdout
+    for text in ("JAX", "timeseries", "PyMBAR", "pymbar"):
+        assert text not in output, output
