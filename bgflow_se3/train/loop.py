@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import math
 import signal
@@ -73,6 +72,7 @@ from tqdm.auto import tqdm
 
 from ..energy.base import Energy
 from ..errors import CheckpointError, OutputWriteError, TrainingInterrupted
+from ..jsonio import strict_json
 from ..sampling.joint import JointFlow, TargetDensity
 from ..threads import ThreadPlan, apply_thread_policy, plan_threads, usable_cores
 from .checkpoint import (
@@ -622,7 +622,7 @@ class Trainer:
         if path is not None and self.dist.is_main:
             try:
                 with open(path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(strict_json(record, indent=None) + "\n")
             except OSError as err:
                 raise self._write_error(err, path, "the metrics log") from err
 
@@ -632,7 +632,7 @@ class Trainer:
         try:
             with open(path, "w") as f:
                 for record in self.history:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(strict_json(record, indent=None) + "\n")
         except OSError as err:
             raise self._write_error(err, path, "the metrics log") from err
 

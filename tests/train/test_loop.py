@@ -93,6 +93,22 @@ def test_non_finite_masking_and_skip_counting(generator):
     assert not torch.equal(params(flow), before) and result.iterations == 20
 
 
+def test_metrics_log_is_strict_json_when_a_value_is_not_finite(generator, tmp_path):
+    """An iteration whose every sample is masked has no finite loss; metrics.jsonl writes it as null, not NaN."""
+    flow = GaussianAugmentedFlow().double()
+    data = MEAN + 0.5 * torch.randn(256, 3, 2, generator=generator, dtype=torch.float64)
+    config = TrainConfig(n_iterations=16, lr=1e-2, progress=False, plot=False)
+    history = Trainer(flow, Injecting(data, flow), config, out_dir=tmp_path).run().history
+    assert any(not math.isfinite(value) for record in history for value in record.values())
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert len(records) == 16 and None in records[-1].values()
+
+
 def test_learning_rate_warms_up_then_decays():
     flow = GaussianAugmentedFlow().double()
     data = MEAN + torch.zeros(8, 3, 2, dtype=torch.float64)
