@@ -28,6 +28,6 @@ def energy_for_device(system: Any, temperature: float, device: str, n_workers: i
         from .torch_forcefield import TorchForceField
 
         return TorchForceField.from_system(system, temperature).to(device), "TorchForceField"
-    from .openmm_energy import OpenMMEnergy
+    from .openmm import OpenMMEnergy
 
     return OpenMMEnergy(system, temperature, n_workers=n_workers), f"OpenMMEnergy({n_workers} workers)"

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..errors import EnergyEvaluationError, UnsupportedSystemError, WorkerError
-from ._openmm_worker import evaluate_batch, make_context
-from .base import Energy, OnError
+from ...errors import EnergyEvaluationError, UnsupportedSystemError, WorkerError
+from ..base import Energy, OnError
+from .worker import evaluate_batch, make_context
 
 __all__ = ["OpenMMEnergy", "check_system"]
 
@@ -180,11 +180,11 @@ class OpenMMEnergy(Energy):
         if self.n_workers == 1:
             self._backend: Any = _LocalBackend(system_xml, self.platform, platform_properties, virtual_sites)
         else:
-            from ._pool import WorkerPool
+            from .pool import WorkerPool
 
             if self.platform == "CPU" and "Threads" not in (platform_properties or {}):
                 # n_workers Contexts each starting one thread per core would oversubscribe the machine
-                from ..threads import usable_cores
+                from ...threads import usable_cores
 
                 threads = str(max(1, usable_cores() // self.n_workers))
                 platform_properties = {**(platform_properties or {}), "Threads": threads}
