@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedForceError, UnsupportedSystemError
+from ...errors import UnsupportedForceError, UnsupportedSystemError
 from .expressions import CompiledExpression, TabulatedFunction, compile_expression, tabulated_functions
-from .torch_forcefield import ForceTerm, _f64, _long, _plain
-from .torch_terms import _angle, _dihedral, _gather
+from .forcefield import ForceTerm, _f64, _long, _plain
+from .kernels import _angle, _dihedral, _gather
 
 __all__ = [
     "CUSTOM_BONDED_BUILDERS",

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import InsufficientMemoryError, UnsupportedForceError, UnsupportedSystemError
-from ..memory import available_bytes, format_bytes
-from .base import Energy, OnError
-from .torch_analytic import (
+from ...errors import InsufficientMemoryError, UnsupportedForceError, UnsupportedSystemError
+from ...memory import available_bytes, format_bytes
+from ..base import Energy, OnError
+from .fused import (
     AngleParameters,
     BondParameters,
     FusedParameters,
@@ -20,7 +20,7 @@ from .torch_analytic import (
     fused_energy_and_gradient,
     make_pair_parameters,
 )
-from .torch_terms import (
+from .kernels import (
     ace_surface_energy,
     gbsa_obc_energy_and_gradient,
     generalized_born_energy,
@@ -453,7 +453,7 @@ class TorchForceField(Energy):
 
     With ``analytic_gradient=True`` (the default) the standard terms (bonds, angles, periodic torsions,
     ``NonbondedForce``, ``GBSAOBCForce``) are evaluated with their analytic gradient in one fused pass
-    (``torch_analytic``): Lennard-Jones, Coulomb and OBC share one pair list, so distances are computed once;
+    (``torchff.fused``): Lennard-Jones, Coulomb and OBC share one pair list, so distances are computed once;
     the other terms (custom forces, CMAP) are evaluated through autograd and added. ``force``/``energy_and_force``
     keep no autograd graph beyond one CPU chunk, and autograd through ``ff(x)`` uses the precomputed gradient of
     the fused part (differentiable once; pass ``analytic_gradient=False`` for double backward).
@@ -647,7 +647,7 @@ class TorchForceField(Energy):
         return u, force
 
     def fused_parameters(self, groups: frozenset[int] | None, dtype: torch.dtype, device: torch.device):
-        """The standard terms of ``groups`` (None: all) as ``torch_analytic.FusedParameters`` in ``dtype`` on
+        """The standard terms of ``groups`` (None: all) as ``fused.FusedParameters`` in ``dtype`` on
         ``device`` (built once per combination and cached; moving the module clears the cache). Terms without a
         fused form (custom forces, CMAP) are left out: they go through autograd."""
         key = (groups, dtype, torch.device(device))

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import BgflowError, UnsupportedForceError
+from ...errors import BgflowError, UnsupportedForceError
+from .kernels import _angle as _vector_angle
+from .kernels import _dihedral
 from .tabulated import TabulatedFunction, tabulated_function, tabulated_functions
-from .torch_terms import _angle as _vector_angle
-from .torch_terms import _dihedral
 
 __all__ = [
     "PARTICLE_FUNCTIONS",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.energy.custom_bonded import (
+from bgflow_se3.energy.torchff.custom_bonded import (
     CUSTOM_BONDED_BUILDERS,
     CustomBondTerm,
     CustomCentroidBondTerm,
@@ -14,7 +14,7 @@ from bgflow_se3.energy.custom_bonded import (
     CustomExternalTerm,
 )
 from bgflow_se3.errors import UnsupportedForceError, UnsupportedSystemError
-from tests.energy._openmm_reference import openmm_energies_and_forces
+from tests.energy.torchff._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 

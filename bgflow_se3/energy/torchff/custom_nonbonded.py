@@ -15,7 +15,7 @@ Pair semantics follow OpenMM's Reference platform (``ReferenceCustomNonbondedIxn
   platform accepts only one pair-type computed value and requires it first; this module evaluates any order.
 
 Forces come from autograd. Everything is vectorised over (pairs, batch) in the batch-last layout of
-``torch_analytic`` (pair parameters of shape (n_pairs, 1) broadcast along the batch), and the distances of all pairs
+``fused`` (pair parameters of shape (n_pairs, 1) broadcast along the batch), and the distances of all pairs
 are computed once per call and shared by every computed value and energy term. Memory per configuration:
 O(n_pairs) per intermediate of the expressions, all kept for the backward pass.
 """
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedSystemError
+from ...errors import UnsupportedSystemError
 from .expressions import CompiledExpression, compile_expression, tabulated_functions
-from .torch_forcefield import ForceTerm, _plain
+from .forcefield import ForceTerm, _plain
 
 __all__ = ["CustomGBTerm", "CustomNonbondedTerm", "interaction_group_pairs"]
 

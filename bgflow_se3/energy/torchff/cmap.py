@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .torch_forcefield import ForceTerm, _plain
-from .torch_terms import dihedral_angle
+from .forcefield import ForceTerm, _plain
+from .kernels import dihedral_angle
 
 __all__ = ["CMAPTorsionTerm", "cmap_patch_coefficients", "periodic_spline_slopes"]
 
@@ -123,7 +123,7 @@ class CMAPTorsionTerm(ForceTerm):
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CMAPTorsionTerm:
         """Build from an ``openmm.CMAPTorsionForce``; periodic forces raise ``UnsupportedSystemError``."""
-        from ..errors import UnsupportedSystemError
+        from ...errors import UnsupportedSystemError
 
         if force.usesPeriodicBoundaryConditions():
             raise UnsupportedSystemError(

@@ -1,0 +1,1 @@
+"""TorchForceField: an openmm.System compiled into batched torch energy terms (CPU or GPU, float32 or float64)."""
