@@ -6,7 +6,7 @@ from .openmm import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
 from .regularize import regularize_energy
 from .restricted import RestrictedEnergy
-from .torchff.forcefield import TorchForceField
+from .torchff import TorchForceField
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",

@@ -1,444 +1,30 @@
-"""TorchForceField: an openmm.System compiled into batched torch energy terms (CPU or GPU, float32 or float64)."""
+"""TorchForceField: an openmm.System compiled into batched torch energy terms (CPU or GPU, float32 or float64).
+
+Every force goes through ``registry.compile_force``; the standard terms are evaluated together in one fused analytic
+pass (``fused``), the others through autograd.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...errors import InsufficientMemoryError, UnsupportedForceError, UnsupportedSystemError
+from ...errors import InsufficientMemoryError, UnsupportedSystemError
 from ...memory import available_bytes, format_bytes
 from ..base import Energy, OnError
-from .fused import (
-    AngleParameters,
-    BondParameters,
-    FusedParameters,
-    TorsionParameters,
-    fused_energy_and_gradient,
-    make_pair_parameters,
-)
-from .kernels import (
-    ace_surface_energy,
-    gbsa_obc_energy_and_gradient,
-    generalized_born_energy,
-    harmonic_angle_energy,
-    harmonic_bond_energy,
-    lennard_jones_coulomb_energy,
-    obc_born_radii,
-    periodic_torsion_energy,
-    squared_distance_matrix,
-)
+from .base import ForceTerm, plain
+from .fused import FusedParameters, fused_energy_and_gradient
+from .registry import compile_force
+from .standard import FUSED_TERMS, GBSAOBCTerm, build_fused_parameters
 
-__all__ = [
-    "SUPPORTED_FORCES",
-    "ForceTerm",
-    "GBSAOBCTerm",
-    "HarmonicAngleTerm",
-    "HarmonicBondTerm",
-    "NonbondedTerm",
-    "PeriodicTorsionTerm",
-    "TorchForceField",
-    "compile_force",
-]
+__all__ = ["TorchForceField"]
 
 #: Working memory per atom pair and configuration, in units of the dtype's size, that the chunking on GPUs plans
 #: with: measured peaks are ~26 (aldp, OBC, fused pass) and ~52 (GBn2, autograd), so 64 is a safe bound.
 _BYTES_PER_PAIR = 64
-
-#: Force classes with a torch version; ``CMMotionRemover`` is accepted and ignored (it adds no energy). The standard
-#: forces go through the fused analytic pass, the others (custom forces, CMAP) through autograd.
-SUPPORTED_FORCES = (
-    "HarmonicBondForce",
-    "HarmonicAngleForce",
-    "PeriodicTorsionForce",
-    "NonbondedForce",
-    "GBSAOBCForce",
-    "CMAPTorsionForce",
-    "CustomBondForce",
-    "CustomAngleForce",
-    "CustomTorsionForce",
-    "CustomExternalForce",
-    "CustomCompoundBondForce",
-    "CustomCentroidBondForce",
-    "CustomNonbondedForce",
-    "CustomGBForce",
-    "CMMotionRemover",
-)
-_IGNORED_FORCES = ("CMMotionRemover",)
-
-
-class ForceTerm(nn.Module):
-    """One compiled ``openmm.Force``: ``forward(x)`` gives its energy in kJ/mol, shape ``(batch,)``.
-
-    x: positions in nm, shape (batch, n_atoms, 3). Parameters are float64 buffers that stay float64 under
-    ``.to(dtype)``/``.float()``; they are cast to ``x.dtype`` at call time, so the dtype follows the input.
-    """
-
-    def __init__(self, name: str, force_index: int, force_group: int) -> None:
-        super().__init__()
-        self.name = name
-        self.force_index = int(force_index)
-        self.force_group = int(force_group)
-
-    def extra_repr(self) -> str:
-        return f"force_index={self.force_index}, force_group={self.force_group}"
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ForceTerm:
-        # Devices move with the module; float64 parameters stay float64 (they are cast per call instead).
-        def keep_float64(t: Tensor) -> Tensor:
-            out = fn(t)
-            if t.dtype == torch.float64 and out.dtype != torch.float64:
-                return t.to(device=out.device)  # the original float64 values, on the new device
-            return out
-
-        return super()._apply(keep_float64, recurse)
-
-
-def _f64(values: Any) -> Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.float64).reshape(-1))
-
-
-def _long(values: Any, width: int) -> Tensor:
-    return torch.as_tensor(np.asarray(values, dtype=np.int64).reshape(-1, width))
-
-
-class HarmonicBondTerm(ForceTerm):
-    """``HarmonicBondForce``: ``sum 0.5 k (r - r0)^2``, kJ/mol."""
-
-    def __init__(self, atoms: Tensor, length: Tensor, k: Tensor, force_index: int = -1, force_group: int = 0):
-        super().__init__("HarmonicBondForce", force_index, force_group)
-        self.register_buffer("atoms", atoms)
-        self.register_buffer("length", length)
-        self.register_buffer("k", k)
-
-    @classmethod
-    def from_force(cls, force: Any, force_index: int = -1) -> HarmonicBondTerm:
-        rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
-        atoms = _long([(r[0], r[1]) for r in rows], 2)
-        length = _f64([_plain(r[2]) for r in rows])
-        k = _f64([_plain(r[3]) for r in rows])
-        return cls(atoms, length, k, force_index, force.getForceGroup())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return harmonic_bond_energy(x, self.atoms, self.length.to(x.dtype), self.k.to(x.dtype))
-
-
-class HarmonicAngleTerm(ForceTerm):
-    """``HarmonicAngleForce``: ``sum 0.5 k (theta - theta0)^2``, kJ/mol."""
-
-    def __init__(self, atoms: Tensor, theta0: Tensor, k: Tensor, force_index: int = -1, force_group: int = 0):
-        super().__init__("HarmonicAngleForce", force_index, force_group)
-        self.register_buffer("atoms", atoms)
-        self.register_buffer("theta0", theta0)
-        self.register_buffer("k", k)
-
-    @classmethod
-    def from_force(cls, force: Any, force_index: int = -1) -> HarmonicAngleTerm:
-        rows = [force.getAngleParameters(a) for a in range(force.getNumAngles())]
-        atoms = _long([r[:3] for r in rows], 3)
-        theta0 = _f64([_plain(r[3]) for r in rows])
-        k = _f64([_plain(r[4]) for r in rows])
-        return cls(atoms, theta0, k, force_index, force.getForceGroup())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return harmonic_angle_energy(x, self.atoms, self.theta0.to(x.dtype), self.k.to(x.dtype))
-
-
-class PeriodicTorsionTerm(ForceTerm):
-    """``PeriodicTorsionForce``: ``sum k (1 + cos(n phi - phase))``, kJ/mol; each dihedral is computed once."""
-
-    def __init__(
-        self,
-        atoms: Tensor,
-        periodicity: Tensor,
-        phase: Tensor,
-        k: Tensor,
-        force_index: int = -1,
-        force_group: int = 0,
-    ):
-        super().__init__("PeriodicTorsionForce", force_index, force_group)
-        unique, dihedral_index = torch.unique(atoms.reshape(-1, 4), dim=0, return_inverse=True)
-        self.register_buffer("atoms", unique)
-        self.register_buffer("dihedral_index", dihedral_index.reshape(-1))
-        self.register_buffer("periodicity", periodicity)
-        self.register_buffer("phase", phase)
-        self.register_buffer("k", k)
-
-    @classmethod
-    def from_force(cls, force: Any, force_index: int = -1) -> PeriodicTorsionTerm:
-        rows = [force.getTorsionParameters(t) for t in range(force.getNumTorsions())]
-        atoms = _long([r[:4] for r in rows], 4)
-        periodicity = _f64([r[4] for r in rows])
-        phase = _f64([_plain(r[5]) for r in rows])
-        k = _f64([_plain(r[6]) for r in rows])
-        return cls(atoms, periodicity, phase, k, force_index, force.getForceGroup())
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        return periodic_torsion_energy(
-            x, self.atoms, self.periodicity.to(dtype), self.phase.to(dtype), self.k.to(dtype), self.dihedral_index
-        )
-
-
-class NonbondedTerm(ForceTerm):
-    """``NonbondedForce`` without cutoff: Lennard-Jones plus Coulomb over one precomputed pair list, kJ/mol.
-
-    The pair list holds every pair i < j that is not an exception, with Lorentz-Berthelot parameters
-    (``sigma = (s_i + s_j)/2``, ``eps = sqrt(e_i e_j)``, ``qq = q_i q_j``), followed by the exceptions with
-    their own parameters (scaled 1-4 pairs); exclusions (exceptions with zero charge product and epsilon) and
-    pairs whose parameters are all zero are dropped. Memory per configuration: O(n_pairs) = O(n_atoms^2).
-    """
-
-    def __init__(
-        self,
-        pairs: Tensor,
-        charge_prod: Tensor,
-        sigma: Tensor,
-        epsilon: Tensor,
-        force_index: int = -1,
-        force_group: int = 0,
-    ):
-        super().__init__("NonbondedForce", force_index, force_group)
-        self.register_buffer("pairs", pairs)
-        self.register_buffer("charge_prod", charge_prod)
-        self.register_buffer("sigma", sigma)
-        self.register_buffer("epsilon", epsilon)
-
-    @classmethod
-    def from_force(cls, force: Any, force_index: int = -1) -> NonbondedTerm:
-        import openmm
-
-        name = f"force {force_index} (NonbondedForce)"
-        if force.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff:
-            raise UnsupportedSystemError(
-                f"{name} uses a cutoff or periodic method (nonbondedMethod={force.getNonbondedMethod()}); "
-                "TorchForceField supports only NoCutoff: build the System with nonbondedMethod=app.NoCutoff, "
-                "or use OpenMMEnergy"
-            )
-        if force.getNumParticleParameterOffsets() or force.getNumExceptionParameterOffsets():
-            raise UnsupportedSystemError(
-                f"{name} has parameter offsets (global-parameter dependent charges or LJ parameters), which "
-                "TorchForceField does not model; remove them or use OpenMMEnergy"
-            )
-        if not force.getIncludeDirectSpace():
-            raise UnsupportedSystemError(f"{name} excludes direct space (includeDirectSpace=False); unsupported")
-        n = force.getNumParticles()
-        params = np.array([[_plain(v) for v in force.getParticleParameters(p)] for p in range(n)], dtype=np.float64)
-        charge, sig, eps = params.reshape(n, 3).T if n else (np.zeros(0),) * 3
-        excluded = np.zeros((n, n), dtype=bool)
-        exc_pairs, exc_params = [], []
-        for e in range(force.getNumExceptions()):
-            i, j, qq, s, ep = force.getExceptionParameters(e)
-            i, j = min(i, j), max(i, j)
-            excluded[i, j] = True
-            qq, s, ep = _plain(qq), _plain(s), _plain(ep)
-            if qq != 0.0 or ep != 0.0:
-                exc_pairs.append((i, j))
-                exc_params.append((qq, s, ep))
-        ii, jj = np.triu_indices(n, k=1)
-        keep = ~excluded[ii, jj]
-        ii, jj = ii[keep], jj[keep]
-        qq = charge[ii] * charge[jj]
-        sigma = 0.5 * (sig[ii] + sig[jj])
-        epsilon = np.sqrt(eps[ii] * eps[jj])
-        nonzero = (qq != 0.0) | (epsilon != 0.0)
-        exc_pairs_arr = np.asarray(exc_pairs, dtype=np.int64).reshape(-1, 2)
-        exc_params_arr = np.asarray(exc_params, dtype=np.float64).reshape(-1, 3)
-        pairs = np.concatenate([np.stack([ii[nonzero], jj[nonzero]]), exc_pairs_arr.T], axis=1)
-        return cls(
-            torch.as_tensor(pairs, dtype=torch.long),
-            _f64(np.concatenate([qq[nonzero], exc_params_arr[:, 0]])),
-            _f64(np.concatenate([sigma[nonzero], exc_params_arr[:, 1]])),
-            _f64(np.concatenate([epsilon[nonzero], exc_params_arr[:, 2]])),
-            force_index,
-            force.getForceGroup(),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        return lennard_jones_coulomb_energy(
-            x, self.pairs, self.charge_prod.to(dtype), self.sigma.to(dtype), self.epsilon.to(dtype)
-        )
-
-
-class GBSAOBCTerm(ForceTerm):
-    """``GBSAOBCForce`` without cutoff: OBC-II Born radii, GB polar energy (self terms included) and the ACE
-    surface-area term, exactly as OpenMM's Reference platform, kJ/mol.
-
-    Dense over all atom pairs: peak memory per configuration is about 20 float tensors of n_atoms^2 entries
-    (22 atoms: about 0.1 MB in float64).
-    """
-
-    def __init__(
-        self,
-        charge: Tensor,
-        radius: Tensor,
-        scale: Tensor,
-        solute_dielectric: float,
-        solvent_dielectric: float,
-        surface_area_energy: float,
-        force_index: int = -1,
-        force_group: int = 0,
-        analytic_gradient: bool = True,
-    ):
-        super().__init__("GBSAOBCForce", force_index, force_group)
-        self.analytic_gradient = bool(analytic_gradient)
-        self.register_buffer("charge", charge)
-        self.register_buffer("radius", radius)
-        self.register_buffer("scale", scale)
-        self.solute_dielectric = float(solute_dielectric)
-        self.solvent_dielectric = float(solvent_dielectric)
-        self.surface_area_energy = float(surface_area_energy)
-
-    @classmethod
-    def from_force(cls, force: Any, force_index: int = -1) -> GBSAOBCTerm:
-        import openmm
-
-        if force.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
-            raise UnsupportedSystemError(
-                f"force {force_index} (GBSAOBCForce) uses a cutoff (nonbondedMethod={force.getNonbondedMethod()}); "
-                "TorchForceField supports only NoCutoff: build the System with nonbondedMethod=app.NoCutoff"
-            )
-        n = force.getNumParticles()
-        params = np.array([[_plain(v) for v in force.getParticleParameters(p)] for p in range(n)], dtype=np.float64)
-        charge, radius, scale = params.reshape(n, 3).T
-        if np.any(radius <= 0.009):
-            raise UnsupportedSystemError(
-                f"force {force_index} (GBSAOBCForce) has atomic radii <= the 0.009 nm dielectric offset; "
-                "the OBC Born radii are undefined for them"
-            )
-        return cls(
-            _f64(charge),
-            _f64(radius),
-            _f64(scale),
-            _plain(force.getSoluteDielectric()),
-            _plain(force.getSolventDielectric()),
-            _plain(force.getSurfaceAreaEnergy()),
-            force_index,
-            force.getForceGroup(),
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, solute_dielectric={self.solute_dielectric}, "
-            f"solvent_dielectric={self.solvent_dielectric}, surface_area_energy={self.surface_area_energy}"
-        )
-
-    def born_radii(self, x: Tensor, r2: Tensor | None = None) -> Tensor:
-        """OBC Born radii in nm, shape (batch, n_atoms), for positions ``x`` in nm, shape (batch, n_atoms, 3)."""
-        if r2 is None:
-            r2 = squared_distance_matrix(x)
-        # a 1 nm stand-in where the distance is 0 (the diagonal, coincident atoms) keeps 1/r and the gradient of
-        # sqrt finite; obc_born_radii masks those entries
-        zero = r2 == 0
-        r = torch.sqrt(r2.masked_fill(zero, 1.0))
-        return obc_born_radii(r, self.radius.to(x.dtype), self.scale.to(x.dtype), zero=zero)
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        charge, radius, scale = self.charge.to(dtype), self.radius.to(dtype), self.scale.to(dtype)
-        if self.analytic_gradient:
-            constants = (self.solute_dielectric, self.solvent_dielectric, self.surface_area_energy)
-            return _GBSAOBCEnergy.apply(x, charge, radius, scale, *constants)
-        r2 = squared_distance_matrix(x)
-        born = self.born_radii(x, r2)
-        polar = generalized_born_energy(r2, charge, born, self.solute_dielectric, self.solvent_dielectric)
-        return polar + ace_surface_energy(born, radius, self.surface_area_energy)
-
-
-class _GBSAOBCEnergy(torch.autograd.Function):
-    """GBSA-OBC energy whose backward uses the analytic gradient computed alongside the energy.
-
-    Differentiable once with respect to the positions (not the parameters); use ``analytic_gradient=False``
-    for double backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x, charge, radius, scale, solute_dielectric, solvent_dielectric, surface_area_energy):
-        energy, grad = gbsa_obc_energy_and_gradient(
-            x,
-            charge,
-            radius,
-            scale,
-            solute_dielectric,
-            solvent_dielectric,
-            surface_area_energy,
-            with_gradient=ctx.needs_input_grad[0],
-        )
-        ctx.save_for_backward(grad)
-        return energy
-
-    @staticmethod
-    def backward(ctx, grad_energy):
-        if torch.is_grad_enabled():  # create_graph=True: a second derivative would silently miss this term
-            raise RuntimeError(
-                "the GBSAOBCForce analytic gradient is differentiable once only; build the TorchForceField with "
-                "analytic_gradient=False to differentiate forces (create_graph=True)"
-            )
-        (grad,) = ctx.saved_tensors
-        return grad_energy.view(-1, 1, 1) * grad, None, None, None, None, None, None
-
-
-_TERM_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
-    "HarmonicBondForce": HarmonicBondTerm.from_force,
-    "HarmonicAngleForce": HarmonicAngleTerm.from_force,
-    "PeriodicTorsionForce": PeriodicTorsionTerm.from_force,
-    "NonbondedForce": NonbondedTerm.from_force,
-    "GBSAOBCForce": GBSAOBCTerm.from_force,
-}
-#: Terms with a form in the fused analytic pass; every other term is evaluated through autograd.
-_FUSED_TERMS = (HarmonicBondTerm, HarmonicAngleTerm, PeriodicTorsionTerm, NonbondedTerm, GBSAOBCTerm)
-#: Forces whose particles must be the System's (per-particle parameters for every particle).
-_PER_PARTICLE_FORCES = ("NonbondedForce", "GBSAOBCForce", "CustomNonbondedForce", "CustomGBForce")
-
-
-def _plain(value: Any) -> float:
-    """A float from an OpenMM value in its default units (Quantity or plain number)."""
-    return float(value._value) if hasattr(value, "_value") else float(value)
-
-
-def _term_builders() -> dict[str, Callable[[Any, int], ForceTerm]]:
-    """Every force class name with a torch version -> its builder ``(force, force_index) -> ForceTerm``.
-
-    The custom-force and CMAP modules subclass ``ForceTerm``, so they are imported here, on first use.
-    """
-    from .cmap import CMAPTorsionTerm
-    from .custom_bonded import CUSTOM_BONDED_BUILDERS
-    from .custom_nonbonded import CustomGBTerm, CustomNonbondedTerm
-
-    return {
-        **_TERM_BUILDERS,
-        **CUSTOM_BONDED_BUILDERS,
-        "CMAPTorsionForce": CMAPTorsionTerm.from_force,
-        "CustomNonbondedForce": CustomNonbondedTerm.from_force,
-        "CustomGBForce": CustomGBTerm.from_force,
-    }
-
-
-def compile_force(force: Any, force_index: int = -1, masses: Sequence[float] | None = None) -> ForceTerm | None:
-    """The torch term of one ``openmm.Force`` (None for ignored forces such as ``CMMotionRemover``).
-
-    masses: the System's particle masses (Da); ``CustomCentroidBondForce`` weights groups without weights by them.
-
-    Raises ``UnsupportedForceError`` for force classes without a torch version and ``UnsupportedSystemError``
-    for supported classes used with cutoffs, periodic boundaries or other unsupported options.
-    """
-    name = type(force).__name__
-    if name in _IGNORED_FORCES:
-        return None
-    builders = _term_builders()
-    if name not in builders:
-        raise UnsupportedForceError(
-            f"force {force_index} ({name}) has no torch version; TorchForceField supports "
-            f"{', '.join(SUPPORTED_FORCES)} (CMMotionRemover is ignored). Use OpenMMEnergy for this System, "
-            "or remove the force"
-        )
-    if name == "CustomCentroidBondForce":
-        return builders[name](force, force_index, masses)
-    return builders[name](force, force_index)
 
 
 class TorchForceField(Energy):
@@ -559,14 +145,14 @@ class TorchForceField(Energy):
                 "Systems (vacuum or implicit solvent with NoCutoff); use OpenMMEnergy for periodic Systems"
             )
         terms = []
-        masses = [_plain(system.getParticleMass(i)) for i in range(n_atoms)]
+        masses = [plain(system.getParticleMass(i)) for i in range(n_atoms)]
         for index, force in enumerate(system.getForces()):
             term = compile_force(force, index, masses)
             if term is None:
                 continue
             if isinstance(term, GBSAOBCTerm):
                 term.analytic_gradient = analytic_gradient
-            if type(force).__name__ in _PER_PARTICLE_FORCES and force.getNumParticles() != n_atoms:
+            if term.per_particle and force.getNumParticles() != n_atoms:
                 raise UnsupportedSystemError(
                     f"force {index} ({type(force).__name__}) has {force.getNumParticles()} particles, "
                     f"the System {n_atoms}"
@@ -653,9 +239,9 @@ class TorchForceField(Energy):
         key = (groups, dtype, torch.device(device))
         if key not in self._fused_cache:
             terms = [
-                t for t in self.terms if isinstance(t, _FUSED_TERMS) and (groups is None or t.force_group in groups)
+                t for t in self.terms if isinstance(t, FUSED_TERMS) and (groups is None or t.force_group in groups)
             ]
-            self._fused_cache[key] = _fused_parameters(terms, self.n_atoms, dtype, torch.device(device))
+            self._fused_cache[key] = build_fused_parameters(terms, self.n_atoms, dtype, torch.device(device))
         return self._fused_cache[key]
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> TorchForceField:
@@ -691,9 +277,7 @@ class TorchForceField(Energy):
 
     def _autograd_terms(self, groups: frozenset[int] | None) -> list[ForceTerm]:
         """The terms of ``groups`` without a fused analytic form (custom forces, CMAP)."""
-        return [
-            t for t in self.terms if not isinstance(t, _FUSED_TERMS) and (groups is None or t.force_group in groups)
-        ]
+        return [t for t in self.terms if not isinstance(t, FUSED_TERMS) and (groups is None or t.force_group in groups)]
 
     def _autograd_energy_and_gradient(
         self, x: Tensor, terms: Sequence[ForceTerm], compiled: Callable[[Tensor], Tensor] | None = None
@@ -761,39 +345,6 @@ def _stand_in(x: Tensor) -> Tensor:
 
 def _concatenate(parts: Sequence[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(list(parts))
-
-
-def _fused_parameters(
-    terms: Sequence[ForceTerm], n_atoms: int, dtype: torch.dtype, device: torch.device
-) -> FusedParameters:
-    """The given terms as one ``FusedParameters`` (bonded terms per force, one shared nonbonded pair list)."""
-
-    def column(values: Tensor) -> Tensor:
-        return values.reshape(-1, 1).to(dtype=dtype, device=device)
-
-    def rows(atoms: Tensor) -> Tensor:
-        return atoms.T.contiguous().to(device)
-
-    bonds, angles, torsions, nonbonded, obc = [], [], [], [], []
-    for t in terms:
-        if isinstance(t, HarmonicBondTerm):
-            bonds.append(BondParameters(rows(t.atoms), column(t.length), column(t.k)))
-        elif isinstance(t, HarmonicAngleTerm):
-            angles.append(AngleParameters(rows(t.atoms), column(t.theta0), column(t.k)))
-        elif isinstance(t, PeriodicTorsionTerm):
-            torsions.append(
-                TorsionParameters(
-                    rows(t.atoms), column(t.periodicity), column(t.phase), column(t.k), t.dihedral_index.to(device)
-                )
-            )
-        elif isinstance(t, NonbondedTerm):
-            nonbonded.append((t.pairs, t.charge_prod, t.sigma, t.epsilon))
-        elif isinstance(t, GBSAOBCTerm):
-            obc.append((t.charge, t.radius, t.scale, t.solute_dielectric, t.solvent_dielectric, t.surface_area_energy))
-        else:  # pragma: no cover - TorchForceField.fused_parameters passes only _FUSED_TERMS
-            raise TypeError(f"no fused form for {type(t).__name__}")
-    pairs = make_pair_parameters(n_atoms, nonbonded, obc, dtype, device)
-    return FusedParameters(tuple(bonds), tuple(angles), tuple(torsions), pairs)
 
 
 class _FusedEnergy(torch.autograd.Function):
