@@ -2,11 +2,11 @@
 
 from .backend import energy_for_device
 from .base import MOLAR_GAS_CONSTANT, Energy, kT_in_kJ_per_mol
-from .openmm_energy import OpenMMEnergy, check_system
+from .openmm import OpenMMEnergy, check_system
 from .particles import DoubleWellEnergy, LennardJonesEnergy, pair_distances
 from .regularize import regularize_energy
 from .restricted import RestrictedEnergy
-from .torch_forcefield import TorchForceField
+from .torchff import TorchForceField
 
 __all__ = [
     "MOLAR_GAS_CONSTANT",

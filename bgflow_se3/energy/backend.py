@@ -25,9 +25,9 @@ def energy_for_device(system: Any, temperature: float, device: str, n_workers: i
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:index]' (energies need real data), got {device!r}")
     if kind == "cuda":
-        from .torch_forcefield import TorchForceField
+        from .torchff import TorchForceField
 
         return TorchForceField.from_system(system, temperature).to(device), "TorchForceField"
-    from .openmm_energy import OpenMMEnergy
+    from .openmm import OpenMMEnergy
 
     return OpenMMEnergy(system, temperature, n_workers=n_workers), f"OpenMMEnergy({n_workers} workers)"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bgflow_se3.energy.torch_forcefield import TorchForceField
+from bgflow_se3.energy import TorchForceField
 from bgflow_se3.flow import InternalCoordinateFlow
 from bgflow_se3.reweight import effective_sample_size, log_importance_weights
 from bgflow_se3.sampling.dihedrals import torsion_angle

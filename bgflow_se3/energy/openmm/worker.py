@@ -151,7 +151,7 @@ def _send_quietly(conn, message) -> bool:
     return True
 
 
-if __name__ == "__main__":  # started by _pool.WorkerPool as a fresh interpreter: ... _openmm_worker.py FD
+if __name__ == "__main__":  # started by pool.WorkerPool as a fresh interpreter: ... worker.py FD
     import sys
 
     worker_main(int(sys.argv[-1]))

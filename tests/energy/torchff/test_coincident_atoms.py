@@ -14,7 +14,7 @@ import torch
 
 from bgflow_se3 import TorchForceField
 from bgflow_se3.systems import load_aldp
-from tests.energy._openmm_reference import (
+from tests.energy.torchff._openmm_reference import (
     ENERGY_RTOL,
     FORCE_RTOL,
     one_group_per_force,

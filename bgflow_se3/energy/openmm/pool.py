@@ -1,6 +1,6 @@
 """A pool of worker processes, each owning one OpenMM Context: chunked batches, timeouts, restarts, clean shutdown.
 
-Workers are fresh interpreters running ``_openmm_worker.py`` (spawn semantics: fork + exec, nothing inherited;
+Workers are fresh interpreters running ``worker.py`` (spawn semantics: fork + exec, nothing inherited;
 never a bare ``fork``, which OpenMM's CPU/CUDA platforms and torch's threads do not survive). Unlike
 ``multiprocessing``'s spawn they import neither torch nor the user's ``__main__``: a worker starts in about a
 second and scripts need no ``if __name__ == "__main__"`` guard. They talk over a socket pair with
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WorkerError
+from ...errors import WorkerError
 
 __all__ = ["WorkerPool"]
 
@@ -43,7 +43,7 @@ _QUEUED_BYTES = 2**17
 
 #: Runs the worker file as __main__ without putting its folder (or the cwd) on sys.path.
 _BOOTSTRAP = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
-_WORKER_FILE = str(Path(__file__).with_name("_openmm_worker.py"))
+_WORKER_FILE = str(Path(__file__).with_name("worker.py"))
 
 
 @dataclass

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .torch_forcefield import ForceTerm, _plain
-from .torch_terms import dihedral_angle
+from ...errors import UnsupportedSystemError
+from .base import ForceTerm, plain
+from .kernels import dihedral_angle
 
 __all__ = ["CMAPTorsionTerm", "cmap_patch_coefficients", "periodic_spline_slopes"]
 
@@ -123,8 +124,6 @@ class CMAPTorsionTerm(ForceTerm):
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CMAPTorsionTerm:
         """Build from an ``openmm.CMAPTorsionForce``; periodic forces raise ``UnsupportedSystemError``."""
-        from ..errors import UnsupportedSystemError
-
         if force.usesPeriodicBoundaryConditions():
             raise UnsupportedSystemError(
                 f"force {force_index} (CMAPTorsionForce) uses periodic boundary conditions; TorchForceField "
@@ -133,7 +132,7 @@ class CMAPTorsionTerm(ForceTerm):
         tables, offsets, sizes, start = [], [], [], 0
         for m in range(force.getNumMaps()):
             size, energy = force.getMapParameters(m)
-            values = np.array([_plain(e) for e in energy], dtype=np.float64)
+            values = np.array([plain(e) for e in energy], dtype=np.float64)
             tables.append(cmap_patch_coefficients(values, size).reshape(-1, 16))
             offsets.append(start)
             sizes.append(size)

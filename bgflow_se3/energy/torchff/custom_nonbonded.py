@@ -15,7 +15,7 @@ Pair semantics follow OpenMM's Reference platform (``ReferenceCustomNonbondedIxn
   platform accepts only one pair-type computed value and requires it first; this module evaluates any order.
 
 Forces come from autograd. Everything is vectorised over (pairs, batch) in the batch-last layout of
-``torch_analytic`` (pair parameters of shape (n_pairs, 1) broadcast along the batch), and the distances of all pairs
+``fused`` (pair parameters of shape (n_pairs, 1) broadcast along the batch), and the distances of all pairs
 are computed once per call and shared by every computed value and energy term. Memory per configuration:
 O(n_pairs) per intermediate of the expressions, all kept for the backward pass.
 """
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedSystemError
+from ...errors import UnsupportedSystemError
+from .base import ForceTerm, plain
 from .expressions import CompiledExpression, compile_expression, tabulated_functions
-from .torch_forcefield import ForceTerm, _plain
 
 __all__ = ["CustomGBTerm", "CustomNonbondedTerm", "interaction_group_pairs"]
 
@@ -49,7 +49,7 @@ def _globals(force: Any) -> dict[str, float]:
 def _particle_parameters(force: Any, n_parameters: int) -> np.ndarray:
     """Per-particle parameters, float64, shape (n_parameters, n_particles)."""
     n = force.getNumParticles()
-    rows = [[_plain(v) for v in force.getParticleParameters(p)] for p in range(n)]
+    rows = [[plain(v) for v in force.getParticleParameters(p)] for p in range(n)]
     return np.asarray(rows, dtype=np.float64).reshape(n, n_parameters).T.copy()
 
 
@@ -112,6 +112,8 @@ class CustomNonbondedTerm(ForceTerm):
     (n_parameters, n_particles), the per-particle parameters followed by the computed values; names: their names
     (without suffix); global_values: name -> value. Memory per configuration: O(n_pairs) per expression step.
     """
+
+    per_particle = True
 
     def __init__(
         self,
@@ -213,6 +215,8 @@ class CustomGBTerm(ForceTerm):
     pairs that are not excluded. Memory per configuration: O(n_pairs) per expression step (the pair-type computed
     values run over both orderings of every pair).
     """
+
+    per_particle = True
 
     def __init__(
         self,

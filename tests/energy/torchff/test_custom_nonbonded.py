@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bgflow_se3 import TorchForceField
-from bgflow_se3.energy.custom_nonbonded import CustomGBTerm, CustomNonbondedTerm, interaction_group_pairs
-from tests.energy._openmm_reference import assert_matches_openmm, openmm_energies_and_forces
+from bgflow_se3.energy.torchff.custom_nonbonded import CustomGBTerm, CustomNonbondedTerm, interaction_group_pairs
+from tests.energy.torchff._openmm_reference import assert_matches_openmm, openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 

@@ -5,7 +5,7 @@ are contiguous rows, each coordinate is a contiguous ``(n_terms, batch)`` slab, 
 ``(n_terms, 1)`` broadcast along the long batch axis, which is what makes elementwise CPU kernels fast. Each
 ``*_energy_and_gradient`` returns the energy in kJ/mol, shape ``(batch,)``, and, when ``grad`` (shape
 ``(n_atoms, 3, batch)``, kJ/mol/nm) is given, adds ``dE/dX`` into it in place. The formulas are those of
-``torch_terms`` (OpenMM's Reference platform), differentiated by hand; tests check them against autograd.
+``kernels`` (OpenMM's Reference platform), differentiated by hand; tests check them against autograd.
 
 The nonbonded part runs over one pair list shared by Lennard-Jones, Coulomb and every GBSA-OBC force: distances
 are computed once, exclusions and exceptions are folded into per-pair coefficients, and the whole pair gradient
@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .torch_terms import (
+from .kernels import (
     OBC_ALPHA,
     OBC_BETA,
     OBC_DIELECTRIC_OFFSET,
@@ -236,7 +236,7 @@ def pair_energy_and_gradient(X: Tensor, p: PairParameters, grad: Tensor | None) 
     """Lennard-Jones + Coulomb (no cutoff) and the GBSA-OBC forces over one pair list, kJ/mol, shape (batch,);
     adds dE/dX into ``grad``.
 
-    Per pair ``c12 / r^12 - c6 / r^6 + cq / r``; each OBC force as ``torch_terms.gbsa_obc_energy_and_gradient``:
+    Per pair ``c12 / r^12 - c6 / r^6 + cq / r``; each OBC force as ``kernels.gbsa_obc_energy_and_gradient``:
     HCT integrals in both directions of every pair, OBC-II Born radii, Still's GB pair and self energies, ACE.
     Every pair contribution to the gradient is ``dE/dr^2`` times ``2 (x_i - x_j)``; Born radii enter through
     ``dE/dB``, chained to the HCT integrals (whose limits L and U contribute no derivative).

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.energy.custom_bonded import (
-    CUSTOM_BONDED_BUILDERS,
+from bgflow_se3.energy.torchff.custom_bonded import (
     CustomBondTerm,
     CustomCentroidBondTerm,
     CustomCompoundBondTerm,
     CustomExternalTerm,
 )
+from bgflow_se3.energy.torchff.registry import TERMS
 from bgflow_se3.errors import UnsupportedForceError, UnsupportedSystemError
-from tests.energy._openmm_reference import openmm_energies_and_forces
+from tests.energy.torchff._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 
@@ -116,7 +116,7 @@ FORCES = {
 def _system_and_term(kind: str, seed: int = 0):
     """A System holding one random force of ``kind`` and its torch term (built while the force is alive)."""
     force = FORCES[kind](np.random.default_rng(seed))
-    term = CUSTOM_BONDED_BUILDERS[kind](force, 0)
+    term = TERMS[kind].from_force(force, 0)
     system = openmm.System()
     for _ in range(N_ATOMS):
         system.addParticle(12.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.energy.expressions import (
+from bgflow_se3.energy.torchff.expressions import (
     PARTICLE_FUNCTIONS,
     SUPPORTED_FUNCTIONS,
     ExpressionSyntaxError,

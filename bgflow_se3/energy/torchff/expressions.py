@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import BgflowError, UnsupportedForceError
+from ...errors import BgflowError, UnsupportedForceError
+from .kernels import points_dihedral, vector_angle
 from .tabulated import TabulatedFunction, tabulated_function, tabulated_functions
-from .torch_terms import _angle as _vector_angle
-from .torch_terms import _dihedral
 
 __all__ = [
     "PARTICLE_FUNCTIONS",
@@ -108,7 +107,7 @@ def _distance(p1: Tensor, p2: Tensor) -> Tensor:
 
 def _angle(p1: Tensor, p2: Tensor, p3: Tensor) -> Tensor:
     """Angle p1-p2-p3 at vertex p2 in radians, [0, pi]."""
-    return _vector_angle(p1 - p2, p3 - p2)
+    return vector_angle(p1 - p2, p3 - p2)
 
 
 #: Lepton's built-in functions: name -> (number of arguments, torch implementation).
@@ -154,7 +153,7 @@ PARTICLE_FUNCTIONS: dict[str, tuple[int, bool]] = {
     "pointangle": (9, False),
     "pointdihedral": (12, False),
 }
-_GEOMETRY = {2: _distance, 3: _angle, 4: _dihedral}
+_GEOMETRY = {2: _distance, 3: _angle, 4: points_dihedral}
 
 #: Every function name the compiler accepts (tabulated functions come on top, under their own names).
 SUPPORTED_FUNCTIONS: tuple[str, ...] = tuple(_BUILTINS) + tuple(PARTICLE_FUNCTIONS)

@@ -5,7 +5,8 @@ and parameter tensors in OpenMM's units (nm, radians, kJ/mol, elementary charges
 on ``x.device``, and returns one energy per configuration, shape ``(batch,)``, in kJ/mol. They are
 differentiable with respect to ``x``; forces come from autograd. The formulas follow OpenMM's Reference platform
 (``ReferenceObc.cpp``, ``ReferenceLJCoulombIxn.cpp``, ``ReferenceLJCoulomb14.cpp``); the constants below are
-OpenMM's.
+OpenMM's. The geometry helpers ``gather_atoms``, ``cross``, ``vector_angle`` and ``points_dihedral`` are shared
+with the custom terms and the expression compiler.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ __all__ = [
     "OBC_PROBE_RADIUS",
     "ONE_4PI_EPS0",
     "ace_surface_energy",
+    "cross",
     "dihedral_angle",
+    "gather_atoms",
     "gbsa_obc_energy_and_gradient",
     "generalized_born_energy",
     "harmonic_angle_energy",
@@ -31,7 +34,9 @@ __all__ = [
     "lennard_jones_coulomb_energy",
     "obc_born_radii",
     "periodic_torsion_energy",
+    "points_dihedral",
     "squared_distance_matrix",
+    "vector_angle",
 ]
 
 #: 1 / (4 pi eps0) in kJ nm / (mol e^2), from the CODATA 2018 constants exactly as OpenMM derives it
@@ -45,7 +50,7 @@ OBC_ALPHA, OBC_BETA, OBC_GAMMA = 1.0, 0.8, 4.85
 OBC_PROBE_RADIUS = 0.14
 
 
-def _gather(x: Tensor, atoms: Tensor) -> tuple[Tensor, ...]:
+def gather_atoms(x: Tensor, atoms: Tensor) -> tuple[Tensor, ...]:
     """Positions of the atoms of each tuple: ``atoms`` (n, k) -> k tensors of shape (batch, n, 3).
 
     One ``index_select`` (several times faster than advanced indexing on CPU, backward by ``index_add``).
@@ -75,12 +80,12 @@ def harmonic_bond_energy(x: Tensor, atoms: Tensor, length: Tensor, k: Tensor) ->
     atoms: long, shape (n_bonds, 2); length: r0 in nm, shape (n_bonds,); k: kJ/mol/nm^2, shape (n_bonds,).
     Returns kJ/mol, shape (batch,).
     """
-    a, b = _gather(x, atoms)
+    a, b = gather_atoms(x, atoms)
     r = (a - b).norm(dim=-1)
     return (0.5 * k * (r - length).square()).sum(dim=-1)
 
 
-def _cross(a: Tensor, b: Tensor) -> Tensor:
+def cross(a: Tensor, b: Tensor) -> Tensor:
     """Cross product of vectors of shape (..., 3), component by component: exactly zero for parallel inputs such
     as b = -a (``torch.linalg.cross`` may fuse multiply-adds and leave a rounding residue there)."""
     a0, a1, a2 = a.unbind(-1)
@@ -88,14 +93,14 @@ def _cross(a: Tensor, b: Tensor) -> Tensor:
     return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-1)
 
 
-def _angle(a: Tensor, b: Tensor) -> Tensor:
+def vector_angle(a: Tensor, b: Tensor) -> Tensor:
     """Angle between vectors ``a`` and ``b`` (shape (..., 3)) in radians, accurate near 0 and pi (atan2 form).
 
     NaN where ``a`` or ``b`` has zero length (the angle is undefined; OpenMM's cosine is 0/0 there). The gradient
     is zero for exactly parallel vectors, as OpenMM's force.
     """
     zero_length = (a * a).sum(dim=-1) * (b * b).sum(dim=-1) == 0
-    return torch.atan2(_cross(a, b).norm(dim=-1), (a * b).sum(dim=-1)).masked_fill(zero_length, math.nan)
+    return torch.atan2(cross(a, b).norm(dim=-1), (a * b).sum(dim=-1)).masked_fill(zero_length, math.nan)
 
 
 def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -> Tensor:
@@ -105,8 +110,8 @@ def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -
     Returns kJ/mol, shape (batch,). Exactly collinear atoms get zero force (as in OpenMM); an arm of zero length
     (two coincident bonded atoms) leaves the angle undefined: NaN, as OpenMM's cosine 0/0.
     """
-    a, vertex, c = _gather(x, atoms)
-    theta = _angle(a - vertex, c - vertex)
+    a, vertex, c = gather_atoms(x, atoms)
+    theta = vector_angle(a - vertex, c - vertex)
     return (0.5 * k * (theta - theta0).square()).sum(dim=-1)
 
 
@@ -115,18 +120,18 @@ def dihedral_angle(x: Tensor, atoms: Tensor) -> Tensor:
 
     atoms: long, shape (n_torsions, 4). The sign convention is OpenMM's (and mdtraj's).
     """
-    return _dihedral(*_gather(x, atoms))
+    return points_dihedral(*gather_atoms(x, atoms))
 
 
-def _dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
+def points_dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
     """Dihedral p1-p2-p3-p4 of positions (..., 3) in radians, (-pi, pi], OpenMM's sign convention.
 
     Degenerate (n1 = b1 x b2 or n2 = b2 x b3 zero, e.g. two of the atoms coincident): pi/2, as OpenMM (its
     normalised dot product of the normals is then 0); the gradient there is not finite (nor is OpenMM's force).
     """
     b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
-    n1 = _cross(b1, b2)
-    n2 = _cross(b2, b3)
+    n1 = cross(b1, b2)
+    n2 = cross(b2, b3)
     y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
     x = (n1 * n2).sum(dim=-1)
     return torch.atan2(y, x).masked_fill((x == 0) & (y == 0), 0.5 * math.pi)

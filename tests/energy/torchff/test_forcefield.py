@@ -9,7 +9,7 @@ import torch
 from bgflow_se3 import TorchForceField, UnsupportedForceError, UnsupportedSystemError
 from bgflow_se3.energy.base import MOLAR_GAS_CONSTANT
 from bgflow_se3.systems import load_aldp
-from tests.energy._openmm_reference import assert_groups_match_openmm, one_group_per_force, openmm_by_group
+from tests.energy.torchff._openmm_reference import assert_groups_match_openmm, one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
 
@@ -256,7 +256,7 @@ def test_bad_positions_are_rejected():
 
 
 def test_analytic_gradient_equals_autograd(aldp_case):
-    """The fused analytic pass (every term) against plain autograd through the torch_terms formulas (float64)."""
+    """The fused analytic pass (every term) against plain autograd through the torchff.kernels formulas (float64)."""
     ff, system, positions, _ = aldp_case
     autograd_ff = TorchForceField.from_system(system, analytic_gradient=False)
     x = torch.tensor(positions)
@@ -301,7 +301,7 @@ def test_torch_compile_matches_eager():
 def test_gpu_batches_are_chunked_to_the_free_memory(monkeypatch):
     # the planning of non-CPU devices, exercised on CPU tensors: whole batch when it fits, chunks when not, a
     # clear error when not even one configuration fits
-    import bgflow_se3.energy.torch_forcefield as tff
+    import bgflow_se3.energy.torchff.forcefield as tff
     from bgflow_se3.errors import InsufficientMemoryError
 
     aldp = load_aldp("implicit")

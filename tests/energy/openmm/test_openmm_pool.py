@@ -18,7 +18,7 @@ import torch
 from bgflow_se3 import EnergyEvaluationError, OpenMMEnergy, WorkerError
 from bgflow_se3.systems import load_aldp
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _running(pid: int) -> bool:
@@ -42,7 +42,7 @@ def _worker_children(parent: int) -> set[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"_openmm_worker.py" in cmdline:
+        if int(fields[1]) == parent and fields[0] != "Z" and b"energy/openmm/worker.py" in cmdline:
             found.add(int(entry.name))
     return found
 

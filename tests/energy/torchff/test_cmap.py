@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.energy.cmap import CMAPTorsionTerm, cmap_patch_coefficients, periodic_spline_slopes
-from tests.energy._openmm_reference import openmm_energies_and_forces
+from bgflow_se3.energy.torchff.cmap import CMAPTorsionTerm, cmap_patch_coefficients, periodic_spline_slopes
+from tests.energy.torchff._openmm_reference import openmm_energies_and_forces
 
 openmm = pytest.importorskip("openmm")
 

@@ -17,7 +17,7 @@ from bgflow_se3 import (
     WorkerError,
 )
 from bgflow_se3.energy import MOLAR_GAS_CONSTANT
-from bgflow_se3.energy._openmm_worker import _read_state, _read_state_public, evaluate_batch
+from bgflow_se3.energy.openmm.worker import _read_state, _read_state_public, evaluate_batch
 from bgflow_se3.systems import lennard_jones_system, load_aldp
 
 
@@ -74,7 +74,7 @@ def test_fast_state_reader_equals_public_api(aldp):
 
 
 def test_public_api_fallback_gives_the_same_results(aldp, aldp_energy, monkeypatch):
-    import bgflow_se3.energy._openmm_worker as worker
+    import bgflow_se3.energy.openmm.worker as worker
 
     x = perturbed(aldp, 3)
     fast = aldp_energy.energy_and_force(x)

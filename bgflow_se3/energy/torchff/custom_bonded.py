@@ -6,20 +6,19 @@ CustomCentroidBondForce.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedForceError, UnsupportedSystemError
+from ...errors import UnsupportedForceError, UnsupportedSystemError
+from .base import BuildContext, ForceTerm, f64, long_rows, plain
 from .expressions import CompiledExpression, TabulatedFunction, compile_expression, tabulated_functions
-from .torch_forcefield import ForceTerm, _f64, _long, _plain
-from .torch_terms import _angle, _dihedral, _gather
+from .kernels import gather_atoms, points_dihedral, vector_angle
 
 __all__ = [
-    "CUSTOM_BONDED_BUILDERS",
     "CustomAngleTerm",
     "CustomBondTerm",
     "CustomCentroidBondTerm",
@@ -78,7 +77,7 @@ class CustomTerm(ForceTerm):
             )
         self.register_buffer("atoms", atoms)
         self.register_buffer("term_parameters", parameters)
-        self.register_buffer("global_values", _f64([globals_[g] for g in self.global_names]))
+        self.register_buffer("global_values", f64([globals_[g] for g in self.global_names]))
 
     def _particle_variables(self, n_particles: int) -> list[str]:
         return []
@@ -128,7 +127,7 @@ class CustomTerm(ForceTerm):
                 "non-periodic Systems: disable them (setUsesPeriodicBoundaryConditions(False)) or use OpenMMEnergy"
             )
         globals_ = {
-            force.getGlobalParameterName(i): _plain(force.getGlobalParameterDefaultValue(i))
+            force.getGlobalParameterName(i): plain(force.getGlobalParameterDefaultValue(i))
             for i in range(force.getNumGlobalParameters())
         }
         return {
@@ -143,9 +142,9 @@ class CustomTerm(ForceTerm):
 
 def _table(rows: list[Sequence[Any]], width: int, n_parameters: int) -> tuple[Tensor, Tensor]:
     """Atom indices (n, width) and float64 parameters (n, n_parameters) from OpenMM rows (atoms..., params)."""
-    atoms = _long([r[:width] for r in rows], width)
+    atoms = long_rows([r[:width] for r in rows], width)
     parameters = torch.as_tensor(
-        np.asarray([[_plain(v) for v in r[width]] for r in rows], dtype=np.float64).reshape(len(rows), n_parameters)
+        np.asarray([[plain(v) for v in r[width]] for r in rows], dtype=np.float64).reshape(len(rows), n_parameters)
     )
     return atoms, parameters
 
@@ -156,7 +155,7 @@ class CustomBondTerm(CustomTerm):
     geometric_variables = ("r",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        a, b = _gather(x, self.atoms)
+        a, b = gather_atoms(x, self.atoms)
         # vector_norm's gradient at r = 0 is 0 (sqrt's is inf): coincident atoms get no force, as in OpenMM
         return {"r": torch.linalg.vector_norm(b - a, dim=-1)}
 
@@ -176,8 +175,8 @@ class CustomAngleTerm(CustomTerm):
     geometric_variables = ("theta",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        a, vertex, c = _gather(x, self.atoms)
-        return {"theta": _angle(a - vertex, c - vertex)}
+        a, vertex, c = gather_atoms(x, self.atoms)
+        return {"theta": vector_angle(a - vertex, c - vertex)}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomAngleTerm:
@@ -194,7 +193,7 @@ class CustomTorsionTerm(CustomTerm):
     geometric_variables = ("theta",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        return {"theta": _dihedral(*_gather(x, self.atoms))}
+        return {"theta": points_dihedral(*gather_atoms(x, self.atoms))}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomTorsionTerm:
@@ -211,7 +210,7 @@ class CustomExternalTerm(CustomTerm):
     geometric_variables = ("x", "y", "z")
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        (p,) = _gather(x, self.atoms)
+        (p,) = gather_atoms(x, self.atoms)
         return {"x": p[..., 0], "y": p[..., 1], "z": p[..., 2]}
 
     @classmethod
@@ -236,7 +235,7 @@ class CustomCompoundBondTerm(CustomTerm):
         return [f"p{k + 1}" for k in range(n_particles)]
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        return {f"p{k + 1}": p for k, p in enumerate(_gather(x, self.atoms))}
+        return {f"p{k + 1}": p for k, p in enumerate(gather_atoms(x, self.atoms))}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomCompoundBondTerm:
@@ -271,7 +270,7 @@ class CustomCentroidBondTerm(CustomTerm):
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
         weights = self.group_weights.to(x.dtype)  # columns up to the last grouped particle
         centroids = torch.einsum("ga,bad->bgd", weights, x[:, : weights.shape[1]])  # (batch, groups, 3)
-        return {f"g{k + 1}": g for k, g in enumerate(_gather(centroids, self.atoms))}
+        return {f"g{k + 1}": g for k, g in enumerate(gather_atoms(centroids, self.atoms))}
 
     @classmethod
     def from_force(
@@ -292,7 +291,7 @@ class CustomCentroidBondTerm(CustomTerm):
                         "mass; build it through TorchForceField.from_system(system), which knows the masses"
                     )
                 group_weights = [masses[i] for i in particles]
-            w = torch.as_tensor([_plain(v) for v in group_weights], dtype=torch.float64)
+            w = torch.as_tensor([plain(v) for v in group_weights], dtype=torch.float64)
             if len(particles) == 0 or w.sum() <= 0:
                 raise UnsupportedSystemError(
                     f"force {force_index} ({common['name']}): group {g} has no particles or weights summing to "
@@ -304,13 +303,7 @@ class CustomCentroidBondTerm(CustomTerm):
         bonds, parameters = _table([(*r[0], r[1]) for r in rows], force.getNumGroupsPerBond(), len(names))
         return cls(atoms=bonds, parameters=parameters, parameter_names=names, group_weights=weights, **common)
 
-
-#: OpenMM class name -> builder ``(force, force_index) -> ForceTerm``, to merge into TorchForceField's builders.
-CUSTOM_BONDED_BUILDERS: dict[str, Callable[[Any, int], ForceTerm]] = {
-    "CustomBondForce": CustomBondTerm.from_force,
-    "CustomAngleForce": CustomAngleTerm.from_force,
-    "CustomTorsionForce": CustomTorsionTerm.from_force,
-    "CustomExternalForce": CustomExternalTerm.from_force,
-    "CustomCompoundBondForce": CustomCompoundBondTerm.from_force,
-    "CustomCentroidBondForce": CustomCentroidBondTerm.from_force,
-}
+    @classmethod
+    def build(cls, force: Any, context: BuildContext) -> CustomCentroidBondTerm:
+        """Groups without weights are weighted by the masses of the System in ``context``."""
+        return cls.from_force(force, context.force_index, context.masses)

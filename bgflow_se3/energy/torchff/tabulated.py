@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedForceError
+from ...errors import UnsupportedForceError
 
 __all__ = [
     "SUPPORTED_TABULATED_FUNCTIONS",

@@ -1,4 +1,4 @@
-"""The fused analytic pass of TorchForceField (torch_analytic) against autograd through torch_terms and OpenMM."""
+"""The fused analytic pass of TorchForceField (torchff.fused) against autograd through torchff.kernels and OpenMM."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bgflow_se3 import TorchForceField
-from bgflow_se3.energy import torch_analytic, torch_terms
+from bgflow_se3.energy.torchff import fused as analytic
+from bgflow_se3.energy.torchff import kernels
 from bgflow_se3.systems import load_aldp
 
 openmm = pytest.importorskip("openmm")
@@ -53,23 +54,21 @@ def test_bonds_angles_torsions_match_autograd(random_molecule):
     phase = (torch.rand(12, generator=g, dtype=torch.float64) - 0.5) * 2 * np.pi
     col = lambda v: v.reshape(-1, 1)  # noqa: E731
 
-    bonds = torch_analytic.BondParameters(atoms4[:, :2].T.contiguous(), col(r0), col(k))
-    reference = _autograd(lambda y: torch_terms.harmonic_bond_energy(y, atoms4[:, :2], r0, k), x)
-    _assert_same(_analytic(torch_analytic.bond_energy_and_gradient, x, bonds), reference)
+    bonds = analytic.BondParameters(atoms4[:, :2].T.contiguous(), col(r0), col(k))
+    reference = _autograd(lambda y: kernels.harmonic_bond_energy(y, atoms4[:, :2], r0, k), x)
+    _assert_same(_analytic(analytic.bond_energy_and_gradient, x, bonds), reference)
 
-    angles = torch_analytic.AngleParameters(atoms4[:, :3].T.contiguous(), col(theta0), col(k))
-    reference = _autograd(lambda y: torch_terms.harmonic_angle_energy(y, atoms4[:, :3], theta0, k), x)
-    _assert_same(_analytic(torch_analytic.angle_energy_and_gradient, x, angles), reference)
+    angles = analytic.AngleParameters(atoms4[:, :3].T.contiguous(), col(theta0), col(k))
+    reference = _autograd(lambda y: kernels.harmonic_angle_energy(y, atoms4[:, :3], theta0, k), x)
+    _assert_same(_analytic(analytic.angle_energy_and_gradient, x, angles), reference)
 
     # Two terms share each dihedral, as PeriodicTorsionTerm stores them.
     dihedral_index = torch.arange(12) // 2
-    torsions = torch_analytic.TorsionParameters(
-        atoms4[::2].T.contiguous(), col(n), col(phase), col(k * 0.01), dihedral_index
-    )
+    torsions = analytic.TorsionParameters(atoms4[::2].T.contiguous(), col(n), col(phase), col(k * 0.01), dihedral_index)
     reference = _autograd(
-        lambda y: torch_terms.periodic_torsion_energy(y, atoms4[::2], n, phase, k * 0.01, dihedral_index), x
+        lambda y: kernels.periodic_torsion_energy(y, atoms4[::2], n, phase, k * 0.01, dihedral_index), x
     )
-    _assert_same(_analytic(torch_analytic.torsion_energy_and_gradient, x, torsions), reference)
+    _assert_same(_analytic(analytic.torsion_energy_and_gradient, x, torsions), reference)
 
 
 def _aldp_configurations(solvent: str, n: int, scale: float, seed: int) -> torch.Tensor:
