@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..flow.internal import InternalCoordinateFlow
+from ..flow import InternalCoordinateFlow
 
 __all__ = ["PretrainedModelMismatch", "load_pretrained_aldp_flow", "pretrained_path", "save_pretrained_aldp_flow"]
 

@@ -53,8 +53,8 @@ def run_aldp_md(
     import openmm.unit as unit
 
     from ..analysis import phi_psi
-    from .aldp import load_aldp
-    from .simulation import langevin_context, repartition_hydrogen_mass
+    from ..systems.aldp import load_aldp
+    from .openmm_langevin import langevin_context, repartition_hydrogen_mass
 
     out = Path(out) if out is not None else default_md_dir(solvent)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..energy.base import Energy
-from ..energy.particles import DoubleWellEnergy, LennardJonesEnergy
+from ..energy import DoubleWellEnergy, Energy, LennardJonesEnergy
 from ..errors import ConvergenceError
 
 __all__ = [

@@ -17,9 +17,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..sampling.dihedrals import set_torsion
 from ..sampling.langevin import langevin_dynamics, minimise
-from .aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
+from ..sampling.torsion_setting import set_torsion
+from ..systems.aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
 
 __all__ = ["DEFAULT_SEEDS", "seeded_aldp_md"]
 

@@ -80,7 +80,7 @@ def reduced_energies(system: Any, x_nm: Any, temperature: float = 300.0, platfor
     """
     import torch
 
-    from ..energy.openmm_energy import OpenMMEnergy
+    from ..energy import OpenMMEnergy
 
     if hasattr(x_nm, "detach"):
         x_nm = x_nm.detach().cpu().numpy()

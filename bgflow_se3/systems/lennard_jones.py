@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..energy.base import MOLAR_GAS_CONSTANT
-
 __all__ = ["LennardJonesSystem", "lennard_jones_system"]
 
 
@@ -45,6 +43,7 @@ def lennard_jones_system(
     that kT = tau kJ/mol and E/kT is exactly the benchmark's reduced energy u = E/tau.
     """
     import openmm
+    import openmm.unit as unit
 
     if n_particles < 2:
         raise ValueError(f"an LJ cluster needs at least 2 particles, got {n_particles}")
@@ -73,4 +72,7 @@ def lennard_jones_system(
         restraint.addBond([single, everyone], [])
     restraint.setUsesPeriodicBoundaryConditions(False)
     system.addForce(restraint)
-    return LennardJonesSystem(system=system, temperature=tau / MOLAR_GAS_CONSTANT, n_particles=n_particles)
+    # R in kJ/(mol K) as OpenMM defines it: the same CODATA 2018 value (bit for bit) as energy.MOLAR_GAS_CONSTANT,
+    # taken from OpenMM so that the catalogue imports nothing of the energies
+    molar_gas_constant = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    return LennardJonesSystem(system=system, temperature=tau / molar_gas_constant, n_particles=n_particles)

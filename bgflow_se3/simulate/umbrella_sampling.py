@@ -79,7 +79,7 @@ class UmbrellaConfig:
     @property
     def kappa(self) -> float:
         """Force constant in kT / rad^2."""
-        from ..energy.base import kT_in_kJ_per_mol
+        from ..energy import kT_in_kJ_per_mol
 
         return self.force_constant / kT_in_kJ_per_mol(self.temperature)
 
@@ -147,7 +147,7 @@ def _start_at(positions_nm: np.ndarray, topology, atoms: Sequence[int], value: f
     """positions (n, 3) with the dihedral ``atoms`` rotated to ``value`` radians (the smaller side moves)."""
     import torch
 
-    from ..sampling.dihedrals import set_torsion
+    from ..sampling.torsion_setting import set_torsion
 
     bonds = [(a.index, b.index) for a, b in topology.bonds()]
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))[None]
@@ -160,8 +160,8 @@ def biased_system(config: UmbrellaConfig, center: float) -> tuple:
     Returns (AlanineDipeptide, openmm.System with repartitioned masses and the phi bias, phi atoms (4,), psi
     atoms (4,)).
     """
-    from .aldp import load_aldp
-    from .simulation import repartition_hydrogen_mass
+    from ..systems.aldp import load_aldp
+    from .openmm_langevin import repartition_hydrogen_mass
 
     aldp = load_aldp(config.solvent)
     system = copy.deepcopy(aldp.system)
@@ -191,7 +191,7 @@ def window_context(
     import openmm
     import openmm.unit as unit
 
-    from .simulation import langevin_context
+    from .openmm_langevin import langevin_context
 
     fresh = positions_nm is None
     if fresh:
