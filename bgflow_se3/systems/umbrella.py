@@ -1,0 +1,20 @@
+"""Old path of ``bgflow_se3.simulate.umbrella_sampling``, kept so that users' imports keep working.
+
+New code imports ``bgflow_se3.simulate.umbrella_sampling`` (umbrella sampling along a dihedral). The drivers moved
+out of the catalogue, which imports nothing of ``bgflow_se3.simulate``: every name here is looked up in the new
+module on first use (module ``__getattr__``), so importing ``bgflow_se3.systems`` does not import the drivers.
+Monkeypatch the new module, not this one.
+"""
+
+from importlib import import_module
+
+_NEW_MODULES = ("bgflow_se3.simulate.umbrella_sampling",)
+
+
+def __getattr__(name: str):
+    for module in _NEW_MODULES:
+        try:
+            return getattr(import_module(module), name)
+        except AttributeError:
+            continue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
