@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerError
-from .umbrella_sampling import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
+from .umbrella_windows import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
 
 __all__ = ["ExchangeStatistics", "exchange_statistics", "run_replica_exchange"]
 

@@ -1,14 +1,15 @@
-"""Old path of ``bgflow_se3.simulate.umbrella_sampling``, kept so that users' imports keep working.
+"""Old path of the umbrella-sampling drivers, kept so that users' imports keep working.
 
-New code imports ``bgflow_se3.simulate.umbrella_sampling`` (umbrella sampling along a dihedral). The drivers moved
-out of the catalogue, which imports nothing of ``bgflow_se3.simulate``: every name here is looked up in the new
-module on first use (module ``__getattr__``), so importing ``bgflow_se3.systems`` does not import the drivers.
-Monkeypatch the new module, not this one.
+New code imports ``bgflow_se3.simulate.umbrella_sampling`` (running and reading the windows) and
+``bgflow_se3.simulate.umbrella_windows`` (one window: config, bias, System, context). The drivers moved out of the
+catalogue, which imports nothing of ``bgflow_se3.simulate``: every name here is looked up in the new modules on
+first use (module ``__getattr__``), so importing ``bgflow_se3.systems`` does not import the drivers. Monkeypatch
+the new modules, not this one.
 """
 
 from importlib import import_module
 
-_NEW_MODULES = ("bgflow_se3.simulate.umbrella_sampling",)
+_NEW_MODULES = ("bgflow_se3.simulate.umbrella_sampling", "bgflow_se3.simulate.umbrella_windows")
 
 
 def __getattr__(name: str):

@@ -42,7 +42,7 @@ each repeat's in ``p_repeats``): the Ramachandran reference of ``evaluate_dipept
 here (phi > 0 is ~4 kT up and crossings take nanoseconds).
 CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined
 F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
-keys that examples/free_energy_aldp.py and ``bgflow_se3.simulate.umbrella_sampling.load_profile`` read), and
+keys that examples/free_energy_aldp.py and ``bgflow_se3.systems.aldp_references.load_profile`` read), and
 CACHE/summary.json with the per-repeat and combined numbers of both states.
 
 Measured (implicit, 36 windows, k = 200 kJ/mol/rad^2, 2 workers on 2 CPU cores): with replica exchange (1 ps),

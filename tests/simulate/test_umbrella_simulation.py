@@ -17,7 +17,7 @@ def test_bias_energy_is_periodic_harmonic():
     import openmm
     import openmm.unit as unit
 
-    from bgflow_se3.simulate.umbrella_sampling import phi_atom_indices
+    from bgflow_se3.simulate.umbrella_windows import phi_atom_indices
     from bgflow_se3.systems import load_aldp
 
     aldp = load_aldp("vacuum")
