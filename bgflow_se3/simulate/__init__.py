@@ -1,10 +1,11 @@
 """Drivers that make reference data: MD, seeded MD, MCMC particle data, umbrella windows (independent or replica
-exchange) and the shipped pretrained-model files.
+exchange), the shipped pretrained-model files and the rebuild of the shipped alanine dipeptide files.
 
 Imports run one way: ``simulate`` imports the catalogue (``bgflow_se3.systems``), the energies, flows, samplers and
 analysis; nothing in ``bgflow_se3.systems`` imports ``simulate`` (its old paths reach these modules lazily).
 """
 
+from .aldp_files import write_aldp_files
 from .aldp_md import default_md_dir, load_aldp_md, run_aldp_md
 from .openmm_langevin import langevin_context, reduced_energies, repartition_hydrogen_mass
 from .particle_mcmc import (
@@ -46,4 +47,5 @@ __all__ = [
     "run_umbrella",
     "save_pretrained_aldp_flow",
     "seeded_aldp_md",
+    "write_aldp_files",
 ]
