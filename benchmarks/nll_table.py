@@ -48,7 +48,7 @@ from bgflow_se3.flow import (
     NonEquivariantFlow,
     random_rotations,
 )
-from bgflow_se3.systems.particle_data import load_particle_data, remove_com
+from bgflow_se3.simulate.particle_mcmc import load_particle_data, remove_com
 from bgflow_se3.train import fit_ml
 
 SHAPES = {"dw4": (4, 2), "lj13": (13, 3), "lj55": (55, 3)}

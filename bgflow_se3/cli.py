@@ -193,7 +193,7 @@ def _target_energies(
                 stacklevel=3,
             )
     else:
-        from .systems.simulation import reduced_energies
+        from .simulate.openmm_langevin import reduced_energies
 
         u = np.full(x.shape[0], math.inf)
         compute = ~mirror if restrict else np.ones(x.shape[0], dtype=bool)

@@ -46,10 +46,12 @@ from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
-from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md
+from bgflow_se3.simulate import default_md_dir, load_aldp_md
+from bgflow_se3.simulate.pretrained import load_pretrained_aldp_flow
+from bgflow_se3.simulate.umbrella_sampling import default_umbrella_dir
+from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import is_l_form
-from bgflow_se3.systems.pretrained import load_pretrained_aldp_flow
-from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
+from bgflow_se3.systems.aldp_references import reference_profile, reference_ramachandran
 from bgflow_se3.threads import set_threads
 from bgflow_se3.train import (
     FABObjective,

@@ -38,8 +38,10 @@ from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import energy_for_device
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import strict_json, write_json
-from bgflow_se3.systems import default_md_dir, load_aldp, load_aldp_md, run_aldp_md
-from bgflow_se3.systems.umbrella import default_umbrella_dir, reference_profile, reference_ramachandran
+from bgflow_se3.simulate import default_md_dir, load_aldp_md, run_aldp_md
+from bgflow_se3.simulate.umbrella_sampling import default_umbrella_dir
+from bgflow_se3.systems import load_aldp
+from bgflow_se3.systems.aldp_references import reference_profile, reference_ramachandran
 from bgflow_se3.train import (
     MaximumLikelihoodObjective,
     TrainConfig,

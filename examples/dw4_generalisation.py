@@ -30,7 +30,7 @@ from bgflow_se3.cli_checks import output_directory  # noqa: E402
 from bgflow_se3.energy import DoubleWellEnergy  # noqa: E402
 from bgflow_se3.flow import ENFlow, KernelFlow, NonEquivariantFlow  # noqa: E402
 from bgflow_se3.jsonio import write_json  # noqa: E402
-from bgflow_se3.systems.particle_data import metropolis_chains, remove_com  # noqa: E402
+from bgflow_se3.simulate.particle_mcmc import metropolis_chains, remove_com  # noqa: E402
 
 
 def trajectory(n_samples: int, thin: int, seed: int) -> torch.Tensor:

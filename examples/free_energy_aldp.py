@@ -33,8 +33,8 @@ def quick_samples(aldp, n: int, sigma_nm: float, seed: int) -> dict[str, np.ndar
     """Samples and exact log-density of a Gaussian kernel mixture around short MD frames (pipeline check only)."""
     import openmm
 
-    from bgflow_se3.systems.simulation import langevin_context
-    from bgflow_se3.systems.umbrella import add_torsion_bias, phi_atom_indices
+    from bgflow_se3.simulate.openmm_langevin import langevin_context
+    from bgflow_se3.simulate.umbrella_windows import add_torsion_bias, phi_atom_indices
 
     frames = []
     for pull_to in (None, 1.0):  # one run in the main basin, one pulled to phi = 1 rad, then released

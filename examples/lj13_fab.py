@@ -33,7 +33,7 @@ from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight import log_importance_weights
-from bgflow_se3.systems import load_particle_data
+from bgflow_se3.simulate import load_particle_data
 from bgflow_se3.train import (
     FABObjective,
     JointFlow,

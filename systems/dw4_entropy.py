@@ -23,7 +23,7 @@ import torch
 from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.flow import EnvironmentKernelFlow
 from bgflow_se3.jsonio import write_json
-from bgflow_se3.systems.particle_data import load_particle_data
+from bgflow_se3.simulate.particle_mcmc import load_particle_data
 from bgflow_se3.train import effective_sample_size, fit_ml, log_normalizer
 
 

@@ -28,7 +28,7 @@ import torch
 from bgflow_se3.energy import LennardJonesEnergy, pair_distances
 from bgflow_se3.flow import KernelFlow
 from bgflow_se3.jsonio import write_json
-from bgflow_se3.systems.particle_data import load_particle_data, metropolis_chains, remove_com
+from bgflow_se3.simulate.particle_mcmc import load_particle_data, metropolis_chains, remove_com
 from bgflow_se3.train import fit_ml
 
 

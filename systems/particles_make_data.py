@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python systems/particles_make_data.py dw4 lj13 [--cache DIR] [--force]
 
-Settings live in ``bgflow_se3.systems.particle_data.PARTICLE_SYSTEMS``; each folder's README records them and the
+Settings live in ``bgflow_se3.simulate.particle_mcmc.PARTICLE_SYSTEMS``; each folder's README records them and the
 measured time. LJ55 is slow on a CPU (tens of minutes); DW4 takes seconds, LJ13 a few minutes.
 """
 
@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from bgflow_se3.systems.particle_data import (
+from bgflow_se3.simulate.particle_mcmc import (
     PARTICLE_SYSTEMS,
     default_cache_dir,
     make_particle_data,

@@ -90,10 +90,10 @@ def evaluate_dipeptide(
     ``ramachandran.png`` and ``phi_profile.png`` (the reweighted phi profile against the umbrella profile).
     reference_md: reference configurations (n, n_atoms, 3), nm, e.g. MD frames: gives ``kl_md`` and
     ``kl_md_reweighted``, KL(MD || flow) in nats on a periodic ``bins`` x ``bins`` (phi, psi) histogram.
-    umbrella_profile: ``(centers, f)`` of a phi profile in kT (``systems.umbrella.load_profile``): gives
+    umbrella_profile: ``(centers, f)`` of a phi profile in kT (``systems.aldp_references.load_profile``): gives
     ``kl_phi_umbrella`` and ``kl_phi_umbrella_reweighted``, KL(umbrella || flow) along phi, nats.
     umbrella_ramachandran: (phi, psi) probability of the target on b x b periodic bins (index [phi, psi], bins as
-    ``periodic_histogram``; ``systems.umbrella.reference_ramachandran``: MBAR-reweighted umbrella MD): gives
+    ``periodic_histogram``; ``systems.aldp_references.reference_ramachandran``: MBAR-reweighted umbrella MD): gives
     ``kl_ramachandran_umbrella`` and ``kl_ramachandran_umbrella_reweighted``, KL(reference || flow), nats, on
     its b x b bins, and a panel of the figure.
     Divergences without their reference are NaN. Samples with non-finite coordinates are dropped from the

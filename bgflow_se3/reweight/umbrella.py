@@ -2,7 +2,7 @@
 
 The windows' bias is ``u_k(phi) = kappa / 2 * dphi(phi, c_k)^2`` with ``dphi`` wrapped into [-pi, pi), kappa in
 kT / rad^2; all windows run at the target's temperature, so only the bias differs between them. Pure arrays:
-the simulations live in ``bgflow_se3.systems.umbrella``. ``combine_repeats`` and ``combine_profiles`` pool
+the simulations live in ``bgflow_se3.simulate.umbrella_sampling``. ``combine_repeats`` and ``combine_profiles`` pool
 independent repeats of a whole umbrella run: their scatter is the error that sees everything one run cannot.
 """
 

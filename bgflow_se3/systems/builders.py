@@ -1,10 +1,12 @@
-"""Recipes that build the benchmark OpenMM Systems from force-field files (used by systems/*/build.py)."""
+"""Recipes that build the benchmark OpenMM Systems from force-field files (used by systems/*/build.py).
+
+``write_aldp_files`` (which needs openmmtools) lives in ``bgflow_se3.simulate.aldp_files``; this module still
+gives it lazily (module ``__getattr__``), so the catalogue imports nothing of ``bgflow_se3.simulate``.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-__all__ = ["ALDP_FORCEFIELDS", "build_aldp_systems", "write_aldp_files"]
+__all__ = ["ALDP_FORCEFIELDS", "build_aldp_systems"]
 
 #: Force-field files of the alanine dipeptide Systems, as named in openmm.app.
 ALDP_FORCEFIELDS = {
@@ -35,27 +37,10 @@ def build_aldp_systems(topology):
     return systems
 
 
-def write_aldp_files(directory: str | Path) -> None:
-    """Write ``aldp.pdb``, ``vacuum.xml``, ``implicit.xml`` and ``gbn2.xml`` into ``directory``.
+def __getattr__(name: str):
+    """``write_aldp_files``, from ``bgflow_se3.simulate.aldp_files``, imported on first use (the old path)."""
+    if name == "write_aldp_files":
+        from importlib import import_module
 
-    The structure is openmmtools' alanine dipeptide (the tleap-built ACE-ALA-NME shipped with openmmtools);
-    the Systems come from :func:`build_aldp_systems` on the topology read back from the written PDB, so that
-    the files are self-consistent.
-    """
-    import openmm
-    import openmm.app as app
-
-    from ..reweight._pymbar import quiet_pymbar_import
-
-    with quiet_pymbar_import():  # openmmtools imports pymbar, which prints a JAX banner and a caveat on import
-        from openmmtools import testsystems
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    source = testsystems.AlanineDipeptideVacuum(constraints=None)
-    pdb_path = directory / "aldp.pdb"
-    with open(pdb_path, "w") as handle:
-        app.PDBFile.writeFile(source.topology, source.positions, handle, keepIds=True)
-    pdb = app.PDBFile(str(pdb_path))
-    for name, system in build_aldp_systems(pdb.topology).items():
-        (directory / f"{name}.xml").write_text(openmm.XmlSerializer.serialize(system))
+        return import_module("bgflow_se3.simulate.aldp_files").write_aldp_files
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ constraints=None, no CMMotionRemover.
 import argparse
 from pathlib import Path
 
-from bgflow_se3.systems.builders import write_aldp_files
+from bgflow_se3.simulate.aldp_files import write_aldp_files
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "bgflow_se3" / "systems" / "data" / "aldp"
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 ps of production, 1 ps equilibration")
     args = parser.parse_args()
 
-    from bgflow_se3.systems.md import default_md_dir, load_aldp_md, run_aldp_md
+    from bgflow_se3.simulate.aldp_md import default_md_dir, load_aldp_md, run_aldp_md
 
     if args.smoke:
         args.ns, args.equilibration_ps, args.save_every_ps = 0.002, 1.0, 0.1

@@ -27,11 +27,11 @@ import torch
 from bgflow_se3.energy import TorchForceField
 from bgflow_se3.flow import InternalCoordinateFlow
 from bgflow_se3.reweight import effective_sample_size, log_importance_weights
-from bgflow_se3.sampling.dihedrals import torsion_angle
+from bgflow_se3.sampling.torsion_setting import torsion_angle
+from bgflow_se3.simulate.pretrained import pretrained_path, save_pretrained_aldp_flow
+from bgflow_se3.simulate.seeded_md import seeded_aldp_md
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import PHI_ATOMS, is_l_form
-from bgflow_se3.systems.pretrained import pretrained_path, save_pretrained_aldp_flow
-from bgflow_se3.systems.seeded_md import seeded_aldp_md
 from bgflow_se3.train import fit_ml
 
 CONFIG = dict(n_layers=8, hidden=128, n_hidden=2, n_bins=8)

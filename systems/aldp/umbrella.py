@@ -11,7 +11,7 @@ repartitioning changes masses only, so the configurational distribution (and eve
 the shipped System.
 
 Replica exchange (the default, ``--exchange-every-ps 1``): every ps neighbouring windows (a ring) try to swap
-their configurations, accepted by the Metropolis rule on the bias energies (``bgflow_se3.systems.replica_exchange``),
+their configurations, accepted by the Metropolis rule on the bias energies (``bgflow_se3.simulate.replica_exchange``),
 so psi, the slow coordinate the phi bias does not touch, relaxes where it moves fast and travels into the barrier
 windows where it does not. ``--exchange-every-ps 0`` runs independent windows (the earlier protocol); the two
 protocols keep separate caches (``CACHE`` ends in ``_exchange`` for replica exchange).
@@ -42,7 +42,7 @@ each repeat's in ``p_repeats``): the Ramachandran reference of ``evaluate_dipept
 here (phi > 0 is ~4 kT up and crossings take nanoseconds).
 CACHE/profile.npz, the phi profile averaged over the repeats (their scatter as ``df``) with the combined
 F(phi in (0, 2)) - F(rest) as ``delta_f`` and its combined error as ``delta_f_stderr`` and ``block_stderr`` (the
-keys that examples/free_energy_aldp.py and ``bgflow_se3.systems.umbrella.load_profile`` read), and
+keys that examples/free_energy_aldp.py and ``bgflow_se3.systems.aldp_references.load_profile`` read), and
 CACHE/summary.json with the per-repeat and combined numbers of both states.
 
 Measured (implicit, 36 windows, k = 200 kJ/mol/rad^2, 2 workers on 2 CPU cores): with replica exchange (1 ps),
@@ -68,7 +68,13 @@ from bgflow_se3.analysis.ramachandran import periodic_histogram
 from bgflow_se3.cli_checks import positive_int
 from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight.umbrella import combine_profiles, combine_repeats, umbrella_free_energy, unbiased_weights
-from bgflow_se3.systems.umbrella import UmbrellaConfig, load_window_angles, load_windows, run_umbrella, window_centers
+from bgflow_se3.simulate.umbrella_sampling import (
+    UmbrellaConfig,
+    load_window_angles,
+    load_windows,
+    run_umbrella,
+    window_centers,
+)
 
 TARGET_KT = 0.1  # the error the "ns needed" line aims at
 RAMACHANDRAN_BINS = 64  # the convention of ramachandran_kl

@@ -12,7 +12,7 @@ from bgflow_se3.analysis.ramachandran import periodic_histogram
 from bgflow_se3.cli import main
 from bgflow_se3.energy import TorchForceField
 from bgflow_se3.sampling import minimise
-from bgflow_se3.sampling.dihedrals import set_torsion, torsion_angle
+from bgflow_se3.sampling.torsion_setting import set_torsion, torsion_angle
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import PHI_ATOMS, PSI_ATOMS, is_l_form
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgflow_se3.systems.particle_data import ParticleDataConfig, load_particle_data, make_particle_data
+from bgflow_se3.simulate.particle_mcmc import ParticleDataConfig, load_particle_data, make_particle_data
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "nll_table.py"
 

@@ -10,7 +10,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-from bgflow_se3.systems import run_aldp_md
+from bgflow_se3.simulate import run_aldp_md
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -40,7 +40,8 @@ from bgflow_se3.sampling import (
     minimise,
     sample_with_energies,
 )
-from bgflow_se3.systems import lennard_jones_system, load_aldp, load_particle_data
+from bgflow_se3.simulate import load_particle_data
+from bgflow_se3.systems import lennard_jones_system, load_aldp
 
 # ------------------------------------------------------------------------------------------------- energies
 

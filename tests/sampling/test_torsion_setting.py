@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgflow_se3.sampling.dihedrals import moving_side, set_torsion, torsion_angle
+from bgflow_se3.sampling.torsion_setting import moving_side, set_torsion, torsion_angle
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import CHIRAL_CENTRE_ATOMS, PHI_ATOMS, PSI_ATOMS, is_l_form
 

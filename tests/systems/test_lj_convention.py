@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bgflow_se3.energy import LennardJonesEnergy
-from bgflow_se3.systems.particle_data import (
+from bgflow_se3.simulate.particle_mcmc import (
     load_particle_data,
     particle_energy,
     stale_cache_reason,
@@ -51,7 +51,7 @@ def test_lj_targets_match_the_reference_formulas(generator):
 
 def test_openmm_lj_system_follows_the_pair_convention(generator):
     from bgflow_se3.energy import OpenMMEnergy
-    from bgflow_se3.systems.particles import lennard_jones_system
+    from bgflow_se3.systems.lennard_jones import lennard_jones_system
 
     grid = torch.cartesian_prod(*[torch.arange(3, dtype=torch.float64)] * 3)[:13] * 1.1
     x = grid + 0.1 * torch.randn(4, 13, 3, generator=generator, dtype=torch.float64)

@@ -3,8 +3,8 @@ import openmm
 import openmm.unit as unit
 
 from bgflow_se3.energy import kT_in_kJ_per_mol
+from bgflow_se3.simulate.openmm_langevin import reduced_energies
 from bgflow_se3.systems import load_aldp
-from bgflow_se3.systems.simulation import reduced_energies
 
 
 def test_reduced_energies_match_a_context_and_mark_failures_inf():

@@ -2,14 +2,14 @@ import pytest
 import torch
 
 from bgflow_se3.flow import InternalCoordinateFlow
-from bgflow_se3.systems import load_aldp
-from bgflow_se3.systems.aldp import is_l_form
-from bgflow_se3.systems.pretrained import (
+from bgflow_se3.simulate.pretrained import (
     PretrainedModelMismatch,
     load_pretrained_aldp_flow,
     pretrained_path,
     save_pretrained_aldp_flow,
 )
+from bgflow_se3.systems import load_aldp
+from bgflow_se3.systems.aldp import is_l_form
 
 
 def test_the_shipped_flow_loads_matches_the_code_and_records_its_provenance():

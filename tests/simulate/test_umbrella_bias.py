@@ -7,7 +7,7 @@ import pytest
 
 from bgflow_se3.energy.base import kT_in_kJ_per_mol
 from bgflow_se3.reweight.umbrella import periodic_harmonic_bias
-from bgflow_se3.systems.umbrella import UmbrellaConfig, add_torsion_bias, window_centers
+from bgflow_se3.simulate.umbrella_windows import UmbrellaConfig, add_torsion_bias, window_centers
 
 # not the defaults (200 kJ/mol/rad^2, 300 K): a kappa that forgets the temperature, or uses 300 K, is caught
 CONFIG = UmbrellaConfig(force_constant=137.0, temperature=351.0, n_windows=12)
@@ -34,7 +34,7 @@ def _four_atoms(phi: float) -> np.ndarray:
 def test_openmm_bias_is_the_analysis_bias_times_kT():
     import openmm
 
-    from bgflow_se3.systems.umbrella import _dihedral  # the convention the windows record phi with
+    from bgflow_se3.simulate.umbrella_windows import _dihedral  # the convention the windows record phi with
 
     system = openmm.System()
     for _ in range(4):
@@ -61,9 +61,9 @@ def test_biased_aldp_system_matches_the_analysis_on_its_phi():
     import torch
 
     from bgflow_se3.analysis.dihedrals import phi_psi
-    from bgflow_se3.sampling.dihedrals import set_torsion
+    from bgflow_se3.sampling.torsion_setting import set_torsion
+    from bgflow_se3.simulate.umbrella_windows import phi_atom_indices
     from bgflow_se3.systems import load_aldp
-    from bgflow_se3.systems.umbrella import phi_atom_indices
 
     aldp = load_aldp("vacuum")
     atoms = phi_atom_indices(aldp.topology)

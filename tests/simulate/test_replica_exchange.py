@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bgflow_se3.errors import WorkerError
-from bgflow_se3.systems import replica_exchange as rx
-from bgflow_se3.systems.umbrella import UmbrellaConfig, load_window_angles, run_umbrella
+from bgflow_se3.simulate import replica_exchange as rx
+from bgflow_se3.simulate.umbrella_sampling import UmbrellaConfig, load_window_angles, run_umbrella
 
 
 def test_bias_energy_wraps_the_difference():

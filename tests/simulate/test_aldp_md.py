@@ -4,7 +4,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-from bgflow_se3.systems import load_aldp_md, run_aldp_md
+from bgflow_se3.simulate import load_aldp_md, run_aldp_md
 
 
 def test_run_and_load_md(tmp_path):

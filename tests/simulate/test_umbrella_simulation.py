@@ -4,15 +4,21 @@ import numpy as np
 import pytest
 
 from bgflow_se3.reweight.umbrella import wrap_angle
-from bgflow_se3.systems.umbrella import UmbrellaConfig, add_torsion_bias, load_windows, run_umbrella, window_centers
+from bgflow_se3.simulate.umbrella_sampling import (
+    UmbrellaConfig,
+    add_torsion_bias,
+    load_windows,
+    run_umbrella,
+    window_centers,
+)
 
 
 def test_bias_energy_is_periodic_harmonic():
     import openmm
     import openmm.unit as unit
 
+    from bgflow_se3.simulate.umbrella_windows import phi_atom_indices
     from bgflow_se3.systems import load_aldp
-    from bgflow_se3.systems.umbrella import phi_atom_indices
 
     aldp = load_aldp("vacuum")
     system = openmm.System()

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgflow_se3.systems.umbrella import load_profile, window_seed
+from bgflow_se3.simulate.umbrella_windows import window_seed
+from bgflow_se3.systems.aldp_references import load_profile
 
 RECIPE = Path(__file__).resolve().parents[2] / "systems" / "aldp" / "umbrella.py"
 

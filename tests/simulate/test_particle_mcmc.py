@@ -6,7 +6,7 @@ import torch
 
 from bgflow_se3.energy import DoubleWellEnergy, LennardJonesEnergy
 from bgflow_se3.errors import ConvergenceError
-from bgflow_se3.systems.particle_data import (
+from bgflow_se3.simulate.particle_mcmc import (
     ParticleDataConfig,
     check_equilibrium,
     integrated_autocorrelation_time,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bgflow_se3.systems import load_aldp_md
-from bgflow_se3.systems.umbrella import load_profile
+from bgflow_se3.simulate import load_aldp_md
+from bgflow_se3.systems.aldp_references import load_profile
 
 
 def test_load_profile_round_trip_and_missing(tmp_path):
@@ -22,7 +22,7 @@ def test_load_profile_round_trip_and_missing(tmp_path):
 
 
 def test_the_shipped_profile_is_a_usable_reference(tmp_path):
-    from bgflow_se3.systems.umbrella import reference_profile, shipped_profile
+    from bgflow_se3.systems.aldp_references import reference_profile, shipped_profile
 
     centers, f = shipped_profile("implicit")
     assert centers.shape == f.shape == (36,) and np.isfinite(f).all() and f.min() == 0.0
@@ -36,7 +36,7 @@ def test_the_shipped_profile_is_a_usable_reference(tmp_path):
 
 def test_the_shipped_ramachandran_reference_is_a_usable_reference(tmp_path):
     """A normalised 64 x 64 (phi, psi) histogram whose phi > 0 mass agrees with the shipped profile's."""
-    from bgflow_se3.systems.umbrella import reference_ramachandran, shipped_profile, shipped_ramachandran
+    from bgflow_se3.systems.aldp_references import reference_ramachandran, shipped_profile, shipped_ramachandran
 
     p = shipped_ramachandran("implicit")
     assert p.shape == (64, 64) and (p >= 0).all() and np.isclose(p.sum(), 1.0)
