@@ -275,7 +275,7 @@ def test_centroid_groups_without_weights_are_mass_weighted():
 
 def test_lennard_jones_system_compiles_to_torch():
     """The LJ cluster System (CustomNonbondedForce pairs + CustomCentroidBondForce centre restraint) in torch."""
-    from bgflow_se3.systems.particles import lennard_jones_system
+    from bgflow_se3.systems.lennard_jones import lennard_jones_system
 
     lj = lennard_jones_system(6, oscillator_scale=0.5)
     rng = np.random.default_rng(5)

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from bgflow_se3 import OpenMMEnergy, TorchForceField, UnsupportedForceError, UnsupportedSystemError
+from bgflow_se3.simulate.umbrella_windows import add_torsion_bias
 from bgflow_se3.systems import load_aldp
-from bgflow_se3.systems.umbrella import add_torsion_bias
 from tests.energy.torchff._openmm_reference import assert_groups_match_openmm, one_group_per_force, openmm_by_group
 
 openmm = pytest.importorskip("openmm")
