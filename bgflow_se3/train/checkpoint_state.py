@@ -11,10 +11,8 @@ tops up buffers below their minimum: reproducible, not bit-identical to an unint
 Checkpoints are written at the end, at a stop signal, and periodically: every ``checkpoint_every_s`` seconds (rank
 0's clock) and every ``checkpoint_every`` iterations, so a killed run (SIGKILL, power cut) resumes from the last one.
 A failed write (disk full) raises ``OutputWriteError`` and leaves the previous checkpoint as it was; the message
-advises ``run(resume=True)`` only when a checkpoint of the run is on disk. Before the first iteration the checkpoint
-is serialised in memory and ``OutputWriteError`` (ENOSPC, naming the bytes needed and free) is raised when the disk
-lacks room for two such checkpoints (the new one is written beside the old), grown by Adam's moments and the
-history of the iterations left, plus the metrics log and a margin. Loading checks the checkpoint first: a checksum
+advises ``run(resume=True)`` only when a checkpoint of the run is on disk. Before the first iteration the disk is
+checked for room for the run's checkpoints (``disk_space``). Loading checks the checkpoint first: a checksum
 that does not match, an unreadable file, a flow of another class or size, another objective, or other training
 settings (``Trainer.run`` lists those that may change) raise ``CheckpointError`` naming the file and the mismatch,
 before any state changes.
@@ -22,7 +20,6 @@ before any state changes.
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from dataclasses import asdict
@@ -35,7 +32,6 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, OutputWriteError
 from ..sampling.joint import TargetDensity
 from .checkpoint import (
-    CheckpointBytes,
     check_config,
     check_fits,
     class_name,
@@ -46,6 +42,7 @@ from .checkpoint import (
     write_atomically,
 )
 from .config import FREE_SETTINGS, TrainConfig
+from .disk_space import bytes_needed, check_free_space
 from .distributed import DistributedContext, rank_seed
 from .guards import Counters, GradientGuards
 from .interrupts import StopSignals
@@ -56,14 +53,6 @@ __all__ = ["CHECKPOINT_NAME", "Checkpoints", "TrainingState", "rng_state", "to_c
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: an upper bound of one iteration's record in the checkpoint's history and as a line of the metrics log (FAB on
-#: DW4: ~200 and ~550 bytes)
-_RECORD_BYTES = 1024
-#: an upper bound of what Adam's state adds to a checkpoint per parameter tensor beyond the two moments' data (zip
-#: records and pickle of step, exp_avg, exp_avg_sq: ~770 bytes measured)
-_OPTIMIZER_TENSOR_BYTES = 1024
-#: free disk space kept beyond the estimate (the plot, metrics lines longer than estimated)
-_DISK_MARGIN_BYTES = 16 * 2**20
 
 
 class TrainingState(Protocol):
@@ -203,42 +192,19 @@ class Checkpoints:
 
     def check_disk_space(self) -> None:
         """Raise ``OutputWriteError`` (ENOSPC) when the disk of ``out_dir`` has less free space than the rest of this
-        run's output needs (``disk_bytes_needed``). Under ``torch.distributed`` a collective: rank 0 measures, every
-        rank decides alike."""
-        out_dir = self.trainer.out_dir
+        run's output needs (``disk_space``). Under ``torch.distributed`` a collective: rank 0 measures, every rank
+        decides alike."""
+        t = self.trainer
         state = self.state()
         needed = free = 0.0
         if state is not None:
-            needed = float(self.disk_bytes_needed(serialize_checkpoint(state)))
-            free = float(free_bytes(out_dir))
-        needed, free = self.trainer.dist.all_reduce_floats([needed, free])
-        if needed > free:
-            raise OutputWriteError(
-                errno.ENOSPC,
-                f"not enough free disk space for the checkpoints of this run in {out_dir}: they need about "
-                f"{needed:.0f} bytes ({needed / 2**20:.1f} MiB), {free:.0f} bytes are free. Free disk space or pass "
-                "another out_dir; no iteration was trained",
-            )
-
-    def disk_bytes_needed(self, now: CheckpointBytes) -> int:
-        """Free bytes the rest of this run needs in ``out_dir``, from the checkpoint as it is now: the final
-        checkpoint (now's, plus Adam's moments if no step was made yet, plus ``_RECORD_BYTES`` of history per
-        iteration left) twice, as a new checkpoint is written beside the old one before it replaces it (the space of
-        a checkpoint on disk now comes back), the metrics log's lines, and ``_DISK_MARGIN_BYTES``."""
-        left = max(self.trainer.config.n_iterations - self.trainer.iteration, 0)
-        checkpoint = now.size + self.optimizer_bytes_to_come() + left * _RECORD_BYTES
-        path = self.default_path
-        existing = path.stat().st_size if path is not None and path.exists() else 0
-        return max(checkpoint, 2 * checkpoint - existing) + left * _RECORD_BYTES + _DISK_MARGIN_BYTES
-
-    def optimizer_bytes_to_come(self) -> int:
-        """Bytes Adam's state will add to a checkpoint at its first step (0 once it has one): two moments per
-        trained parameter, with ``_OPTIMIZER_TENSOR_BYTES`` overhead per parameter."""
-        optimizer = self.trainer.optimizer
-        if optimizer.state:
-            return 0
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        return sum(2 * p.numel() * p.element_size() + _OPTIMIZER_TENSOR_BYTES for p in params)
+            path = self.default_path
+            existing = path.stat().st_size if path is not None and path.exists() else 0
+            left = max(t.config.n_iterations - t.iteration, 0)
+            needed = float(bytes_needed(serialize_checkpoint(state), t.optimizer, left, existing))
+            free = float(free_bytes(t.out_dir))
+        needed, free = t.dist.all_reduce_floats([needed, free])
+        check_free_space(needed, free, t.out_dir)
 
     def load(self, path: str | Path, device: torch.device) -> None:
         """``Trainer.load_checkpoint``: read and check the file at ``path`` (to ``device``), then restore it."""

@@ -30,8 +30,8 @@ from _training_helpers import (
 
 import bgflow_se3.threads as threads
 import bgflow_se3.train.checkpoint as checkpoint_files
-import bgflow_se3.train.checkpoint_state as checkpoint_state
 import bgflow_se3.train.config as train_config
+import bgflow_se3.train.disk_space as disk_space
 import bgflow_se3.train.loop as loop
 import bgflow_se3.train.worker_threads as worker_threads
 from bgflow_se3 import DoubleWellEnergy, OpenMMEnergy
@@ -357,7 +357,7 @@ def test_too_little_disk_space_for_the_checkpoints_fails_before_the_first_iterat
     found = re.search(r"need about (\d+) bytes .*, (\d+) bytes are free", str(error.value))
     assert found and int(found.group(2)) == 2 * final and str(out) in str(error.value)
     needed = int(found.group(1))
-    assert 2 * final + checkpoint_state._DISK_MARGIN_BYTES <= needed <= 3 * final + checkpoint_state._DISK_MARGIN_BYTES
+    assert 2 * final + disk_space._DISK_MARGIN_BYTES <= needed <= 3 * final + disk_space._DISK_MARGIN_BYTES
     assert error.value.errno == errno.ENOSPC and "no iteration was trained" in str(error.value)
     assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
     assert not (out / "checkpoint.pt").exists()
