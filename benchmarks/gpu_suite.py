@@ -167,8 +167,9 @@ def flow_section(device: torch.device, setup: dict, sizes: dict[str, dict]) -> l
 def training_section(device: torch.device, setup: dict, flow_size: dict | None = None) -> dict:
     """examples/aldp_fab.py's GPU mode (FAB from scratch) for a fixed wall-time budget (flow_size: another flow)."""
     from bgflow_se3.energy import RestrictedEnergy
+    from bgflow_se3.sampling import TargetDensity
     from bgflow_se3.systems.aldp import is_l_form
-    from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer
+    from bgflow_se3.train import FABObjective, TrainConfig, Trainer
     from examples.aldp_fab import FULL as FAB_GPU
     from examples.aldp_fab import build_flow
 

@@ -53,11 +53,12 @@ def measure(k: int, threads: str, batch: int, iterations: int) -> dict[str, Any]
     import torch
 
     from bgflow_se3.energy import OpenMMEnergy, RestrictedEnergy, TorchForceField
+    from bgflow_se3.sampling import TargetDensity
     from bgflow_se3.simulate.pretrained import load_pretrained_aldp_flow
     from bgflow_se3.systems import load_aldp
     from bgflow_se3.systems.aldp import is_l_form
     from bgflow_se3.threads import plan_threads, set_threads
-    from bgflow_se3.train import FABObjective, TargetDensity, TrainConfig, Trainer
+    from bgflow_se3.train import FABObjective, TrainConfig, Trainer
 
     startup_threads = torch.get_num_threads()
     if threads == "default":

@@ -46,6 +46,7 @@ from bgflow_se3.cli_checks import existing_directory, output_directory
 from bgflow_se3.energy import RestrictedEnergy, TorchForceField
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
+from bgflow_se3.sampling import TargetDensity
 from bgflow_se3.simulate import default_md_dir, load_aldp_md
 from bgflow_se3.simulate.pretrained import load_pretrained_aldp_flow
 from bgflow_se3.simulate.umbrella_sampling import default_umbrella_dir
@@ -53,15 +54,7 @@ from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import is_l_form
 from bgflow_se3.systems.aldp_references import reference_profile, reference_ramachandran
 from bgflow_se3.threads import set_threads
-from bgflow_se3.train import (
-    FABObjective,
-    TargetDensity,
-    TrainConfig,
-    Trainer,
-    exit_when_interrupted,
-    init_from_env,
-    training_summary,
-)
+from bgflow_se3.train import FABObjective, TrainConfig, Trainer, exit_when_interrupted, init_from_env, training_summary
 
 TEMPERATURE = 300.0
 FAB_FINE_TUNE = dict(batch_size=128, n_intermediate=2, n_leapfrog=3, n_updates=4, step_size=0.002, ais_chunk_size=None)

@@ -22,16 +22,8 @@ from bgflow_se3 import DoubleWellEnergy
 from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
-from bgflow_se3.train import (
-    HamiltonianMonteCarlo,
-    JointFlow,
-    TargetDensity,
-    autograd_log_density,
-    effective_sample_size,
-    exit_when_interrupted,
-    fit_ml,
-    init_from_env,
-)
+from bgflow_se3.sampling import HamiltonianMonteCarlo, JointFlow, TargetDensity, autograd_log_density
+from bgflow_se3.train import effective_sample_size, exit_when_interrupted, fit_ml, init_from_env
 
 QUICK = dict(flow=dict(n_blocks=2, hidden=32, egnn_layers=1), n_train=1000, n_iterations=300, batch_size=128, lr=1e-3)
 FULL = dict(

@@ -33,17 +33,16 @@ from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.flow import AugmentedCouplingFlow
 from bgflow_se3.jsonio import write_json
 from bgflow_se3.reweight import log_importance_weights
+from bgflow_se3.sampling import JointFlow, sample_with_energies
 from bgflow_se3.simulate import load_particle_data
 from bgflow_se3.train import (
     FABObjective,
-    JointFlow,
     TrainConfig,
     Trainer,
     exit_when_interrupted,
     fab_scores,
     init_from_env,
     marginal_nll,
-    sample_with_energies,
     training_summary,
 )
 

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ..errors import EmptyStateError, LowOverlapWarning, NonFiniteInputError
+from ..ess import kish_effective_count
 from ._pymbar import checked_exp
 
 __all__ = [
@@ -155,8 +156,7 @@ def effective_sample_size(log_w: Any) -> EffectiveSampleSize:
     Returns ``EffectiveSampleSize(fraction, count)`` with count in [1, n].
     """
     log_w = _check_log_w(log_w)
-    log_w = log_w - log_w.max()  # 2 log w overflows for log w > 3.6e307
-    count = math.exp(2.0 * logsumexp(log_w) - logsumexp(2.0 * log_w))
+    count = kish_effective_count(log_w)
     return EffectiveSampleSize(fraction=count / log_w.shape[0], count=count)
 
 

@@ -4,7 +4,7 @@ annealed importance sampling (``hmc``, ``ais``; FAB and ``state_ais`` use them),
 
 from .ais import AISResult, AnnealedImportanceSampler
 from .flow_samples import EnergySamples, sample_with_energies
-from .hmc import HamiltonianMonteCarlo, HMCPoint
+from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from .joint import JointFlow, TargetDensity
 from .langevin import LangevinTrajectory, langevin_dynamics, minimise
 
@@ -16,7 +16,9 @@ __all__ = [
     "HamiltonianMonteCarlo",
     "JointFlow",
     "LangevinTrajectory",
+    "LogDensityFn",
     "TargetDensity",
+    "autograd_log_density",
     "langevin_dynamics",
     "minimise",
     "sample_with_energies",

@@ -14,7 +14,7 @@ from torch import nn
 from ..sampling.ais import AnnealedImportanceSampler
 from ..sampling.flow_samples import EnergySamples, sample_with_energies
 from ..sampling.joint import JointFlow
-from .loop import TrainResult
+from .config import TrainResult
 from .metrics import effective_sample_size
 from .objectives import FABObjective
 

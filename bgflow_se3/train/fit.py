@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from ..energy.base import Energy
 from ..sampling.joint import TargetDensity
-from .loop import TrainConfig, Trainer, TrainResult
+from .config import TrainConfig, TrainResult
+from .loop import Trainer
 from .objectives import FABObjective, MaximumLikelihoodObjective, MLKLObjective, ReverseKLObjective
 
 __all__ = ["fit_fab", "fit_kl", "fit_ml"]

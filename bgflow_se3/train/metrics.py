@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..ess import kish_effective_count
 
 __all__ = ["effective_sample_size", "log_normalizer"]
 
 
 def effective_sample_size(log_w: Tensor) -> float:
-    """Kish's normalised effective sample size (sum w)^2 / (n sum w^2), in [0, 1].
+    """Kish's normalised effective sample size (sum w)^2 / (n sum w^2), in [0, 1]: as a float, what
+    ``bgflow_se3.effective_sample_size(log_w).fraction`` gives for valid weights (one implementation,
+    ``bgflow_se3.ess``), but forgiving, as training logs it.
 
-    log_w: unnormalised log importance weights, shape (n,); -inf is a zero weight, NaN counts as -inf.
-    Returns 0.0 when every weight is zero.
+    log_w: unnormalised log importance weights, shape (n,) (a tensor on any device or an array); -inf is a zero
+    weight, NaN counts as -inf. Returns 0.0 when every weight is zero or there is none.
     """
-    log_w = torch.as_tensor(log_w).detach().double().flatten()
-    log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
-    if log_w.numel() == 0 or not bool(torch.isfinite(log_w).any()):
+    log_w = torch.as_tensor(log_w).detach().double().flatten().cpu().numpy()
+    log_w = np.where(np.isnan(log_w), -np.inf, log_w)
+    if log_w.size == 0 or not np.isfinite(log_w).any():
         return 0.0
-    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.numel())
+    return kish_effective_count(log_w) / log_w.size
 
 
 def log_normalizer(log_w: Tensor) -> tuple[float, float]:

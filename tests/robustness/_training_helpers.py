@@ -169,7 +169,7 @@ def _signal_during_save(trainer: Trainer) -> None:
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        if trainer._signal is not None and trainer._writing:
+        if trainer.stops.signal is not None and trainer.stops.writing:
             os.kill(os.getpid(), signal.SIGINT)
         real_fsync(fd)
 
@@ -208,7 +208,7 @@ def main() -> None:
         args.out, args.iterations, energy=energy, checkpoint_every_s=args.checkpoint_every_s, distributed=ctx
     )
     if args.rank_1_clock_stopped and ctx.rank == 1:
-        trainer._checkpoint_time_due = lambda: False
+        trainer.checkpoints.time_due = lambda: False
     if args.signal_during_save:
         _signal_during_save(trainer)
     n_checkpoints = _count_checkpoints(trainer)

@@ -30,7 +30,10 @@ from _training_helpers import (
 
 import bgflow_se3.threads as threads
 import bgflow_se3.train.checkpoint as checkpoint_files
+import bgflow_se3.train.config as train_config
+import bgflow_se3.train.disk_space as disk_space
 import bgflow_se3.train.loop as loop
+import bgflow_se3.train.worker_threads as worker_threads
 from bgflow_se3 import DoubleWellEnergy, OpenMMEnergy
 from bgflow_se3.energy import RestrictedEnergy
 from bgflow_se3.flow import KernelFlow
@@ -44,6 +47,7 @@ from bgflow_se3.train import (
     TrainingInterrupted,
     read_checkpoint,
 )
+from bgflow_se3.train.worker_threads import rank_share
 
 SCRIPT = Path(__file__).with_name("_training_helpers.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,7 +357,7 @@ def test_too_little_disk_space_for_the_checkpoints_fails_before_the_first_iterat
     found = re.search(r"need about (\d+) bytes .*, (\d+) bytes are free", str(error.value))
     assert found and int(found.group(2)) == 2 * final and str(out) in str(error.value)
     needed = int(found.group(1))
-    assert 2 * final + loop._DISK_MARGIN_BYTES <= needed <= 3 * final + loop._DISK_MARGIN_BYTES
+    assert 2 * final + disk_space._DISK_MARGIN_BYTES <= needed <= 3 * final + disk_space._DISK_MARGIN_BYTES
     assert error.value.errno == errno.ENOSPC and "no iteration was trained" in str(error.value)
     assert trainer.iteration == 0 and torch.equal(parameters(trainer), before)
     assert not (out / "checkpoint.pt").exists()
@@ -473,7 +477,7 @@ def test_resuming_may_change_what_is_shown_logged_or_saved(tmp_path, checkpoint)
     shutil.copy(checkpoint, path)
     base = make_trainer(tmp_path)
     free = dict(progress=True, plot=True, checkpoint_every=1, checkpoint_every_s=60.0, eval_every=2, n_eval=8)
-    assert set(free) == loop._FREE_SETTINGS
+    assert set(free) == train_config.FREE_SETTINGS
     trainer = Trainer(base.flow, base.objective, replace(base.config, **free), tmp_path)
     trainer.load_checkpoint(path)
     assert trainer.iteration == 2
@@ -557,7 +561,7 @@ def test_training_plans_threads_for_the_openmm_workers_behind_the_target(monkeyp
         calls.append((n_workers, cores, busy))
         raise _Planned
 
-    monkeypatch.setattr(loop, "apply_thread_policy", plan)
+    monkeypatch.setattr(worker_threads, "apply_thread_policy", plan)
     with OpenMMEnergy(tiny_openmm_system(), 300.0, n_workers=n_workers) as energy:
         restricted = RestrictedEnergy(energy, lambda x: torch.ones(len(x), dtype=torch.bool))
         torch.manual_seed(0)
@@ -577,9 +581,9 @@ def test_the_plan_is_applied_at_each_run_and_logged_once(monkeypatch, caplog):
         calls.append((n_workers, cores, busy))
         return ThreadPlan(1, 1, 2, 0, n_workers, "a plan made by the test")
 
-    monkeypatch.setattr(loop, "apply_thread_policy", plan)
+    monkeypatch.setattr(worker_threads, "apply_thread_policy", plan)
     trainer = make_trainer(None, 2)
-    with caplog.at_level(logging.INFO, logger=loop.__name__):
+    with caplog.at_level(logging.INFO, logger=worker_threads.__name__):
         trainer.run(until=1)
         trainer.run()
     assert calls == [(0, None, None)] * 2
@@ -600,10 +604,10 @@ def test_a_users_thread_setting_is_kept(monkeypatch):
 
 
 def test_ranks_sharing_a_machine_plan_with_their_share_of_the_cores(monkeypatch):
-    assert loop._rank_share(8, 0, 4) == (2, 0)
-    assert loop._rank_share(8, 7, 4) == (2, 0)  # 6 cores may be the other ranks'; 1 busy core elsewhere: < 1 each
-    assert loop._rank_share(16, 14, 2) == (8, 3)  # 6 busy beyond the other rank's 8, shared
-    assert loop._rank_share(2, 2, 4) == (1, 0)
+    assert rank_share(8, 0, 4) == (2, 0)
+    assert rank_share(8, 7, 4) == (2, 0)  # 6 cores may be the other ranks'; 1 busy core elsewhere: < 1 each
+    assert rank_share(16, 14, 2) == (8, 3)  # 6 busy beyond the other rank's 8, shared
+    assert rank_share(2, 2, 4) == (1, 0)
 
     class TwoLocalRanks:
         distributed, local_world_size = True, 2
@@ -614,9 +618,11 @@ def test_ranks_sharing_a_machine_plan_with_their_share_of_the_cores(monkeypatch)
         calls.append((n_workers, cores, busy))
         return ThreadPlan(1, 1, cores, busy, n_workers, "a rank's share")
 
-    monkeypatch.setattr(loop, "usable_cores", lambda: 16)
-    monkeypatch.setattr(loop, "plan_threads", lambda n, cores: ThreadPlan(cores, 1, cores, 12, n, "whole machine"))
-    monkeypatch.setattr(loop, "apply_thread_policy", apply)
+    monkeypatch.setattr(worker_threads, "usable_cores", lambda: 16)
+    monkeypatch.setattr(
+        worker_threads, "plan_threads", lambda n, cores: ThreadPlan(cores, 1, cores, 12, n, "whole machine")
+    )
+    monkeypatch.setattr(worker_threads, "apply_thread_policy", apply)
     trainer = make_trainer(None, 1)
     trainer.dist = TwoLocalRanks()  # only the thread plan reads it here
     trainer._apply_thread_policy()

@@ -3,7 +3,7 @@ import math
 import torch
 
 from bgflow_se3 import Energy
-from bgflow_se3.train import TargetDensity
+from bgflow_se3.sampling import TargetDensity
 
 
 class Table(Energy):

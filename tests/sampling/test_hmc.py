@@ -3,7 +3,7 @@ import math
 import torch
 from scipy.stats import truncnorm
 
-from bgflow_se3.train import HamiltonianMonteCarlo, JointFlow, autograd_log_density
+from bgflow_se3.sampling import HamiltonianMonteCarlo, JointFlow, autograd_log_density
 
 MEAN = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
 STD = torch.tensor([0.5, 1.0, 2.0, 0.3], dtype=torch.float64)

@@ -5,14 +5,8 @@ import math
 import pytest
 import torch
 
-from bgflow_se3.train import (
-    AnnealedImportanceSampler,
-    HamiltonianMonteCarlo,
-    JointFlow,
-    TargetDensity,
-    effective_sample_size,
-    log_normalizer,
-)
+from bgflow_se3.sampling import AnnealedImportanceSampler, HamiltonianMonteCarlo, JointFlow, TargetDensity
+from bgflow_se3.train import effective_sample_size, log_normalizer
 from tests.train._helpers import GaussianMixtureEnergy, centre
 
 
