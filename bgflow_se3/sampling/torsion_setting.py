@@ -16,7 +16,7 @@ __all__ = ["moving_side", "set_torsion", "torsion_angle"]
 
 def torsion_angle(x: Tensor, atoms: Sequence[int]) -> Tensor:
     """Dihedral angle of atoms (a, b, c, d) in radians, [-pi, pi] (IUPAC sign, as mdtraj); x (batch, n, 3)."""
-    from ..flow.internal import _torsion
+    from ..flow.internal_coordinates import _torsion
 
     a, b, c, d = atoms
     return _torsion(x[:, a], x[:, b], x[:, c], x[:, d])

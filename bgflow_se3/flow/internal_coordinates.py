@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_positions
+from .checks import check_positions
 from .coupling_stack import alternating_masks, zero_output_mlp
 from .splines import n_spline_params, rational_quadratic_spline
 
