@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..geometry import chirality_sign
 from .dihedrals import _coordinates, as_mdtraj_topology
 
 __all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_mismatch", "chirality_signs", "d_chirality_fraction"]
@@ -43,8 +45,8 @@ def chirality_signs(topology: Any, x: Any) -> np.ndarray:
         raise ValueError("the topology has no residue with N, CA, C and CB atoms: no chirality to report")
     if not np.isfinite(x).all():
         raise ValueError("x holds NaN or inf; drop those samples before computing chirality")
-    n, ca, c, cb = (x[:, centres[:, i]] for i in range(4))
-    return np.sign(np.einsum("bki,bki->bk", n - ca, np.cross(c - ca, cb - ca)))
+    n, ca, c, cb = (torch.from_numpy(x[:, centres[:, i]]) for i in range(4))
+    return chirality_sign(n, ca, c, cb).numpy()
 
 
 def d_chirality_fraction(topology: Any, x: Any) -> float:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..geometry import angle, torsion, unit
 from .checks import check_positions
 from .coupling_stack import alternating_masks, zero_output_mlp
 from .splines import n_spline_params, rational_quadratic_spline
@@ -96,32 +97,13 @@ def zmatrix_from_bonds(n_atoms: int, bonds: Sequence[tuple[int, int]], root: int
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _unit(v: Tensor) -> Tensor:
-    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-
-
-def _angle(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """Angle a-b-c in [0, pi], (..., 3) -> (...)."""
-    u, v = a - b, c - b
-    return torch.atan2(torch.linalg.vector_norm(torch.linalg.cross(u, v, dim=-1), dim=-1), (u * v).sum(-1))
-
-
-def _torsion(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
-    """Dihedral a-b-c-d in [-pi, pi] (IUPAC sign, as mdtraj), (..., 3) -> (...)."""
-    b0, b1, b2 = a - b, c - b, d - c
-    b1u = _unit(b1)
-    v = b0 - (b0 * b1u).sum(-1, keepdim=True) * b1u
-    w = b2 - (b2 * b1u).sum(-1, keepdim=True) * b1u
-    return torch.atan2((torch.linalg.cross(b1u, v, dim=-1) * w).sum(-1), (v * w).sum(-1))
-
-
 def internal_coordinates(x: Tensor, zmatrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """x (batch, n_atoms, 3) -> bonds (batch, n-1), angles (batch, n-2), torsions (batch, n-3) of the Z-matrix rows
     1.., 2.., 3.. (length unit of x; radians)."""
     i, j, k, l = zmatrix.T
     bonds = torch.linalg.vector_norm(x[:, i[1:]] - x[:, j[1:]], dim=-1)
-    angles = _angle(x[:, i[2:]], x[:, j[2:]], x[:, k[2:]])
-    torsions = _torsion(x[:, i[3:]], x[:, j[3:]], x[:, k[3:]], x[:, l[3:]])
+    angles = angle(x[:, i[2:]], x[:, j[2:]], x[:, k[2:]])
+    torsions = torsion(x[:, i[3:]], x[:, j[3:]], x[:, k[3:]], x[:, l[3:]])
     return bonds, angles, torsions
 
 
@@ -135,14 +117,14 @@ def place_atoms(bonds: Tensor, angles: Tensor, torsions: Tensor, zmatrix: Tensor
     pos[rows[0][0]] = torch.zeros(batch, 3, dtype=bonds.dtype, device=bonds.device)
     pos[rows[1][0]] = torch.stack([zero, zero, bonds[:, 0]], -1)
     i, j, k, _ = rows[2]
-    axis = _unit(pos[k] - pos[j])  # the third atom: angle from the j->k axis, in the xz-plane
+    axis = unit(pos[k] - pos[j])  # the third atom: angle from the j->k axis, in the xz-plane
     perp = torch.stack([axis[:, 2], zero, -axis[:, 0]], -1)  # axis (along +-z) turned by 90 degrees about y
     r, t = bonds[:, 1:2], angles[:, 0:1]
     pos[i] = pos[j] + r * (torch.cos(t) * axis + torch.sin(t) * perp)
     for m, (i, j, k, l) in enumerate(rows[3:]):
         r, t, p = bonds[:, m + 2 : m + 3], angles[:, m + 1 : m + 2], torsions[:, m : m + 1]
-        bc = _unit(pos[j] - pos[k])
-        normal = _unit(torch.linalg.cross(pos[k] - pos[l], bc, dim=-1))
+        bc = unit(pos[j] - pos[k])
+        normal = unit(torch.linalg.cross(pos[k] - pos[l], bc, dim=-1))
         in_plane = torch.linalg.cross(normal, bc, dim=-1)
         local = -torch.cos(t) * bc + torch.sin(t) * (torch.cos(p) * in_plane + torch.sin(p) * normal)
         pos[i] = pos[j] + r * local
@@ -153,7 +135,7 @@ def _random_rotations(n: int, generator: torch.Generator | None, dtype: torch.dt
     """n Haar-uniform rotation matrices (n, 3, 3), det +1 (from unit quaternions)."""
     gen_device = generator.device if generator is not None else device
     q = torch.randn(n, 4, generator=generator, dtype=dtype, device=gen_device).to(device)
-    w, x, y, z = _unit(q).unbind(-1)
+    w, x, y, z = unit(q).unbind(-1)
     return torch.stack(
         [
             torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
