@@ -131,7 +131,7 @@ def _aldp_forcefield_system(*files: str) -> Any:
 def _openmmtools_aldp_implicit() -> Any:
     import warnings
 
-    from bgflow_se3.reweight._pymbar import quiet_pymbar_import
+    from bgflow_se3.reweight.pymbar_calls import quiet_pymbar_import
 
     with quiet_pymbar_import():  # openmmtools imports pymbar, which prints a JAX banner and a caveat on import
         from openmmtools import testsystems

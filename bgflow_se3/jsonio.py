@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import write_atomically
+
 __all__ = ["json_safe", "strict_json", "write_json"]
 
 
@@ -43,5 +45,6 @@ def strict_json(value: Any, indent: int | None = 2) -> str:
 
 
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> None:
-    """Write ``value`` to ``path`` as strict JSON (``strict_json``), with a final newline."""
-    Path(path).write_text(strict_json(value, indent) + "\n")
+    """Write ``value`` to ``path`` as strict JSON (``strict_json``), with a final newline, atomically
+    (``files.write_atomically``: an interrupted write leaves the old file)."""
+    write_atomically(Path(path), (strict_json(value, indent) + "\n").encode())

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
-from .dihedrals import _coordinates, as_mdtraj_topology
+from ..geometry import chirality_sign
+from .dihedrals import as_mdtraj_topology, as_positions
 
 __all__ = ["L_CHIRALITY_SIGN", "chiral_centres", "chirality_mismatch", "chirality_signs", "d_chirality_fraction"]
 
@@ -35,7 +37,7 @@ def chirality_signs(topology: Any, x: Any) -> np.ndarray:
 
     x: positions in nm, shape (batch, n_atoms, 3) (numpy or torch). +1 is L (``L_CHIRALITY_SIGN``), -1 is D.
     """
-    x = _coordinates(x)
+    x = as_positions(x)
     centres = chiral_centres(topology)
     if x.ndim != 3 or x.shape[2] != 3:
         raise ValueError(f"x must have shape (batch, n_atoms, 3) in nm, got {x.shape}")
@@ -43,8 +45,8 @@ def chirality_signs(topology: Any, x: Any) -> np.ndarray:
         raise ValueError("the topology has no residue with N, CA, C and CB atoms: no chirality to report")
     if not np.isfinite(x).all():
         raise ValueError("x holds NaN or inf; drop those samples before computing chirality")
-    n, ca, c, cb = (x[:, centres[:, i]] for i in range(4))
-    return np.sign(np.einsum("bki,bki->bk", n - ca, np.cross(c - ca, cb - ca)))
+    n, ca, c, cb = (torch.from_numpy(x[:, centres[:, i]]) for i in range(4))
+    return chirality_sign(n, ca, c, cb).numpy()
 
 
 def d_chirality_fraction(topology: Any, x: Any) -> float:
@@ -68,7 +70,7 @@ def chirality_mismatch(topology: Any, x: Any, reference: Any | None = None) -> n
     if reference is None:
         target = np.full(signs.shape[1], L_CHIRALITY_SIGN)
     else:
-        target = chirality_signs(topology, _coordinates(reference)[None])[0]
+        target = chirality_signs(topology, as_positions(reference)[None])[0]
         if (target == 0).any():
             raise ValueError(
                 "the reference structure is planar at a chiral centre (N, CA, C, CB in one plane), so it has no "

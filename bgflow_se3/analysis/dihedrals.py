@@ -6,7 +6,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["BackboneDihedrals", "as_mdtraj_topology", "backbone_dihedrals", "dihedral_angles", "phi_psi"]
+__all__ = [
+    "BackboneDihedrals",
+    "as_mdtraj_topology",
+    "as_positions",
+    "backbone_dihedrals",
+    "dihedral_angles",
+    "phi_psi",
+]
 
 
 class BackboneDihedrals(NamedTuple):
@@ -29,7 +36,7 @@ def as_mdtraj_topology(topology: Any):
     raise TypeError(f"topology must be an mdtraj.Topology or openmm.app.Topology, got {type(topology).__name__}")
 
 
-def _coordinates(x: Any) -> np.ndarray:
+def as_positions(x: Any) -> np.ndarray:
     """Positions (numpy array or torch tensor on any device) as float64 numpy; integer or complex input and
     ``meta`` tensors (no data) raise ``TypeError`` / ``ValueError``."""
     if hasattr(x, "detach"):
@@ -58,7 +65,7 @@ def _trajectory(topology: Any, x: Any):
     import mdtraj
 
     top = as_mdtraj_topology(topology)
-    xyz = _coordinates(x)
+    xyz = as_positions(x)
     if xyz.ndim == 2:
         xyz = xyz[None]
     if xyz.ndim != 3 or xyz.shape[1:] != (top.n_atoms, 3):

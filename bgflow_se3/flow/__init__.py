@@ -23,7 +23,7 @@ from .baselines import (
 )
 from .couplings import ProjectionCoupling, reference_vector_loss
 from .egnn import EGNN
-from .internal import InternalCoordinateFlow, zmatrix_from_bonds
+from .internal_coordinates import InternalCoordinateFlow, zmatrix_from_bonds
 from .splines import rational_quadratic_spline
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConvergenceError
-from ._pymbar import checked_mbar, import_pymbar
+from .pymbar_calls import checked_mbar, import_pymbar
 from .weights import as_float_array, log_importance_weights
 
 __all__ = ["FreeEnergySurface", "free_energy_surface", "histogram_fes"]

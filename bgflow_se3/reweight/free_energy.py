@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning
-from ._pymbar import DEFAULT_MIN_OVERLAP, checked_bar, checked_mbar, pymbar_errors
+from .pymbar_calls import DEFAULT_MIN_OVERLAP, checked_bar, checked_mbar, pymbar_errors
 from .weights import DEFAULT_MIN_ESS, Estimate, as_float_array, as_mask, log_importance_weights
 
 __all__ = ["FreeEnergy", "TargetSamples", "free_energy_difference"]

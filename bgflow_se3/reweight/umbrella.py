@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning
-from ._pymbar import DEFAULT_MIN_OVERLAP, checked_mbar, import_pymbar
 from .fes import FreeEnergySurface, histogram_fes
 from .free_energy import FreeEnergy
+from .pymbar_calls import DEFAULT_MIN_OVERLAP, checked_mbar, import_pymbar
 
 __all__ = [
     "RepeatCombination",

@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 
 from ..errors import EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..ess import kish_effective_count
-from ._pymbar import checked_exp
+from .pymbar_calls import checked_exp
 
 __all__ = [
     "DEFAULT_MIN_ESS",
@@ -235,7 +235,7 @@ def log_partition_ratio(
         _warn_low_ess(effective_sample_size(log_w).count, min_ess, "log_partition_ratio (EXP)")
         delta_f, stderr = checked_exp(-log_w)
         return Estimate(value=-delta_f, stderr=stderr, method="EXP")
-    from ._pymbar import checked_bar
+    from .pymbar_calls import checked_bar
 
     log_w_ref = log_importance_weights(reference.log_q, reference.u, reference.log_p_aug)
     delta_f, stderr = checked_bar(-log_w, log_w_ref, min_overlap=min_overlap)

@@ -23,7 +23,7 @@ def write_aldp_files(directory: str | Path) -> None:
     import openmm
     import openmm.app as app
 
-    from ..reweight._pymbar import quiet_pymbar_import
+    from ..reweight.pymbar_calls import quiet_pymbar_import
 
     with quiet_pymbar_import():  # openmmtools imports pymbar, which prints a JAX banner and a caveat on import
         from openmmtools import testsystems

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..files import write_atomically
 from ..flow import InternalCoordinateFlow
 
 __all__ = ["PretrainedModelMismatch", "load_pretrained_aldp_flow", "pretrained_path", "save_pretrained_aldp_flow"]
@@ -60,8 +61,8 @@ def save_pretrained_aldp_flow(
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    path.write_bytes(buffer.getvalue())
-    path.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
+    write_atomically(path, buffer.getbuffer())
+    write_atomically(path.with_suffix(".json"), json.dumps(provenance, indent=2).encode())
     return path
 
 

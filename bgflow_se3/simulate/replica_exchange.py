@@ -18,6 +18,7 @@ and the swap statistics, so a later call with more nanoseconds continues the run
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerError
+from ..files import write_atomically
 from .umbrella_windows import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
 
 __all__ = ["ExchangeStatistics", "exchange_statistics", "run_replica_exchange"]
@@ -239,9 +241,9 @@ def _save_state(cache: Path, config: UmbrellaConfig, state: dict) -> None:
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(path, buffer.getbuffer())
 
 
 class _ReplicaGroup:

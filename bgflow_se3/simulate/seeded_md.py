@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..geometry import set_torsion
 from ..sampling.langevin import langevin_dynamics, minimise
-from ..sampling.torsion_setting import set_torsion
 from ..systems.aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
 
 __all__ = ["DEFAULT_SEEDS", "seeded_aldp_md"]

@@ -9,6 +9,7 @@ profile files the recipe writes are read by ``bgflow_se3.systems.aldp_references
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_atomically
 from ..systems.aldp_references import (
     load_profile,
     reference_profile,
@@ -91,9 +93,9 @@ def _run_window(args: tuple) -> tuple[int, float]:
     if not np.isfinite(positions).all():
         raise RuntimeError(f"window {k} blew up (non-finite positions); use a smaller time step")
     velocities = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-    tmp = path.with_suffix(".tmp.npz")
+    buffer = io.BytesIO()
     np.savez(
-        tmp,
+        buffer,
         phi=np.asarray(phi),
         psi=np.asarray(psi),
         steps=steps_done,
@@ -101,7 +103,7 @@ def _run_window(args: tuple) -> tuple[int, float]:
         velocities=velocities,
         center=center,
     )
-    tmp.replace(path)
+    write_atomically(path, buffer.getbuffer())
     return k, time.perf_counter() - start
 
 

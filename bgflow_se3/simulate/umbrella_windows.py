@@ -9,7 +9,6 @@ configurations) both import this module, and ``umbrella_sampling`` dispatches to
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -133,7 +132,7 @@ def _start_at(positions_nm: np.ndarray, topology, atoms: Sequence[int], value: f
     """positions (n, 3) with the dihedral ``atoms`` rotated to ``value`` radians (the smaller side moves)."""
     import torch
 
-    from ..sampling.torsion_setting import set_torsion
+    from ..geometry import set_torsion
 
     bonds = [(a.index, b.index) for a, b in topology.bonds()]
     x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))[None]
@@ -217,7 +216,9 @@ def record_angles(context, n_saves: int, save_every: int, phi_atoms, psi_atoms) 
 
 
 def _dihedral(x: np.ndarray) -> float:
-    """Dihedral of four positions (4, 3), radians (IUPAC sign)."""
-    b1, b2, b3 = x[1] - x[0], x[2] - x[1], x[3] - x[2]
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    return float(math.atan2(np.linalg.norm(b2) * np.dot(b1, n2), np.dot(n1, n2)))
+    """Dihedral of four positions (4, 3), radians (IUPAC sign): ``geometry.openmm_dihedral`` in float64."""
+    import torch
+
+    from ..geometry import openmm_dihedral
+
+    return float(openmm_dihedral(*torch.as_tensor(np.asarray(x, dtype=np.float64)).unbind(0)))

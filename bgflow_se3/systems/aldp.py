@@ -28,10 +28,10 @@ def is_l_form(x):
     ``analysis.chirality``); NaN coordinates give False. The force field cannot tell L from D (mirror images have
     equal energy), so the Boltzmann target of the L molecule is exp(-u) restricted to this mask.
     """
-    import torch
+    from ..geometry import signed_volume  # torch: imported on first use, as before
 
     n, ca, c, cb = (x[:, i] for i in CHIRAL_CENTRE_ATOMS)
-    return (torch.linalg.cross(c - ca, cb - ca, dim=-1) * (n - ca)).sum(-1) > 0
+    return signed_volume(n, ca, c, cb) > 0
 
 
 @dataclass(frozen=True)

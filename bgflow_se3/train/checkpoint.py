@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, OutputWriteError
+from ..files import write_atomically
 
 __all__ = [
     "CheckpointBytes",
@@ -106,31 +107,6 @@ def probe_output_dir(folder: Path) -> None:
 def free_bytes(folder: Path) -> int:
     """Bytes free for this user on the disk that holds ``folder`` (``shutil.disk_usage``)."""
     return int(shutil.disk_usage(folder).free)
-
-
-def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
-    """Write the ``chunks`` one after the other to ``path.tmp``, sync it and rename it over ``path``: ``path`` then
-    holds the old file or the new one, never a part. On failure the ``OSError`` propagates, the old file is unchanged
-    and the partial one removed."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; not possible everywhere)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -14,7 +14,7 @@ from bgflow_se3.reweight import (
     log_importance_weights,
     log_partition_ratio,
 )
-from bgflow_se3.reweight._pymbar import checked_bar, import_pymbar
+from bgflow_se3.reweight.pymbar_calls import checked_bar, import_pymbar
 
 
 def test_log_weights_formula_and_torch_input(problem):

@@ -28,6 +28,7 @@ from _training_helpers import (
     parameters,
 )
 
+import bgflow_se3.files as atomic_files
 import bgflow_se3.threads as threads
 import bgflow_se3.train.checkpoint as checkpoint_files
 import bgflow_se3.train.config as train_config
@@ -242,7 +243,8 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_iteration(tmp_path
 
 # ---- 2. unwritable output, full disk -----------------------------------------------------------------------------
 def _raise_on(monkeypatch, predicate, code: int, partial: bool = False) -> None:
-    """Make ``open`` of ``bgflow_se3.train.checkpoint`` (output probe, checkpoint files) fail with OSError(code) for
+    """Make ``open`` of ``bgflow_se3.train.checkpoint`` (output probe) and ``bgflow_se3.files`` (the atomic writes of
+    the checkpoint files) fail with OSError(code) for
     paths matching ``predicate`` (after writing half of the data when ``partial``), as a read-only folder or a full
     disk would."""
 
@@ -271,6 +273,7 @@ def _raise_on(monkeypatch, predicate, code: int, partial: bool = False) -> None:
         return builtins.open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_files, "open", fake_open, raising=False)
+    monkeypatch.setattr(atomic_files, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize("case", ["read_only_folder", "path_under_a_file", "full_disk"])

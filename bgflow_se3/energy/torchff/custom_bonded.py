@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from ...errors import UnsupportedForceError, UnsupportedSystemError
+from ...geometry import openmm_dihedral, openmm_vector_angle
 from .base import BuildContext, ForceTerm, f64, long_rows, plain
 from .expressions import CompiledExpression, TabulatedFunction, compile_expression, tabulated_functions
-from .kernels import gather_atoms, points_dihedral, vector_angle
+from .kernels import gather_atoms
 
 __all__ = [
     "CustomAngleTerm",
@@ -176,7 +177,7 @@ class CustomAngleTerm(CustomTerm):
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
         a, vertex, c = gather_atoms(x, self.atoms)
-        return {"theta": vector_angle(a - vertex, c - vertex)}
+        return {"theta": openmm_vector_angle(a - vertex, c - vertex)}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomAngleTerm:
@@ -193,7 +194,7 @@ class CustomTorsionTerm(CustomTerm):
     geometric_variables = ("theta",)
 
     def _geometry(self, x: Tensor) -> dict[str, Tensor]:
-        return {"theta": points_dihedral(*gather_atoms(x, self.atoms))}
+        return {"theta": openmm_dihedral(*gather_atoms(x, self.atoms))}
 
     @classmethod
     def from_force(cls, force: Any, force_index: int = -1) -> CustomTorsionTerm:

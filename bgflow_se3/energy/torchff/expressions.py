@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ...errors import BgflowError, UnsupportedForceError
-from .kernels import points_dihedral, vector_angle
+from ...geometry import openmm_angle, openmm_dihedral
 from .tabulated import TabulatedFunction, tabulated_function, tabulated_functions
 
 __all__ = [
@@ -105,11 +105,6 @@ def _distance(p1: Tensor, p2: Tensor) -> Tensor:
     return (d * d).sum(dim=-1).sqrt()
 
 
-def _angle(p1: Tensor, p2: Tensor, p3: Tensor) -> Tensor:
-    """Angle p1-p2-p3 at vertex p2 in radians, [0, pi]."""
-    return vector_angle(p1 - p2, p3 - p2)
-
-
 #: Lepton's built-in functions: name -> (number of arguments, torch implementation).
 _BUILTINS: dict[str, tuple[int, Callable[..., Tensor]]] = {
     "sqrt": (1, torch.sqrt),
@@ -153,7 +148,7 @@ PARTICLE_FUNCTIONS: dict[str, tuple[int, bool]] = {
     "pointangle": (9, False),
     "pointdihedral": (12, False),
 }
-_GEOMETRY = {2: _distance, 3: _angle, 4: points_dihedral}
+_GEOMETRY = {2: _distance, 3: openmm_angle, 4: openmm_dihedral}
 
 #: Every function name the compiler accepts (tabulated functions come on top, under their own names).
 SUPPORTED_FUNCTIONS: tuple[str, ...] = tuple(_BUILTINS) + tuple(PARTICLE_FUNCTIONS)

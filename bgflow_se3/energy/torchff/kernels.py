@@ -5,8 +5,8 @@ and parameter tensors in OpenMM's units (nm, radians, kJ/mol, elementary charges
 on ``x.device``, and returns one energy per configuration, shape ``(batch,)``, in kJ/mol. They are
 differentiable with respect to ``x``; forces come from autograd. The formulas follow OpenMM's Reference platform
 (``ReferenceObc.cpp``, ``ReferenceLJCoulombIxn.cpp``, ``ReferenceLJCoulomb14.cpp``); the constants below are
-OpenMM's. The geometry helpers ``gather_atoms``, ``cross``, ``vector_angle`` and ``points_dihedral`` are shared
-with the custom terms and the expression compiler.
+OpenMM's. ``gather_atoms`` is shared with the custom terms; the geometry (``cross``, ``vector_angle``,
+``points_dihedral``: OpenMM's definitions) is ``bgflow_se3.geometry``'s, re-exported here under its old names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ import math
 
 import torch
 from torch import Tensor
+
+from ...geometry import cross, openmm_dihedral, openmm_vector_angle
+
+#: the old names of ``bgflow_se3.geometry``'s OpenMM forms
+vector_angle = openmm_vector_angle
+points_dihedral = openmm_dihedral
 
 __all__ = [
     "OBC_ALPHA",
@@ -85,24 +91,6 @@ def harmonic_bond_energy(x: Tensor, atoms: Tensor, length: Tensor, k: Tensor) ->
     return (0.5 * k * (r - length).square()).sum(dim=-1)
 
 
-def cross(a: Tensor, b: Tensor) -> Tensor:
-    """Cross product of vectors of shape (..., 3), component by component: exactly zero for parallel inputs such
-    as b = -a (``torch.linalg.cross`` may fuse multiply-adds and leave a rounding residue there)."""
-    a0, a1, a2 = a.unbind(-1)
-    b0, b1, b2 = b.unbind(-1)
-    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-1)
-
-
-def vector_angle(a: Tensor, b: Tensor) -> Tensor:
-    """Angle between vectors ``a`` and ``b`` (shape (..., 3)) in radians, accurate near 0 and pi (atan2 form).
-
-    NaN where ``a`` or ``b`` has zero length (the angle is undefined; OpenMM's cosine is 0/0 there). The gradient
-    is zero for exactly parallel vectors, as OpenMM's force.
-    """
-    zero_length = (a * a).sum(dim=-1) * (b * b).sum(dim=-1) == 0
-    return torch.atan2(cross(a, b).norm(dim=-1), (a * b).sum(dim=-1)).masked_fill(zero_length, math.nan)
-
-
 def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -> Tensor:
     """``sum 0.5 k (theta - theta0)^2`` over angles i-j-k with vertex j (OpenMM ``HarmonicAngleForce``).
 
@@ -111,7 +99,7 @@ def harmonic_angle_energy(x: Tensor, atoms: Tensor, theta0: Tensor, k: Tensor) -
     (two coincident bonded atoms) leaves the angle undefined: NaN, as OpenMM's cosine 0/0.
     """
     a, vertex, c = gather_atoms(x, atoms)
-    theta = vector_angle(a - vertex, c - vertex)
+    theta = openmm_vector_angle(a - vertex, c - vertex)
     return (0.5 * k * (theta - theta0).square()).sum(dim=-1)
 
 
@@ -120,21 +108,7 @@ def dihedral_angle(x: Tensor, atoms: Tensor) -> Tensor:
 
     atoms: long, shape (n_torsions, 4). The sign convention is OpenMM's (and mdtraj's).
     """
-    return points_dihedral(*gather_atoms(x, atoms))
-
-
-def points_dihedral(p1: Tensor, p2: Tensor, p3: Tensor, p4: Tensor) -> Tensor:
-    """Dihedral p1-p2-p3-p4 of positions (..., 3) in radians, (-pi, pi], OpenMM's sign convention.
-
-    Degenerate (n1 = b1 x b2 or n2 = b2 x b3 zero, e.g. two of the atoms coincident): pi/2, as OpenMM (its
-    normalised dot product of the normals is then 0); the gradient there is not finite (nor is OpenMM's force).
-    """
-    b1, b2, b3 = p2 - p1, p3 - p2, p4 - p3
-    n1 = cross(b1, b2)
-    n2 = cross(b2, b3)
-    y = b2.norm(dim=-1) * (b1 * n2).sum(dim=-1)
-    x = (n1 * n2).sum(dim=-1)
-    return torch.atan2(y, x).masked_fill((x == 0) & (y == 0), 0.5 * math.pi)
+    return openmm_dihedral(*gather_atoms(x, atoms))
 
 
 def periodic_torsion_energy(

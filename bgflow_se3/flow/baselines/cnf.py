@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ...memory import check_fits, graph_bytes_per_item
-from .._checks import check_positions
+from ..checks import check_positions
 
 __all__ = [
     "ContinuousFlow",

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positions
+from ..checks import check_positions
 from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from ..geometry import safe_norm
 from ..splines import n_spline_params, rational_quadratic_spline

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positions
+from ..checks import check_positions
 from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
 from .cnf import remove_mean
 

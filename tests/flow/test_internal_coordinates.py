@@ -5,7 +5,12 @@ import torch
 
 from bgflow_se3.flow.baselines.noneq import helmert_basis
 from bgflow_se3.flow.geometry import random_rotation, remove_com
-from bgflow_se3.flow.internal import InternalCoordinateFlow, internal_coordinates, place_atoms, zmatrix_from_bonds
+from bgflow_se3.flow.internal_coordinates import (
+    InternalCoordinateFlow,
+    internal_coordinates,
+    place_atoms,
+    zmatrix_from_bonds,
+)
 from tests.flow.test_couplings import randomise
 
 # a branched 6-atom molecule (a carbon with three substituents, one of them carrying two more atoms)
