@@ -14,7 +14,7 @@ import torch
 import bgflow_se3.memory as memory
 from bgflow_se3 import AugmentedCouplingFlow
 from bgflow_se3.errors import InsufficientMemoryError
-from bgflow_se3.flow.geometry import remove_com
+from bgflow_se3.flow.frames import remove_com
 
 GB = 10**9
 LIMIT_4GB = 4 * 2**30  # what SLURM writes for --mem=4G: 4.29 GB
@@ -195,7 +195,7 @@ ULIMIT_SCRIPT = textwrap.dedent(
     import resource, sys
     import torch
     from bgflow_se3.errors import InsufficientMemoryError
-    from bgflow_se3.flow.geometry import remove_com
+    from bgflow_se3.flow.frames import remove_com
     from tests.test_memory import small_aldp_sized_flow
 
     flow = small_aldp_sized_flow()

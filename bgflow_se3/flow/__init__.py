@@ -1,7 +1,7 @@
 """Normalising flows. The seed's model, the SE(3) x S_n augmented coupling flow, is ``augmented`` (the flow)
-built from ``couplings`` (projection couplings), ``egnn`` (the equivariant network), ``geometry`` (CoM, frames,
-spherical coordinates) and ``splines``; ``internal`` is an internal-coordinate flow for molecules (with
-``coupling_stack``); ``baselines/`` holds the peers' models (E-NF, kernel CNFs, group-averaged and
+built from ``couplings`` (projection couplings), ``egnn`` (the equivariant network), ``frames`` (CoM, frames,
+spherical coordinates) and ``splines``; ``internal_coordinates`` is an internal-coordinate flow for molecules
+(with ``coupling_stack``); ``baselines/`` holds the peers' models (E-NF, kernel CNFs, group-averaged and
 non-equivariant flows), re-exported here.
 
 Never imports OpenMM."""

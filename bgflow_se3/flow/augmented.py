@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import NonFiniteInputError
 from ..memory import check_fits, graph_bytes_per_item
 from .couplings import PROJECTIONS, Projection, ProjectionCoupling
-from .geometry import centre_on_aug, centre_on_x, remove_com
+from .frames import centre_on_aug, centre_on_x, remove_com
 
 __all__ = ["AugmentedCouplingFlow", "FlowSample"]
 

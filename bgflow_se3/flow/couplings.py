@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .egnn import EGNN
-from .geometry import (
+from .frames import (
     FrameMethod,
     cartesian_from_spherical,
     frame_gram_min_eig,

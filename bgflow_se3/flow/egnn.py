@@ -28,7 +28,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .geometry import safe_norm
+from .frames import safe_norm
 
 __all__ = ["EGNN", "ResidualMLP"]
 

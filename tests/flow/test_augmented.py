@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgflow_se3 import AugmentedCouplingFlow, FlowSample, NonFiniteInputError
-from bgflow_se3.flow.geometry import random_rotation, remove_com
+from bgflow_se3.flow.frames import random_rotation, remove_com
 from tests.flow.test_couplings import randomise
 
 PROJECTIONS = ("cartesian", "spherical", "vector")

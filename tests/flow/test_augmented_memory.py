@@ -8,7 +8,7 @@ import torch
 
 from bgflow_se3 import AugmentedCouplingFlow
 from bgflow_se3.energy import DoubleWellEnergy
-from bgflow_se3.flow.geometry import remove_com
+from bgflow_se3.flow.frames import remove_com
 from bgflow_se3.train import marginal_nll, sample_with_energies
 from tests.flow.test_couplings import randomise
 

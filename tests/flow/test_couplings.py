@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bgflow_se3.flow.couplings import ProjectionCoupling, reference_vector_loss
-from bgflow_se3.flow.geometry import random_rotation
+from bgflow_se3.flow.frames import random_rotation
 
 CASES = [(p, d) for p in ("cartesian", "cartesian-affine", "spherical", "vector") for d in (2, 3)]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bgflow_se3 import AugmentedCouplingFlow, DoubleWellEnergy
-from bgflow_se3.flow.geometry import remove_com
+from bgflow_se3.flow.frames import remove_com
 
 
 def dw4_samples(n: int, steps: int, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgflow_se3.flow.egnn import EGNN, Pairs, _orthogonalise_frame_weights
-from bgflow_se3.flow.geometry import random_rotation
+from bgflow_se3.flow.frames import random_rotation
 
 
 @pytest.mark.parametrize("dim,n_mult,frame_group", [(3, 1, None), (3, 2, None), (2, 1, None), (3, 2, 3)])

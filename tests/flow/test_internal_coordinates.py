@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgflow_se3.flow.baselines.noneq import helmert_basis
-from bgflow_se3.flow.geometry import random_rotation, remove_com
+from bgflow_se3.flow.frames import random_rotation, remove_com
 from bgflow_se3.flow.internal_coordinates import (
     InternalCoordinateFlow,
     internal_coordinates,

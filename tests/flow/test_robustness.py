@@ -8,7 +8,7 @@ from torch import nn
 
 from bgflow_se3 import AugmentedCouplingFlow
 from bgflow_se3.flow.couplings import ProjectionCoupling
-from bgflow_se3.flow.geometry import frame_gram_min_eig, orthonormal_frame, random_rotation
+from bgflow_se3.flow.frames import frame_gram_min_eig, orthonormal_frame, random_rotation
 from tests.flow.test_couplings import randomise
 
 TOL = 1e-6  # nats, float64

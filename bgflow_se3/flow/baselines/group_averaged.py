@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..checks import check_positions
 from ..coupling_stack import CouplingStack, alternating_masks, zero_output_mlp
-from ..geometry import safe_norm
+from ..frames import safe_norm
 from ..splines import n_spline_params, rational_quadratic_spline
 from .noneq import from_helmert, helmert_basis, random_rotations, to_helmert
 

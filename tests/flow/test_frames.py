@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bgflow_se3.flow.geometry import (
+from bgflow_se3.flow.frames import (
     cartesian_from_spherical,
     centre_on_aug,
     centre_on_x,
