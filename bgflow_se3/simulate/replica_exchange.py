@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import WorkerError
 from ..files import write_atomically
+from ..worker_processes import exit_code, stop_process
 from .umbrella_windows import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
 
 __all__ = ["ExchangeStatistics", "exchange_statistics", "run_replica_exchange"]
@@ -346,9 +347,9 @@ class _Remote:
         return result
 
     def _died(self) -> str:
-        self.process.join(timeout=5)
+        code = exit_code(self.process, wait_s=5)
         return (
-            f"replica-exchange worker (replicas {self.replicas}) died (exit code {self.process.exitcode}); the last "
+            f"replica-exchange worker (replicas {self.replicas}) died (exit code {code}); the last "
             "saved state is kept: run again to continue"
         )
 
@@ -357,10 +358,9 @@ class _Remote:
             self.connection.send(("stop",))
         except OSError:
             pass
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+        stop_process(
+            self.process, grace_s=10, escalation=("kill",), wait_s=None, name="replica-exchange worker", log=logger
+        )
         self.connection.close()
 
 

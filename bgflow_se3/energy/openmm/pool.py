@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import WorkerError
+from ...worker_processes import exit_code, stop_process
 
 __all__ = ["WorkerPool"]
 
@@ -161,19 +162,10 @@ class WorkerPool:
 
         A worker holds no state worth saving, so a hung or half-dead one is killed outright.
         """
-        process = slot.process
-        if not graceful:
-            process.kill()
-        escalation = [process.terminate, process.kill] if graceful else []
-        while True:
-            try:
-                process.wait(_JOIN_S)
-                break
-            except subprocess.TimeoutExpired:
-                if not escalation:
-                    logger.warning("OpenMM worker %s did not exit after SIGKILL", process.pid)
-                    break
-                escalation.pop(0)()
+        grace_s, escalation = (_JOIN_S, ("terminate", "kill")) if graceful else (0.0, ("kill",))
+        stop_process(
+            slot.process, grace_s=grace_s, escalation=escalation, wait_s=_JOIN_S, name="OpenMM worker", log=logger
+        )
         slot.conn.close()
         slot.state, slot.jobs, slot.deadline = "dead", [], math.inf
 
@@ -264,7 +256,7 @@ class WorkerPool:
         """Send pending chunks to ``slot`` until it holds ``depth``; mark it lost if it is found dead."""
         if slot.state != "ready" or not pending or len(slot.jobs) >= depth:
             return
-        if slot.process.poll() is not None:
+        if exit_code(slot.process) is not None:
             slot.state = "lost"  # died while idle (e.g. between calls)
             return
         while pending and len(slot.jobs) < depth:
@@ -305,12 +297,12 @@ class WorkerPool:
                 except (EOFError, OSError):
                     message = None
             if message is None:
-                if slot.conn in ready or slot.process.poll() is not None:
+                if slot.conn in ready or exit_code(slot.process) is not None:
                     if slot.state == "starting" and during_start:
                         self._stop(slot, graceful=True)
                         raise WorkerError(
                             f"OpenMM worker {slot.process.pid} died while starting (exit code "
-                            f"{slot.process.returncode}); run python -c 'import openmm' to check the installation"
+                            f"{exit_code(slot.process)}); run python -c 'import openmm' to check the installation"
                         )
                     slot.state = "lost"
                     lost.append((index, list(slot.jobs)))
