@@ -6,15 +6,6 @@ name here is looked up in the new module on first use (module ``__getattr__``), 
 does not import the drivers. Monkeypatch the new module, not this one.
 """
 
-from importlib import import_module
+from .forwarding import forwarding_getattr
 
-_NEW_MODULES = ("bgflow_se3.simulate.openmm_langevin",)
-
-
-def __getattr__(name: str):
-    for module in _NEW_MODULES:
-        try:
-            return getattr(import_module(module), name)
-        except AttributeError:
-            continue
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forwarding_getattr(__name__, ("bgflow_se3.simulate.openmm_langevin",))

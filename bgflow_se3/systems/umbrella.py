@@ -7,15 +7,8 @@ first use (module ``__getattr__``), so importing ``bgflow_se3.systems`` does not
 the new modules, not this one.
 """
 
-from importlib import import_module
+from .forwarding import forwarding_getattr
 
-_NEW_MODULES = ("bgflow_se3.simulate.umbrella_sampling", "bgflow_se3.simulate.umbrella_windows")
-
-
-def __getattr__(name: str):
-    for module in _NEW_MODULES:
-        try:
-            return getattr(import_module(module), name)
-        except AttributeError:
-            continue
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forwarding_getattr(
+    __name__, ("bgflow_se3.simulate.umbrella_sampling", "bgflow_se3.simulate.umbrella_windows")
+)
