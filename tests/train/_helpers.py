@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -105,3 +106,17 @@ class GaussianMixtureEnergy(Energy):
             for m, s, lw in zip(self.means, self.sigmas, self.log_weights)
         ]
         return -self.log_z - torch.logsumexp(torch.stack(comps, -1), -1)
+
+
+@pytest.fixture
+def flow() -> GaussianAugmentedFlow:
+    """The exact augmented Gaussian flow, float64 (a fixture of the training and sampling tests)."""
+    return GaussianAugmentedFlow().double()
+
+
+@pytest.fixture
+def mixture() -> GaussianMixtureEnergy:
+    """A three-component Gaussian mixture target with log Z = 2.3 (a fixture of the training and sampling tests)."""
+    g = torch.Generator().manual_seed(7)
+    means = 1.2 * torch.randn(3, 3, 2, generator=g, dtype=torch.float64)
+    return GaussianMixtureEnergy(means, [0.5, 0.6, 0.7], [0.5, 0.3, 0.2], log_z=2.3)
