@@ -6,8 +6,8 @@ checked at parse time with the ``type=`` functions of ``bgflow_se3.cli_checks``.
 
 ``bgflow-se3 free-energy SAMPLES.npz`` reads the samples file described in ``SAMPLES_FORMAT`` (the
 ``samples.npz`` that ``analysis.evaluate_dipeptide`` writes is one). The target is the molecule with the handedness
-of the given structure (the shipped alanine dipeptide: L; ``--pdb``: the chirality signs of the PDB's structure
-at every alpha carbon that ``analysis.chiral_centres`` finds): samples of the other handedness (mirror images,
+of the given structure (the shipped alanine dipeptide: L; ``--pdb``: the PDB's structure) at every stereocentre
+that ``analysis.stereocentres`` finds from the bond graph: samples of the other handedness (mirror images,
 which an achiral force field scores the same) get u = +inf, i.e. weight 0, whether u is computed here or read
 from the file, as in the library (``evaluate_dipeptide(restrict_to_l=True)``, ``energy.RestrictedEnergy``).
 """
@@ -167,13 +167,27 @@ def load_samples(path: Path, not_augmented: bool = False) -> dict[str, np.ndarra
 
 
 def _mirror_samples(topology: Any, x: np.ndarray, reference_positions: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """(mask (n,) of samples whose handedness differs from the reference, number of chiral centres)."""
-    from .analysis.chirality import chiral_centres, chirality_mismatch
+    """(mask (n,) of samples whose handedness differs from the reference, number of chiral centres).
 
-    n_centres = len(chiral_centres(topology))
+    With a reference structure: at every stereocentre that ``analysis.stereocentres`` finds from the bond graph (any
+    molecule); without one: L at every amino-acid alpha carbon (``analysis.chiral_centres``).
+    """
+    if reference_positions is None:
+        from .analysis.chirality import chiral_centres, chirality_mismatch
+
+        n_centres = len(chiral_centres(topology))
+        if n_centres == 0:
+            return np.zeros(x.shape[0], dtype=bool), 0
+        return chirality_mismatch(topology, x, reference_positions), n_centres
+    import torch
+
+    from .analysis.stereo import same_handedness, stereocentres
+
+    n_centres = len(stereocentres(topology))
     if n_centres == 0:
         return np.zeros(x.shape[0], dtype=bool), 0
-    return chirality_mismatch(topology, x, reference_positions), n_centres
+    allowed = same_handedness(topology, reference_positions)  # a planar reference raises, naming the atom
+    return ~allowed(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy(), n_centres
 
 
 def _target_energies(
@@ -221,9 +235,10 @@ def run_free_energy(
     samples: ``x`` (n, n_atoms, 3) nm, ``log_q`` (n,) nats, ``log_p_aug`` (n,) nats (or ``augmented`` False),
     optional ``u`` (n,) reduced energies (evaluated with OpenMM at ``temperature``, kelvin, when absent): the
     format of ``SAMPLES_FORMAT``, checked by ``check_samples``.
-    reference_positions: (n_atoms, 3) nm, the structure whose handedness defines the target (None: L at every alpha
-    carbon). With ``restrict_chirality`` (default) samples of the other handedness get u = +inf (weight 0), also
-    when u comes from the file (with a warning if the file gave them a finite u); the summary reports their
+    reference_positions: (n_atoms, 3) nm, the structure whose handedness, at every stereocentre that
+    ``analysis.stereocentres`` finds from the bond graph, defines the target (None: L at every alpha carbon).
+    With ``restrict_chirality`` (default) samples of the other handedness get u = +inf (weight 0), also when u
+    comes from the file (with a warning if the file gave them a finite u); the summary reports their
     fraction (``mirror_fraction``; None when the topology has no chiral centre) either way.
     Summary: n_samples; n_infinite_energy (samples of the target's handedness with u = +inf: failed evaluations);
     restrict_chirality, n_chiral_centres, n_mirror_samples, mirror_fraction; ess_fraction, ess_count; the fraction

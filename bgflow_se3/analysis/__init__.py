@@ -5,6 +5,7 @@ from .dihedrals import BackboneDihedrals, as_mdtraj_topology, backbone_dihedrals
 from .dipeptide import evaluate_dipeptide
 from .plots import free_energy_profile_figure, ramachandran_figure, ramachandran_panels_figure
 from .ramachandran import histogram_kl, periodic_histogram, phi_profile_kl, ramachandran_kl
+from .stereo import handedness, same_handedness, stereocentres
 
 __all__ = [
     "BackboneDihedrals",
@@ -18,6 +19,7 @@ __all__ = [
     "dihedral_angles",
     "evaluate_dipeptide",
     "free_energy_profile_figure",
+    "handedness",
     "histogram_kl",
     "periodic_histogram",
     "phi_profile_kl",
@@ -25,4 +27,6 @@ __all__ = [
     "ramachandran_figure",
     "ramachandran_kl",
     "ramachandran_panels_figure",
+    "same_handedness",
+    "stereocentres",
 ]
