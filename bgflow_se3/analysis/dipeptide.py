@@ -21,6 +21,7 @@ from ..energy.base import Energy
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
 from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
 from ..reweight.fes import free_energy_surface
+from ..reweight.state_pair import state_pair_free_energy
 from ..sampling.flow_samples import sample_with_energies
 from ..sampling.joint import JointFlow
 from .chirality import L_CHIRALITY_SIGN, chirality_signs, d_chirality_fraction
@@ -174,34 +175,18 @@ def evaluate_dipeptide(
     positive[finite] = phi > 0
     in_0_2 = np.zeros(len(finite), dtype=bool)
     in_0_2[finite] = (phi > 0) & (phi < 2)
-    effective = {
-        name: float(effective_sample_size(np.where(mask, log_w, -np.inf)).count)
-        if np.isfinite(log_w[mask]).any()
-        else 0.0
-        for name, mask in (("positive", positive), ("negative", finite & ~positive))
-    }
-    delta_f_warning = ""
-    try:  # pymbar through the checked reweighting API: a clear failure, never a silent number
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", LowOverlapWarning)
-            estimate = free_energy_difference(
-                log_q,
-                u,
-                positive,
-                finite & ~positive,
-                log_p_aug=samples.log_p_aug,
-                method="exp",
-                n_bootstrap=n_bootstrap,
-                seed=0,
-            )
-        delta_f, delta_f_stderr, delta_f_error = estimate.value, estimate.stderr, ""
-        low_overlap = [str(w.message) for w in caught if issubclass(w.category, LowOverlapWarning)]
-        for w in caught:  # hand every warning on to the caller as well
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        delta_f_warning = "; ".join(low_overlap)
-    except (EmptyStateError, ConvergenceError) as error:
-        delta_f = delta_f_stderr = math.nan
-        delta_f_error = str(error)
+    # F(phi > 0) - F(phi <= 0) and its verdict: the rule the workflow's torsion states share
+    pair = state_pair_free_energy(
+        log_q,
+        u,
+        positive,
+        finite & ~positive,
+        log_p_aug=samples.log_p_aug,
+        n_bootstrap=n_bootstrap,
+        seed=0,
+        min_effective_samples=min_effective_samples,
+        labels=("phi > 0", "phi <= 0"),
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LowOverlapWarning)
@@ -210,28 +195,22 @@ def evaluate_dipeptide(
             ).value
     except (EmptyStateError, ConvergenceError):
         delta_f_0_2 = math.nan
-    too_few = min(effective.values()) < min_effective_samples
-    if too_few and not delta_f_warning:
-        delta_f_warning = (
-            f"effective samples per state {effective['positive']:.1f} (phi > 0) and {effective['negative']:.1f} "
-            f"(phi <= 0): fewer than {min_effective_samples:g}"
-        )
     return {
         "n_samples": int(n_samples),
         "n_nonfinite_samples": int((~finite).sum()),
         "reverse_ess": float(effective_sample_size(log_w).fraction),
         "d_chirality_fraction": d_fraction,
         "restricted_to_l": bool(restrict_to_l),
-        "effective_samples_phi_positive": effective["positive"],
-        "effective_samples_phi_negative": effective["negative"],
+        "effective_samples_phi_positive": pair.effective_a,
+        "effective_samples_phi_negative": pair.effective_b,
         **results,
         "kl_bins": bins,
-        "dF_phi_positive_minus_negative_kT": delta_f,
-        "dF_stderr_kT": delta_f_stderr,
-        "dF_error": delta_f_error,
+        "dF_phi_positive_minus_negative_kT": pair.value,
+        "dF_stderr_kT": pair.stderr,
+        "dF_error": pair.error,
         # False when pymbar failed or warned of low overlap (too few effective samples in a state): then the value
         # and its error bar are not to be trusted
-        "dF_reliable": bool(math.isfinite(delta_f) and not delta_f_warning),
-        "dF_warning": delta_f_warning,
+        "dF_reliable": pair.reliable,
+        "dF_warning": pair.warning,
         "dF_phi_in_0_2_minus_rest_kT": delta_f_0_2,
     }

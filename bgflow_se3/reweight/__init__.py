@@ -2,6 +2,7 @@
 
 from .fes import FreeEnergySurface, free_energy_surface, histogram_fes
 from .free_energy import FreeEnergy, TargetSamples, free_energy_difference
+from .state_pair import StatePairFreeEnergy, state_effective_samples, state_pair_free_energy
 from .umbrella import UmbrellaResult, periodic_harmonic_bias, umbrella_free_energy, wrap_angle
 from .weights import (
     EffectiveSampleSize,
@@ -18,6 +19,7 @@ __all__ = [
     "Estimate",
     "FreeEnergy",
     "FreeEnergySurface",
+    "StatePairFreeEnergy",
     "TargetSamples",
     "UmbrellaResult",
     "effective_sample_size",
@@ -29,6 +31,8 @@ __all__ = [
     "log_importance_weights",
     "log_partition_ratio",
     "periodic_harmonic_bias",
+    "state_effective_samples",
+    "state_pair_free_energy",
     "umbrella_free_energy",
     "wrap_angle",
 ]
