@@ -12,6 +12,7 @@ __all__ = [
     "OutputWriteError",
     "TrainingInterrupted",
     "UnsupportedForceError",
+    "UnsupportedMoleculeError",
     "UnsupportedSystemError",
     "WorkerError",
 ]
@@ -31,6 +32,11 @@ class UnsupportedSystemError(BgflowError, ValueError):
 
 class UnsupportedForceError(UnsupportedSystemError, NotImplementedError):
     """An openmm.Force has no implementation on the requested path; the message names the force."""
+
+
+class UnsupportedMoleculeError(UnsupportedSystemError):
+    """A molecule's bond graph has a feature a flow does not model (e.g. a ring for the Z-matrix of
+    ``InternalCoordinateFlow``); the message names the atoms and what to use instead."""
 
 
 class EnergyEvaluationError(BgflowError, RuntimeError):
