@@ -6,6 +6,8 @@ __all__ = [
     "ConvergenceError",
     "EmptyStateError",
     "EnergyEvaluationError",
+    "InputFileError",
+    "InputMismatchError",
     "InsufficientMemoryError",
     "LowOverlapWarning",
     "NonFiniteInputError",
@@ -37,6 +39,15 @@ class UnsupportedForceError(UnsupportedSystemError, NotImplementedError):
 class UnsupportedMoleculeError(UnsupportedSystemError):
     """A molecule's bond graph has a feature a flow does not model (e.g. a ring for the Z-matrix of
     ``InternalCoordinateFlow``); the message names the atoms and what to use instead."""
+
+
+class InputFileError(BgflowError, ValueError):
+    """An input file (a System's XML, a PDB) cannot be read or holds the wrong thing; the message names the file."""
+
+
+class InputMismatchError(BgflowError, ValueError):
+    """Inputs that must describe the same molecule do not (e.g. a PDB's atoms and a System's particles: their
+    number, elements or masses); the message names the first atom that differs and both values."""
 
 
 class EnergyEvaluationError(BgflowError, RuntimeError):

@@ -1,5 +1,7 @@
-"""From the user's OpenMM System to free energies: torsions, states and their free-energy table (``states.py``)."""
+"""From the user's OpenMM System to free energies: the input checks (``inputs.py``), torsions, states and their
+free-energy table (``states.py``)."""
 
+from .inputs import Molecule, check_molecule, load_molecule
 from .states import (
     State,
     Torsion,
@@ -14,10 +16,13 @@ from .states import (
 )
 
 __all__ = [
+    "Molecule",
     "State",
     "Torsion",
     "TorsionState",
     "all_of",
+    "check_molecule",
+    "load_molecule",
     "negative_state",
     "peptide_torsions",
     "positive_state",
