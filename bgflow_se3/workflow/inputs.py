@@ -127,21 +127,21 @@ def _check_system(system) -> None:
         )
     if system.getNumConstraints() > 0:
         raise UnsupportedSystemError(
-            f"the System has {system.getNumConstraints()} distance constraints, but the flow moves every atom "
-            "freely: rebuild it with createSystem(..., constraints=None, rigidWater=False)"
+            f"the System has {_count(system.getNumConstraints(), 'distance constraint')}, but the flow moves every "
+            "atom freely: rebuild it with createSystem(..., constraints=None, rigidWater=False)"
         )
     sites = [i for i in range(n) if system.isVirtualSite(i)]
     if sites:
         raise UnsupportedSystemError(
-            f"the System has {len(sites)} virtual sites (particles {', '.join(map(str, sites[:5]))}"
+            f"the System has {_count(len(sites), 'virtual site')} (particles {', '.join(map(str, sites[:5]))}"
             f"{', ...' if len(sites) > 5 else ''}), which are not degrees of freedom: use a force field without "
             "virtual sites (e.g. no TIP4P water or extra points)"
         )
     massless = [i for i in range(n) if system.getParticleMass(i).value_in_unit(openmm.unit.dalton) <= 0]
     if massless:
         raise UnsupportedSystemError(
-            f"the System has {len(massless)} particles of zero mass (particles {', '.join(map(str, massless[:5]))}"
-            f"{', ...' if len(massless) > 5 else ''}), which cannot move in a simulation: give every atom its mass "
+            f"the System has {_count(len(massless), 'particle')} of zero mass (particles "
+            f"{', '.join(map(str, massless[:5]))}{', ...' if len(massless) > 5 else ''}), which cannot move in a simulation: give every atom its mass "
             "(or remove the dummy particles)"
         )
 
@@ -228,7 +228,7 @@ def check_molecule(system, topology, positions_nm) -> Molecule:
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
     if bad.size:
         raise NonFiniteInputError(
-            f"{bad.size} atoms have non-finite positions (first: {_atom_label(atoms[bad[0]])}); pass a PDB with "
+            f"{_count(bad.size, 'atom')} with non-finite positions (first: {_atom_label(atoms[bad[0]])}); pass a PDB with "
             "finite coordinates for every atom"
         )
     bonds = sorted({(min(a.index, b.index), max(a.index, b.index)) for a, b in topology.bonds()})
@@ -252,3 +252,8 @@ def check_molecule(system, topology, positions_nm) -> Molecule:
         energy_backend=backend,
         backend_reason=reason,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 virtual site", "2 virtual sites"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -83,7 +83,7 @@ def test_constraints_are_refused_naming_how_many(aldp):
 
 def test_virtual_site_is_refused_naming_the_particle(aldp):
     aldp.system.setVirtualSite(5, openmm.TwoParticleAverageSite(4, 6, 0.5, 0.5))
-    with pytest.raises(UnsupportedSystemError, match=r"1 virtual sites \(particles 5\)"):
+    with pytest.raises(UnsupportedSystemError, match=r"1 virtual site \(particles 5\)"):
         check_molecule(aldp.system, aldp.topology, aldp.positions_nm)
 
 
@@ -145,7 +145,7 @@ def test_topology_without_bonds_is_refused_as_disconnected(aldp):
 def test_nan_position_names_the_atom(aldp):
     x = aldp.positions_nm.copy()
     x[10, 1] = np.nan
-    with pytest.raises(NonFiniteInputError, match=r"1 atoms have non-finite positions \(first: ALA2:CB \(atom 10\)\)"):
+    with pytest.raises(NonFiniteInputError, match=r"1 atom with non-finite positions \(first: ALA2:CB \(atom 10\)\)"):
         check_molecule(aldp.system, aldp.topology, x)
 
 
