@@ -1,4 +1,5 @@
-"""The catalogue of benchmark systems: loaders and the shipped OpenMM files (alanine dipeptide, the LJ clusters).
+"""The catalogue of benchmark systems: loaders and the shipped OpenMM files (alanine dipeptide, capped alanine
+peptides, the LJ clusters).
 
 A leaf: it imports nothing of the rest of ``bgflow_se3`` (nothing here runs a simulation). The drivers that make
 reference data live in ``bgflow_se3.simulate``; the names that used to live here (``run_aldp_md``,
@@ -9,15 +10,18 @@ catalogue does not import the drivers.
 
 from .aldp import AlanineDipeptide, load_aldp
 from .lennard_jones import LennardJonesSystem, lennard_jones_system
+from .peptides import Peptide, load_peptide
 
 __all__ = [
     "AlanineDipeptide",
     "LennardJonesSystem",
+    "Peptide",
     "default_md_dir",
     "lennard_jones_system",
     "load_aldp",
     "load_aldp_md",
     "load_particle_data",
+    "load_peptide",
     "make_particle_data",
     "run_aldp_md",
 ]
