@@ -40,7 +40,14 @@ from .checks import check_positions
 from .coupling_stack import alternating_masks, zero_output_mlp
 from .splines import n_spline_params, rational_quadratic_spline
 
-__all__ = ["InternalCoordinateFlow", "find_rings", "internal_coordinates", "place_atoms", "zmatrix_from_bonds"]
+__all__ = [
+    "InternalCoordinateFlow",
+    "atom_labels",
+    "find_rings",
+    "internal_coordinates",
+    "place_atoms",
+    "zmatrix_from_bonds",
+]
 
 
 def find_rings(n_atoms: int, bonds: Sequence[tuple[int, int]]) -> list[list[int]]:
@@ -148,7 +155,7 @@ def _ring_message(rings: list[list[int]], labels: Sequence[str] | None, show: in
     )
 
 
-def _atom_labels(topology) -> list[str]:
+def atom_labels(topology) -> list[str]:
     """ "RESNAME<number>:ATOMNAME" for each atom of an openmm or mdtraj topology (the PDB residue number where the
     topology has one, else the residue index + 1)."""
     atoms = topology.atoms() if callable(topology.atoms) else topology.atoms
@@ -401,7 +408,7 @@ class InternalCoordinateFlow(nn.Module):
         if bonds is None:
             bonds = [(a.index, b.index) for a, b in topology.bonds]
         n_atoms = topology.getNumAtoms() if hasattr(topology, "getNumAtoms") else topology.n_atoms
-        labels = _atom_labels(topology)
+        labels = atom_labels(topology)
         return cls(zmatrix_from_bonds(n_atoms, bonds, allow_rings=allow_rings, labels=labels), data, **kwargs)
 
     # internal coordinates <-> latent

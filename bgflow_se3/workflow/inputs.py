@@ -141,8 +141,8 @@ def _check_system(system) -> None:
     if massless:
         raise UnsupportedSystemError(
             f"the System has {_count(len(massless), 'particle')} of zero mass (particles "
-            f"{', '.join(map(str, massless[:5]))}{', ...' if len(massless) > 5 else ''}), which cannot move in a simulation: give every atom its mass "
-            "(or remove the dummy particles)"
+            f"{', '.join(map(str, massless[:5]))}{', ...' if len(massless) > 5 else ''}), which cannot move in a "
+            "simulation: give every atom its mass (or remove the dummy particles)"
         )
 
 
@@ -206,7 +206,7 @@ def check_molecule(system, topology, positions_nm) -> Molecule:
     disconnected or has fewer than 3 atoms.
     A force without a torch version is no error: the backend is then ``"OpenMMEnergy"`` and the reason names it.
     """
-    from ..flow.internal_coordinates import _atom_labels, zmatrix_from_bonds
+    from ..flow.internal_coordinates import atom_labels, zmatrix_from_bonds
 
     _check_system(system)
     n = system.getNumParticles()
@@ -228,13 +228,13 @@ def check_molecule(system, topology, positions_nm) -> Molecule:
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
     if bad.size:
         raise NonFiniteInputError(
-            f"{_count(bad.size, 'atom')} with non-finite positions (first: {_atom_label(atoms[bad[0]])}); pass a PDB with "
-            "finite coordinates for every atom"
+            f"{_count(bad.size, 'atom')} with non-finite positions (first: {_atom_label(atoms[bad[0]])}); pass a PDB "
+            "with finite coordinates for every atom"
         )
     bonds = sorted({(min(a.index, b.index), max(a.index, b.index)) for a, b in topology.bonds()})
     _check_masses(system, atoms, bonds)
     try:
-        zmatrix_from_bonds(n, bonds, labels=_atom_labels(topology))
+        zmatrix_from_bonds(n, bonds, labels=atom_labels(topology))
     except UnsupportedMoleculeError:
         raise  # rings: the Z-matrix's own message names them and what to use instead
     except ValueError as e:
