@@ -77,10 +77,15 @@ def sample_without_grad(flow: torch.nn.Module, n: int) -> None:
         flow.sample(n)
 
 
-def _count(saved: dict[int, int], exclude: set[int], t):
-    """saved_tensors_hooks pack hook: records the bytes of each distinct saved tensor not in ``exclude``."""
+def _count(saved: dict[int, tuple[torch.Tensor, int]], exclude: set[int], t):
+    """saved_tensors_hooks pack hook: records the bytes of each distinct saved tensor not in ``exclude``.
+
+    The tensor itself is kept in ``saved`` until the measurement ends: a saved tensor whose graph is dropped during the
+    forward pass (a discarded intermediate) would otherwise free its memory, and a later tensor at the same address
+    would overwrite its entry, so the total would depend on the allocator (0.03 % between two runs of one tree).
+    """
     if t.data_ptr() not in exclude:
-        saved[t.data_ptr()] = t.numel() * t.element_size()
+        saved[t.data_ptr()] = (t, t.numel() * t.element_size())
     return t
 
 
@@ -112,14 +117,15 @@ def worker(size: str, batches: list[int], min_seconds: float, compile: bool = Fa
             x = flow.sample(batch).x
             a = flow.sample_aug_target(x)
 
-        saved: dict[int, int] = {}
+        saved: dict[int, tuple[torch.Tensor, int]] = {}
         if compile:  # the eager graph's memory: the hooks are for eager autograd
             flow.compiled = False
         with torch.autograd.graph.saved_tensors_hooks(functools.partial(_count, saved, parameters), _identity):
             log_q_backward(flow, x, a)
         if compile:
             flow.compiled = True
-        row = {"batch": batch, "saved_mb_per_configuration": sum(saved.values()) / batch / 2**20}
+        row = {"batch": batch, "saved_mb_per_configuration": sum(n for _, n in saved.values()) / batch / 2**20}
+        saved.clear()
         tasks = {
             "log_q_backward": functools.partial(log_q_backward, flow, x, a),
             "sample": functools.partial(sample_without_grad, flow, batch),
