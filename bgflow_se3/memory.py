@@ -10,12 +10,13 @@ binds.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from .cgroups import own_cgroups
 from .errors import InsufficientMemoryError
 
 try:
@@ -58,15 +59,6 @@ class _Files(NamedTuple):
 
 _V2 = _Files("memory.max", "memory.current", "inactive_file")
 _V1 = _Files("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-
-
-class _Mount(NamedTuple):
-    """One cgroup mount from /proc/self/mountinfo."""
-
-    root: str  # the cgroup path of the mount's top directory, e.g. "/" (or "/docker/<id>" without a cgroup namespace)
-    point: Path  # where it is mounted, e.g. /sys/fs/cgroup
-    fstype: str  # "cgroup2" or "cgroup" (v1)
-    options: frozenset[str]  # super options; for v1 they name the controllers, e.g. {"rw", "memory"}
 
 
 def format_bytes(n: float) -> str:
@@ -158,94 +150,13 @@ def _cgroup_headroom(proc_self: Path) -> FreeMemory | None:
     proc_self: /proc/self (its ``cgroup`` and ``mountinfo`` files are read). None when no limit is set or the
     files cannot be read.
     """
-    try:
-        lines = (proc_self / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    mounts = _cgroup_mounts(proc_self / "mountinfo")
     found = []
-    for line in lines:
-        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if hierarchy == "0" and controllers == "":  # v2, the unified hierarchy
-            v2 = [m for m in mounts if m.fstype == "cgroup2"] or [_Mount("/", CGROUP2_MOUNT, "cgroup2", frozenset())]
-            found.append(_headroom_in(v2, path, _V2))
-        elif "memory" in controllers.split(","):  # v1, the memory controller's hierarchy
-            v1 = [m for m in mounts if m.fstype == "cgroup" and "memory" in m.options]
-            v1 = v1 or [_Mount("/", CGROUP1_MEMORY_MOUNT, "cgroup", frozenset({"memory"}))]
-            found.append(_headroom_in(v1, path, _V1))
+    for hierarchy in own_cgroups("memory", CGROUP1_MEMORY_MOUNT, proc_self=proc_self, v2_mount=CGROUP2_MOUNT):
+        files = _V2 if hierarchy.version == 2 else _V1
+        levels = [_level_headroom(d, files) for d in hierarchy.dirs]
+        found.append(min((level for level in levels if level is not None), key=lambda f: f.n_bytes, default=None))
     known = [f for f in found if f is not None]
     return min(known, key=lambda f: f.n_bytes, default=None)
-
-
-def _cgroup_mounts(mountinfo: Path) -> list[_Mount]:
-    """The cgroup (v1) and cgroup2 mounts listed in ``mountinfo`` (/proc/self/mountinfo); [] when unreadable.
-
-    A line reads "id parent major:minor root mount-point options [optional fields] - fstype source super-options".
-    """
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return []
-    mounts = []
-    for line in lines:
-        fields = line.split()
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if len(fields) < sep + 3 or fields[sep + 1] not in ("cgroup", "cgroup2"):
-            continue
-        options = frozenset(fields[sep + 3].split(",")) if len(fields) > sep + 3 else frozenset()
-        mounts.append(_Mount(_unescape(fields[3]), Path(_unescape(fields[4])), fields[sep + 1], options))
-    return mounts
-
-
-def _unescape(field: str) -> str:
-    """A mountinfo path with its octal escapes (\\040 for a space, \\011, \\012, \\134) decoded."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _headroom_in(mounts: list[_Mount], path: str, files: _Files) -> FreeMemory | None:
-    """The least headroom along cgroup ``path`` and its ancestors in the first of ``mounts`` that shows it."""
-    for mount in mounts:
-        leaf = _cgroup_dir(mount, path)
-        if leaf is not None:
-            levels = [_level_headroom(d, files) for d in _ancestors(leaf, mount.point)]
-            known = [level for level in levels if level is not None]
-            return min(known, key=lambda f: f.n_bytes, default=None)
-    return None
-
-
-def _cgroup_dir(mount: _Mount, path: str) -> Path | None:
-    """The directory of cgroup ``path`` (from /proc/self/cgroup) under ``mount``, or None when it is not mounted.
-
-    The path is relative to the hierarchy's root and the mount shows the subtree at ``mount.root``. When the path is
-    not under the mount's root (e.g. a cgroup namespace the mount does not reflect), the mount's top directory, the
-    nearest cgroup this process can see, stands in.
-    """
-    root = mount.root.rstrip("/")
-    if path == root or path.startswith(root + "/"):
-        candidate = mount.point / path[len(root) :].lstrip("/")
-        if candidate.is_dir():
-            return candidate
-    return mount.point if mount.point.is_dir() else None
-
-
-def _ancestors(leaf: Path, top: Path) -> Iterator[Path]:
-    """``leaf``, its parent, ... up to and including ``top`` (the mount point of the hierarchy)."""
-    directory = leaf
-    while True:
-        yield directory
-        if directory == top or directory.parent == directory:
-            return
-        directory = directory.parent
 
 
 def _level_headroom(directory: Path, files: _Files) -> FreeMemory | None:

@@ -8,7 +8,8 @@ busy with another job is descheduled. Measured on a 2-core machine (TorchForceFi
 The policy (``plan_threads``):
 
 - cores: the CPUs this process may run on: its affinity mask (``os.sched_getaffinity``), capped by a cgroup CPU
-  quota (``cpu.max`` in cgroup v2, ``cfs_quota_us / cfs_period_us`` in v1) when there is one;
+  quota (``cpu.max`` in cgroup v2, ``cfs_quota_us / cfs_period_us`` in v1) when there is one, the tightest over this
+  process's own cgroup and its ancestors (found through /proc/self/cgroup and /proc/self/mountinfo);
 - busy: cores kept busy by other processes now, measured over a quarter of a second from the per-CPU counters of
   /proc/stat (our CPUs only, minus this process's own CPU time), rounded to the nearest core;
 - torch threads = cores - busy - our OpenMM workers, at least 1; each OpenMM worker's Context gets 1 thread.
@@ -28,9 +29,17 @@ from pathlib import Path
 
 import torch
 
+from .cgroups import own_cgroups
+
 __all__ = ["ThreadPlan", "apply_thread_policy", "plan_threads", "set_threads", "usable_cores"]
 
 ENV_SETTING = "BGFLOW_SE3_THREADS"
+
+# Where the CPU quota is read: this process's /proc entry (cgroup, mountinfo) and the cgroup mounts assumed when
+# mountinfo cannot be read. Read at each call, so tests can point them at a fake tree.
+PROC_SELF = Path("/proc/self")
+CGROUP2_MOUNT = Path("/sys/fs/cgroup")
+CGROUP1_CPU_MOUNT = Path("/sys/fs/cgroup/cpu")
 
 _STARTUP_TORCH_THREADS = torch.get_num_threads()  # torch's own default, before anyone changed it
 _user_threads: int | None = None  # set_threads()
@@ -67,20 +76,36 @@ def usable_cores() -> int:
 
 
 def _cgroup_cpu_quota() -> float | None:
-    """The cgroup CPU limit in cores (v2 ``cpu.max`` "quota period", v1 cfs files), or None when unlimited."""
+    """The tightest CPU quota in cores over this process's own cgroups and their ancestors, or None when unlimited.
+
+    v2: ``cpu.max`` ("quota period", "max period" for none); v1: ``cpu.cfs_quota_us / cpu.cfs_period_us`` (quota -1
+    for none) in the hierarchy whose controllers include "cpu" (often mounted as "cpu,cpuacct"). The cgroups are
+    found through /proc/self/cgroup and /proc/self/mountinfo (``cgroups.own_cgroups``): a job's quota sits on its
+    own cgroup or a parent, rarely at the top of the hierarchy.
+    """
+    quotas = []
+    for hierarchy in own_cgroups("cpu", CGROUP1_CPU_MOUNT, proc_self=PROC_SELF, v2_mount=CGROUP2_MOUNT):
+        for directory in hierarchy.dirs:
+            quota = _level_cpu_quota(directory, hierarchy.version)
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas, default=None)
+
+
+def _level_cpu_quota(directory: Path, version: int) -> float | None:
+    """The CPU quota in cores set on one cgroup ``directory`` (v2 or v1 files), or None when it sets none."""
     try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if text and text[0] != "max":
-            return int(text[0]) / int(text[1])
-        return None
+        if version == 2:
+            text = (directory / "cpu.max").read_text().split()
+            if not text or text[0] == "max":
+                return None
+            quota, period = int(text[0]), int(text[1]) if len(text) > 1 else 100_000
+        else:
+            quota = int((directory / "cpu.cfs_quota_us").read_text())
+            period = int((directory / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError, IndexError):
-        pass
-    try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
-    except (OSError, ValueError):
         return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _busy_cores(cores: int, interval_s: float = 0.25) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,14 +77,104 @@ def test_usable_cores_follow_affinity_and_the_cgroup_quota(monkeypatch):
     assert threads.usable_cores() == 1
 
 
-def test_cgroup_v2_quota_is_read(tmp_path, monkeypatch):
-    cpu_max = tmp_path / "cpu.max"
-    cpu_max.write_text("150000 100000\n")
-    real_path = threads.Path
-    monkeypatch.setattr(threads, "Path", lambda p: cpu_max if str(p) == "/sys/fs/cgroup/cpu.max" else real_path(p))
-    assert threads._cgroup_cpu_quota() == pytest.approx(1.5)
-    cpu_max.write_text("max 100000\n")
+@pytest.fixture
+def fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the quota at tmp_path: an empty /proc/self, no cgroup mounts; the affinity mask is 4 CPUs."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    monkeypatch.setattr(threads, "PROC_SELF", tmp_path / "proc" / "self")
+    monkeypatch.setattr(threads, "CGROUP2_MOUNT", tmp_path / "no_cgroup2")
+    monkeypatch.setattr(threads, "CGROUP1_CPU_MOUNT", tmp_path / "no_cgroup1")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    return tmp_path
+
+
+def write_proc(root: Path, cgroup: str, mountinfo: str = "") -> None:
+    """The fake /proc/self/cgroup and /proc/self/mountinfo."""
+    (root / "proc" / "self" / "cgroup").write_text(cgroup)
+    if mountinfo:
+        (root / "proc" / "self" / "mountinfo").write_text(mountinfo)
+
+
+def mountinfo_line(point: Path, fstype: str, options: str, root: str = "/") -> str:
+    return f"35 31 0:32 {root} {point} rw,nosuid,nodev,noexec,relatime shared:9 - {fstype} {fstype} {options}\n"
+
+
+def write_cpu_max(directory: Path, cpu_max: str | None) -> None:
+    """One cgroup v2 directory, with cpu.max (none for None)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if cpu_max is not None:
+        (directory / "cpu.max").write_text(f"{cpu_max}\n")
+
+
+def write_cfs(directory: Path, quota: int, period: int = 100000) -> None:
+    """One cgroup v1 cpu-controller directory (cpu.cfs_quota_us, cpu.cfs_period_us)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (directory / "cpu.cfs_period_us").write_text(f"{period}\n")
+
+
+def test_cgroup_v2_quota_of_its_own_cgroup_and_the_tightest_ancestor(fake_root):
+    cg = fake_root / "sys" / "fs" / "cgroup"
+    write_proc(fake_root, "0::/slurm/job_1/step_0\n", mountinfo_line(cg, "cgroup2", "rw,nsdelegate"))
+    write_cpu_max(cg, None)  # the root cgroup has no cpu.max
+    write_cpu_max(cg / "slurm", "max 100000")
+    write_cpu_max(cg / "slurm" / "job_1", "50000 100000")  # half a core on the job: binds its step too
+    write_cpu_max(cg / "slurm" / "job_1" / "step_0", "300000 100000")  # a looser child quota
+    assert threads._cgroup_cpu_quota() == pytest.approx(0.5)
+    assert threads.usable_cores() == 1
+    # the child's own quota binds once it is the tighter one; nothing at the job level: the child's alone
+    write_cpu_max(cg / "slurm" / "job_1", "max 100000")
+    write_cpu_max(cg / "slurm" / "job_1" / "step_0", "250000 100000")
+    assert threads._cgroup_cpu_quota() == pytest.approx(2.5)
+    assert threads.usable_cores() == 3
+
+
+def test_cgroup_v2_unlimited_leaves_the_affinity_mask(fake_root, monkeypatch):
+    cg = fake_root / "cg"
+    write_proc(fake_root, "0::/job\n", mountinfo_line(cg, "cgroup2", "rw"))
+    write_cpu_max(cg, None)
+    write_cpu_max(cg / "job", "max 100000")
     assert threads._cgroup_cpu_quota() is None
+    assert threads.usable_cores() == 4
+    # no mountinfo: CGROUP2_MOUNT is assumed
+    write_cpu_max(cg / "job", "150000 100000")
+    (fake_root / "proc" / "self" / "mountinfo").unlink()
+    monkeypatch.setattr(threads, "CGROUP2_MOUNT", cg)
+    assert threads._cgroup_cpu_quota() == pytest.approx(1.5)
+    assert threads.usable_cores() == 2
+
+
+def test_cgroup_v1_cpu_cpuacct_mount(fake_root, monkeypatch):
+    root = fake_root / "sys" / "fs" / "cgroup"
+    cpu = root / "cpu,cpuacct"
+    cgroup = "11:cpuset:/slurm/uid_1/job_1\n4:memory:/slurm/uid_1/job_1\n3:cpu,cpuacct:/slurm/uid_1/job_1/step_0\n"
+    mounts = (
+        mountinfo_line(root / "cpuset", "cgroup", "rw,cpuset")
+        + mountinfo_line(cpu, "cgroup", "rw,cpu,cpuacct")
+        + mountinfo_line(root / "memory", "cgroup", "rw,memory")
+        + mountinfo_line(root / "unified", "cgroup2", "rw")
+    )
+    write_proc(fake_root, cgroup + "0::/\n", mounts)
+    (root / "unified").mkdir(parents=True)
+    write_cfs(root / "cpuset" / "slurm" / "uid_1" / "job_1", 50000)  # not the cpu controller: ignored
+    write_cfs(cpu, -1)  # v1's "no quota"
+    write_cfs(cpu / "slurm" / "uid_1", -1)
+    write_cfs(cpu / "slurm" / "uid_1" / "job_1", -1)
+    write_cfs(cpu / "slurm" / "uid_1" / "job_1" / "step_0", -1)
+    assert threads._cgroup_cpu_quota() is None
+    assert threads.usable_cores() == 4
+    write_cfs(cpu / "slurm" / "uid_1" / "job_1", 100000, 50000)  # 2 cores on the job
+    assert threads._cgroup_cpu_quota() == pytest.approx(2.0)
+    assert threads.usable_cores() == 2
+    # no mountinfo: CGROUP1_CPU_MOUNT is assumed
+    (fake_root / "proc" / "self" / "mountinfo").unlink()
+    monkeypatch.setattr(threads, "CGROUP1_CPU_MOUNT", cpu)
+    assert threads._cgroup_cpu_quota() == pytest.approx(2.0)
+
+
+def test_no_proc_no_quota(fake_root):
+    assert threads._cgroup_cpu_quota() is None  # no /proc/self/cgroup
+    assert threads.usable_cores() == 4
 
 
 def test_busy_cores_count_other_work_on_our_cpus(monkeypatch):
