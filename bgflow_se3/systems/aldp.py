@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
+from .structure import ShippedStructure
 
 __all__ = ["CHIRAL_CENTRE_ATOMS", "PHI_ATOMS", "PSI_ATOMS", "SOLVENTS", "AlanineDipeptide", "is_l_form", "load_aldp"]
 
@@ -35,7 +35,7 @@ def is_l_form(x):
 
 
 @dataclass(frozen=True)
-class AlanineDipeptide:
+class AlanineDipeptide(ShippedStructure):
     """An alanine dipeptide test system, in the openmmtools style.
 
     system: openmm.System (NoCutoff, no constraints; ``implicit`` adds a GBSAOBCForce, ``gbn2`` is amber14 with a
@@ -44,25 +44,6 @@ class AlanineDipeptide:
     positions: openmm Quantity of shape (22, 3), nm: the shipped minimisable starting structure.
     solvent: "vacuum", "implicit" or "gbn2".
     """
-
-    system: Any
-    topology: Any
-    positions: Any
-    solvent: str
-
-    @property
-    def positions_nm(self) -> np.ndarray:
-        """Starting positions as a float64 array of shape (22, 3), nm."""
-        import openmm.unit as unit
-
-        return np.asarray(self.positions.value_in_unit(unit.nanometer), dtype=np.float64)
-
-    @property
-    def mdtraj_topology(self):
-        """The topology as an ``mdtraj.Topology`` (for dihedrals and trajectory files)."""
-        import mdtraj
-
-        return mdtraj.Topology.from_openmm(self.topology)
 
 
 def load_aldp(solvent: Solvent = "implicit") -> AlanineDipeptide:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
-import numpy as np
+from .structure import ShippedStructure
 
 __all__ = ["PEPTIDES", "Peptide", "load_peptide"]
 
@@ -26,7 +25,7 @@ SOLVENTS = ("implicit",)
 
 
 @dataclass(frozen=True)
-class Peptide:
+class Peptide(ShippedStructure):
     """A shipped peptide test system, in the style of ``AlanineDipeptide``.
 
     system: openmm.System (amber99sbildn + amber99_obc: a GBSAOBCForce; NoCutoff, no constraints, no
@@ -37,25 +36,7 @@ class Peptide:
     solvent: "implicit".
     """
 
-    system: Any
-    topology: Any
-    positions: Any
     name: str
-    solvent: str
-
-    @property
-    def positions_nm(self) -> np.ndarray:
-        """Starting positions as a float64 array of shape (n_atoms, 3), nm."""
-        import openmm.unit as unit
-
-        return np.asarray(self.positions.value_in_unit(unit.nanometer), dtype=np.float64)
-
-    @property
-    def mdtraj_topology(self):
-        """The topology as an ``mdtraj.Topology`` (for dihedrals and trajectory files)."""
-        import mdtraj
-
-        return mdtraj.Topology.from_openmm(self.topology)
 
     @property
     def provenance(self) -> dict:
