@@ -15,26 +15,7 @@ from bgflow_se3.sampling import minimise
 from bgflow_se3.sampling.torsion_setting import set_torsion, torsion_angle
 from bgflow_se3.systems import load_aldp
 from bgflow_se3.systems.aldp import PHI_ATOMS, PSI_ATOMS, is_l_form
-
-
-class FixedSamples(torch.nn.Module):
-    """Returns the given configurations in order with a constant log q (weights are then exp(-u))."""
-
-    n_atoms, dim = 22, 3
-
-    def __init__(self, x: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("x", x)
-        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=x.dtype), requires_grad=False)
-        self.next = 0
-
-    def sample(self, n, generator=None):
-        x = self.x[self.next : self.next + n]
-        self.next += n
-        return x, torch.zeros(len(x), dtype=x.dtype)
-
-    def log_prob(self, x):
-        return torch.zeros(len(x), dtype=x.dtype)
+from tests.train._helpers import FixedSamples
 
 
 def test_d_samples_are_excluded_from_the_l_free_energy(tmp_path):

@@ -25,6 +25,7 @@ from bgflow_se3.workflow import (
     torsion_free_energies,
     torsion_values,
 )
+from tests.train._helpers import FixedSamples
 
 CHAIN_BONDS = [(0, 1), (1, 2), (2, 3), (3, 4)]
 T1, T2 = Torsion("t1", (0, 1, 2, 3)), Torsion("t2", (1, 2, 3, 4))
@@ -157,26 +158,6 @@ class PhiStep(Energy):
     def _reduced_energy(self, x):
         phi, psi = torsion_angle(x, PHI_ATOMS), torsion_angle(x, PSI_ATOMS)
         return torch.where(phi > 0, 2.0, 0.0).to(x.dtype) + 0.3 * torch.cos(psi)
-
-
-class FixedSamples(torch.nn.Module):
-    """Returns the given configurations in order with a constant log q."""
-
-    n_atoms, dim = 22, 3
-
-    def __init__(self, x):
-        super().__init__()
-        self.register_buffer("x", x)
-        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=x.dtype), requires_grad=False)
-        self.next = 0
-
-    def sample(self, n, generator=None):
-        x = self.x[self.next : self.next + n]
-        self.next += n
-        return x, torch.zeros(len(x), dtype=x.dtype)
-
-    def log_prob(self, x):
-        return torch.zeros(len(x), dtype=x.dtype)
 
 
 @pytest.mark.parametrize("n", [600, 120])  # enough samples (reliable), and too few (the warning)
