@@ -1,4 +1,5 @@
-"""The ``bgflow-se3`` command line: one argparse subcommand per task (``free-energy`` now; train/sample to come).
+"""The ``bgflow-se3`` command line: one argparse subcommand per task: ``run`` (the whole workflow from a System XML
+and a PDB to free energies, ``workflow.cli``) and ``free-energy`` (reweight saved samples).
 
 Add a subcommand by writing ``_add_<name>(subparsers)`` that registers its parser and sets ``func`` to a
 function taking the parsed arguments and returning an exit code, then listing it in ``SUBCOMMANDS``. Options are
@@ -27,6 +28,7 @@ import numpy as np
 
 from .cli_checks import n_bootstrap, output_directory, positive_int, umbrella_cache
 from .errors import BgflowError
+from .workflow.cli import add_run_parser
 
 __all__ = ["SAMPLES_FORMAT", "build_parser", "check_samples", "load_samples", "main", "run_free_energy"]
 
@@ -398,7 +400,7 @@ def _add_free_energy(subparsers: Any) -> None:
     parser.set_defaults(func=_free_energy)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_free_energy]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_run_parser, _add_free_energy]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,9 @@ __all__ = [
     "LowOverlapWarning",
     "NonFiniteInputError",
     "OutputWriteError",
+    "RunFolderError",
     "TrainingInterrupted",
+    "UnreachedStateError",
     "UnsupportedForceError",
     "UnsupportedMoleculeError",
     "UnsupportedSystemError",
@@ -73,6 +75,16 @@ class LowOverlapWarning(UserWarning):
 
 class EmptyStateError(BgflowError, ValueError):
     """A state (a boolean mask over samples) holds no sample with nonzero weight, so its free energy is undefined."""
+
+
+class UnreachedStateError(EmptyStateError):
+    """A state the user named holds no frame of the training data (no replica reached it), so no flow trained on
+    them could estimate its free energy; raised before training, naming the state."""
+
+
+class RunFolderError(BgflowError, ValueError):
+    """A workflow's output folder holds another run (other inputs or settings), or ``--resume`` finds nothing to
+    continue; the message names the folder and what differs."""
 
 
 class CheckpointError(BgflowError, ValueError):

@@ -3,7 +3,7 @@
 from .chirality import L_CHIRALITY_SIGN, chiral_centres, chirality_mismatch, chirality_signs, d_chirality_fraction
 from .dihedrals import BackboneDihedrals, as_mdtraj_topology, backbone_dihedrals, dihedral_angles, phi_psi
 from .dipeptide import evaluate_dipeptide
-from .plots import free_energy_profile_figure, ramachandran_figure, ramachandran_panels_figure
+from .plots import free_energy_profile_figure, profiles_grid_figure, ramachandran_figure, ramachandran_panels_figure
 from .ramachandran import histogram_kl, periodic_histogram, phi_profile_kl, ramachandran_kl
 from .stereo import handedness, same_handedness, stereocentres
 
@@ -24,6 +24,7 @@ __all__ = [
     "periodic_histogram",
     "phi_profile_kl",
     "phi_psi",
+    "profiles_grid_figure",
     "ramachandran_figure",
     "ramachandran_kl",
     "ramachandran_panels_figure",

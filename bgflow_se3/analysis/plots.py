@@ -7,7 +7,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["free_energy_profile_figure", "ramachandran_figure", "ramachandran_panels_figure"]
+__all__ = [
+    "free_energy_profile_figure",
+    "profiles_grid_figure",
+    "ramachandran_figure",
+    "ramachandran_panels_figure",
+]
 
 
 def _figure(figsize: tuple[float, float]):
@@ -133,4 +138,49 @@ def free_energy_profile_figure(
     ax.legend()
     if title:
         ax.set_title(title)
+    return figure
+
+
+def profiles_grid_figure(
+    profiles: Sequence[tuple[str, Any, Any, Any | None, tuple[Any, Any] | None]],
+    *,
+    columns: int = 3,
+    max_kT: float | None = 15.0,
+    xlabel: str = "angle (rad)",
+):
+    """One free-energy profile per panel, e.g. every torsion of a molecule; a reference overlaid where given.
+
+    profiles: ``(title, centers, f, df_or_None, reference_or_None)`` per panel: centers (m,), f (m,) in kT (+inf:
+    empty bin, not drawn), df one sigma; reference ``(centers, f)`` in kT, drawn as a black line. Each curve is
+    shifted to its minimum; a panel without a finite value says so. Returns a ``matplotlib.figure.Figure``.
+    """
+    if not profiles:
+        raise ValueError("profiles is empty: pass at least one (title, centers, f, df, reference)")
+    n_cols = min(columns, len(profiles))
+    n_rows = -(-len(profiles) // n_cols)
+    figure = _figure((3.6 * n_cols, 2.8 * n_rows))
+    axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax, (title, centers, f, df, reference) in zip(axes, profiles):
+        series = [(centers, f, df, "flow, reweighted", "C0")]
+        if reference is not None:
+            series.append((reference[0], reference[1], None, "reference", "k"))
+        for x, y, dy, name, colour in series:
+            x, y = _numpy(x), _numpy(y)
+            finite = np.isfinite(y)
+            if not finite.any():
+                ax.text(0.5, 0.5, f"{name}: no sample", ha="center", va="center", transform=ax.transAxes)
+                continue
+            y = np.where(finite, y - y[finite].min(), np.nan)
+            ax.plot(x, y, color=colour, label=name, marker="." if colour != "k" else None)
+            if dy is not None:
+                dy = np.where(np.isfinite(_numpy(dy)), _numpy(dy), np.nan)
+                ax.fill_between(x, y - dy, y + dy, color=colour, alpha=0.25, linewidth=0)
+        if max_kT is not None:
+            ax.set_ylim(-0.5, max_kT)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("free energy (kT)")
+    for ax in axes[len(profiles) :]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize="small")
     return figure

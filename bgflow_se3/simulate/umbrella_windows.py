@@ -1,16 +1,22 @@
 """One umbrella window along a dihedral (OpenMM): its settings, bias, System, Langevin context and recording.
 
 A window adds a ``CustomTorsionForce`` ``k/2 * dphi^2`` (dphi wrapped into [-pi, pi)) to the System and runs
-Langevin dynamics, recording phi and psi. Shared by the two ways of running the windows, so that they import
-one way: ``umbrella_sampling`` (independent windows, cached on disk) and ``replica_exchange`` (the windows swap
-configurations) both import this module, and ``umbrella_sampling`` dispatches to ``replica_exchange``.
+Langevin dynamics, recording phi and psi. The molecule is the shipped alanine dipeptide (``solvent``) or any
+molecule given as a serialized System and a PDB (``UmbrellaConfig.for_files``), biased along any torsion; the
+series keep the names "phi" (the biased torsion) and "psi" (a second recorded torsion) whatever the molecule.
+
+Shared by the two ways of running the windows, so that they import one way: ``umbrella_sampling`` (independent
+windows, cached on disk) and ``replica_exchange`` (the windows swap configurations) both import this module, and
+``umbrella_sampling`` dispatches to ``replica_exchange``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +24,7 @@ __all__ = [
     "UmbrellaConfig",
     "add_torsion_bias",
     "biased_system",
+    "inputs_fingerprint",
     "phi_atom_indices",
     "psi_atom_indices",
     "record_angles",
@@ -45,6 +52,10 @@ class UmbrellaConfig:
     platform: OpenMM platform ("Reference" is the fastest on one core for 22 atoms). seed: the run's random
     seed; every window (and every restart of it) draws its OpenMM seeds from ``window_seed(seed, k, ...)``, so runs
     with different seeds share no random stream.
+    system_xml, pdb: paths of a serialized System and the molecule's PDB, instead of the shipped alanine dipeptide
+    (``solvent`` is then ignored); inputs_sha256: their fingerprint (``for_files`` fills it; a changed file is
+    refused). torsion: the biased dihedral's four 0-based atoms (default: the first backbone phi); record_torsion:
+    the second recorded dihedral (default: the first backbone psi, else the biased torsion).
     """
 
     solvent: str = "implicit"
@@ -60,6 +71,35 @@ class UmbrellaConfig:
     exchange_every_ps: float | None = None
     platform: str = "Reference"
     seed: int = 0
+    system_xml: str | None = None
+    pdb: str | None = None
+    inputs_sha256: str | None = None
+    torsion: tuple[int, ...] | None = None
+    record_torsion: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.system_xml is None) != (self.pdb is None):
+            raise ValueError("give both system_xml and pdb (a molecule of your own), or neither (alanine dipeptide)")
+        for name in ("torsion", "record_torsion"):
+            atoms = getattr(self, name)
+            if atoms is not None:  # JSON gives lists: keep tuples so that configs compare equal
+                atoms = tuple(int(a) for a in atoms)
+                if len(atoms) != 4 or len(set(atoms)) != 4 or min(atoms) < 0:
+                    raise ValueError(f"{name} must be four distinct 0-based atom indices, got {atoms}")
+                object.__setattr__(self, name, atoms)
+
+    @classmethod
+    def for_files(cls, system_xml: str | Path, pdb: str | Path, torsion: Sequence[int], **settings) -> UmbrellaConfig:
+        """The settings of a run on your own molecule: the files' absolute paths and fingerprint, the biased
+        ``torsion`` (four 0-based atoms) and ``settings`` (the other fields)."""
+        system_xml, pdb = Path(system_xml).resolve(), Path(pdb).resolve()
+        return cls(
+            system_xml=str(system_xml),
+            pdb=str(pdb),
+            inputs_sha256=inputs_fingerprint(system_xml, pdb),
+            torsion=tuple(torsion),
+            **settings,
+        )
 
     @property
     def kappa(self) -> float:
@@ -71,6 +111,14 @@ class UmbrellaConfig:
     @property
     def steps_per_ns(self) -> int:
         return int(round(1e6 / self.timestep_fs))
+
+
+def inputs_fingerprint(system_xml: str | Path, pdb: str | Path) -> str:
+    """SHA-256 of the System file's bytes followed by the PDB's: a cache made from other files is refused."""
+    digest = hashlib.sha256()
+    for path in (system_xml, pdb):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def window_centers(n_windows: int) -> np.ndarray:
@@ -135,26 +183,52 @@ def _start_at(positions_nm: np.ndarray, topology, atoms: Sequence[int], value: f
     from ..geometry import set_torsion
 
     bonds = [(a.index, b.index) for a, b in topology.bonds()]
-    x = torch.as_tensor(np.asarray(positions_nm, dtype=np.float64))[None]
+    x = torch.tensor(np.array(positions_nm, dtype=np.float64))[None]
     return set_torsion(x, bonds, atoms, value)[0].numpy()
+
+
+def _molecule(config: UmbrellaConfig):
+    """The molecule of ``config``: the shipped alanine dipeptide, or its files (checked against the fingerprint)."""
+    if config.system_xml is None:
+        from ..systems.aldp import load_aldp
+
+        return load_aldp(config.solvent)
+    from ..workflow.inputs import load_molecule
+
+    if config.inputs_sha256 is not None and inputs_fingerprint(config.system_xml, config.pdb) != config.inputs_sha256:
+        raise ValueError(
+            f"{config.system_xml} or {config.pdb} changed since this umbrella run started (fingerprint differs): "
+            "use a fresh cache for the new files"
+        )
+    return load_molecule(config.system_xml, config.pdb)
 
 
 def biased_system(config: UmbrellaConfig, center: float) -> tuple:
     """The window System of ``config`` with its bias at ``center`` (radians; the global parameter ``phi0``).
 
-    Returns (AlanineDipeptide, openmm.System with repartitioned masses and the phi bias, phi atoms (4,), psi
-    atoms (4,)).
+    Returns (the molecule: ``AlanineDipeptide`` or ``workflow.Molecule``, with ``.topology`` and
+    ``.positions_nm``; openmm.System with repartitioned masses and the bias; biased torsion's atoms (4,);
+    recorded torsion's atoms (4,)).
     """
-    from ..systems.aldp import load_aldp
     from .openmm_langevin import repartition_hydrogen_mass
 
-    aldp = load_aldp(config.solvent)
-    system = copy.deepcopy(aldp.system)
+    molecule = _molecule(config)
+    system = copy.deepcopy(molecule.system)
     if config.hydrogen_mass_amu is not None:
-        system = repartition_hydrogen_mass(system, aldp.topology, config.hydrogen_mass_amu)
-    atoms = phi_atom_indices(aldp.topology)
+        system = repartition_hydrogen_mass(system, molecule.topology, config.hydrogen_mass_amu)
+    atoms = list(config.torsion) if config.torsion is not None else phi_atom_indices(molecule.topology)
+    if config.record_torsion is not None:
+        recorded = list(config.record_torsion)
+    else:
+        try:
+            recorded = psi_atom_indices(molecule.topology)
+        except ValueError:  # not a peptide: record the biased torsion twice
+            recorded = list(atoms)
+    n_atoms = system.getNumParticles()
+    if max(atoms + recorded) >= n_atoms:
+        raise ValueError(f"torsion atoms {atoms} / {recorded} out of range for a System of {n_atoms} particles")
     add_torsion_bias(system, atoms, config.force_constant, center)
-    return aldp, system, atoms, psi_atom_indices(aldp.topology)
+    return molecule, system, atoms, recorded
 
 
 def window_context(

@@ -1,7 +1,11 @@
 """From the user's OpenMM System to free energies: the input checks (``inputs.py``), torsions, states and their
-free-energy table (``states.py``)."""
+free-energy table (``states.py``), rotatable torsions (``rotatable.py``), seeded Langevin coverage
+(``coverage.py``), sizes (``settings.py``), the staged run (``pipeline.py``: ``run_workflow``) and its evaluation
+(``evaluation.py``); ``cli.py`` is ``bgflow-se3 run``."""
 
 from .inputs import Molecule, check_molecule, load_molecule
+from .pipeline import run_workflow
+from .settings import WorkflowSettings
 from .states import (
     State,
     Torsion,
@@ -20,12 +24,14 @@ __all__ = [
     "State",
     "Torsion",
     "TorsionState",
+    "WorkflowSettings",
     "all_of",
     "check_molecule",
     "load_molecule",
     "negative_state",
     "peptide_torsions",
     "positive_state",
+    "run_workflow",
     "state_free_energies",
     "torsion_free_energies",
     "torsion_values",

@@ -4,6 +4,16 @@
     PYTHONPATH=. python systems/aldp/umbrella.py --extend-ns 1.0 --workers 2          # add 1 ns to every window
     PYTHONPATH=. python systems/aldp/umbrella.py --repeats 4 --workers 2              # add repeats 3 and 4
     PYTHONPATH=. python systems/aldp/umbrella.py --smoke --repeats 2                  # seconds: checks the pipeline
+    PYTHONPATH=. python systems/aldp/umbrella.py --system-xml S.xml --pdb M.pdb --torsion phi2 --cache DIR
+                                                # your own molecule, any torsion (a name or a,b,c,d)
+
+Your own molecule: ``--system-xml`` and ``--pdb`` (checked by ``workflow.load_molecule``) replace the shipped
+alanine dipeptide and ``--torsion`` names the biased torsion: a peptide torsion of ``workflow.peptide_torsions``
+("phi2", "psi1", ...) or four 0-based atom indices. ``--cache`` is then required; the run's config records the files'
+paths and SHA-256, so a cache is never continued with changed files. "phi" in the output below means the biased
+torsion (F(torsion > 0) - F(torsion <= 0) is ``delta_f_phi_positive_kT``); the Ramachandran histogram pairs it with
+the residue's psi (or, off a peptide, with itself). Nothing else changes: windows, replica exchange, repeats and
+their chi-square test are the same for every molecule.
 
 Windows: ``--windows`` centres evenly on [-pi, pi), a CustomTorsionForce bias k/2 dphi^2 on phi, Langevin dynamics
 (LangevinMiddleIntegrator, 1/ps, 300 K) at 2 fs with hydrogen mass repartitioning (3 amu) and no constraints:
@@ -243,6 +253,39 @@ def write_outputs(summary: dict, records: list[dict], cache: Path, out: Path | N
     return profile_path, out
 
 
+def own_molecule(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """For --system-xml/--pdb: the biased and recorded torsions' atoms (the files checked); None for the shipped
+    alanine dipeptide. Usage errors (parser.error) for an incomplete or unknown choice."""
+    if args.system_xml is None and args.pdb is None and args.torsion is None:
+        return None
+    if args.system_xml is None or args.pdb is None or args.torsion is None or args.cache is None:
+        parser.error("your own molecule needs --system-xml, --pdb, --torsion and --cache together")
+    from bgflow_se3.errors import BgflowError
+    from bgflow_se3.workflow import load_molecule, peptide_torsions
+
+    try:
+        molecule = load_molecule(args.system_xml, args.pdb)
+    except (BgflowError, ValueError) as error:
+        parser.error(f"{type(error).__name__}: {error}")
+    try:
+        named = {t.name: t.atoms for t in peptide_torsions(molecule.topology)}
+    except ValueError:
+        named = {}
+    if args.torsion in named:
+        atoms = named[args.torsion]
+    else:
+        try:
+            atoms = tuple(int(a) for a in args.torsion.split(","))
+        except ValueError:
+            parser.error(f"--torsion {args.torsion}: not a torsion name ({', '.join(named) or 'none'}) nor a,b,c,d")
+        if len(atoms) != 4 or len(set(atoms)) != 4 or min(atoms) < 0 or max(atoms) >= molecule.n_atoms:
+            parser.error(f"--torsion {args.torsion}: need four distinct atom indices below {molecule.n_atoms}")
+    recorded = None
+    if args.torsion.startswith("phi") and f"psi{args.torsion[3:]}" in named:
+        recorded = named[f"psi{args.torsion[3:]}"]
+    return {"torsion": atoms, "record_torsion": recorded}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--solvent", choices=["implicit", "vacuum"], default="implicit")
@@ -265,9 +308,13 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="12 soft windows x 4 ps in a separate cache (seconds)")
     parser.add_argument("--analyse-only", action="store_true", help="no simulation: analyse the cached repeats")
+    parser.add_argument("--system-xml", type=Path, default=None, help="your own molecule's System (with --pdb)")
+    parser.add_argument("--pdb", type=Path, default=None, help="your own molecule's PDB (with --system-xml)")
+    parser.add_argument("--torsion", default=None, help="biased torsion: a peptide torsion name (phi2) or a,b,c,d")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    own = own_molecule(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("pymbar").setLevel(logging.WARNING)
 
@@ -301,7 +348,10 @@ def main() -> None:
         ns = max(done, default=0.0) + args.extend_ns
     if not args.analyse_only:
         for seed in seeds:
-            config = UmbrellaConfig(solvent=args.solvent, seed=seed, **settings)
+            if own is None:
+                config = UmbrellaConfig(solvent=args.solvent, seed=seed, **settings)
+            else:
+                config = UmbrellaConfig.for_files(args.system_xml, args.pdb, seed=seed, **own, **settings)
             folder = repeat_cache(cache, seed)
             print(f"repeat seed {seed}: {config.n_windows} windows to {ns:g} ns each in {folder}")
             seconds = run_umbrella(config, ns, folder, workers=args.workers)

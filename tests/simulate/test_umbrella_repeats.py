@@ -80,3 +80,33 @@ def test_recipe_warns_when_repeats_disagree_and_flags_a_single_repeat(recipe):
     assert single["delta_f_phi_0_2_kT"]["stderr"] == 0.12 and single["delta_f_phi_0_2_kT"]["repeats_agree"] is None
     assert single["delta_f_phi_0_2_kT"]["ns_total_for_0.1kT"] == pytest.approx(18.0 * 1.44)
     assert any("ONE repeat" in line for line in recipe["report_lines"](single))
+
+
+def test_recipe_takes_your_own_molecule_and_a_named_torsion(recipe, tmp_path):
+    import argparse
+
+    import openmm
+    import openmm.app as app
+    import openmm.unit as unit
+
+    from bgflow_se3.systems import load_aldp
+
+    aldp = load_aldp("implicit")
+    xml, pdb = tmp_path / "system.xml", tmp_path / "molecule.pdb"
+    xml.write_text(openmm.XmlSerializer.serialize(aldp.system))
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(aldp.topology, aldp.positions_nm * unit.nanometer, handle)
+    parser = argparse.ArgumentParser()
+
+    def args(torsion, cache=tmp_path / "cache"):
+        return argparse.Namespace(system_xml=xml, pdb=pdb, torsion=torsion, cache=cache)
+
+    assert recipe["own_molecule"](parser, argparse.Namespace(system_xml=None, pdb=None, torsion=None)) is None
+    chosen = recipe["own_molecule"](parser, args("phi1"))
+    assert chosen == {"torsion": (4, 6, 8, 14), "record_torsion": (6, 8, 14, 16)}  # phi paired with its psi
+    assert recipe["own_molecule"](parser, args("1,4,6,8")) == {"torsion": (1, 4, 6, 8), "record_torsion": None}
+    for bad in ("phi9", "1,2,3", "1,4,6,99"):
+        with pytest.raises(SystemExit):
+            recipe["own_molecule"](parser, args(bad))
+    with pytest.raises(SystemExit):  # --cache is required for your own molecule
+        recipe["own_molecule"](parser, args("phi1", cache=None))

@@ -51,3 +51,43 @@ def test_windows_run_extend_and_refuse_other_settings(tmp_path):
         assert len(b) == 40 and np.array_equal(b[:20], a)
     with pytest.raises(ValueError, match="other settings"):
         run_umbrella(UmbrellaConfig(solvent="vacuum", n_windows=3), 0.001, tmp_path)
+
+
+def _aldp_files(folder):
+    import openmm
+    import openmm.app as app
+    import openmm.unit as unit
+
+    from bgflow_se3.systems import load_aldp
+
+    aldp = load_aldp("vacuum")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "system.xml").write_text(openmm.XmlSerializer.serialize(aldp.system))
+    with open(folder / "molecule.pdb", "w") as handle:
+        app.PDBFile.writeFile(aldp.topology, aldp.positions_nm * unit.nanometer, handle)
+    return folder / "system.xml", folder / "molecule.pdb"
+
+
+def test_own_files_and_any_torsion_hold_that_torsion_at_the_centres(tmp_path):
+    """A molecule given as files, biased along psi (not the default phi): psi sits at the window centres, the
+    config round-trips through config.json, and a cache is not continued with changed files."""
+    xml, pdb = _aldp_files(tmp_path / "inputs")
+    psi = (6, 8, 14, 16)
+    config = UmbrellaConfig.for_files(
+        xml, pdb, psi, record_torsion=(4, 6, 8, 14), n_windows=2, equilibration_ps=0.5, save_every=25
+    )
+    assert config.torsion == psi and len(config.inputs_sha256) == 64
+    cache = tmp_path / "cache"
+    run_umbrella(config, 0.001, cache)
+    stored, series, ns = load_windows(cache)
+    assert stored == config and ns == pytest.approx(0.001)
+    for values, center in zip(series, window_centers(2)):
+        assert np.all(np.abs(wrap_angle(values - center)) < 0.6)
+    run_umbrella(config, 0.002, cache)  # the same files: extends
+    xml.write_text(xml.read_text().replace("<System", "<System ", 1))  # same System, other bytes
+    with pytest.raises(ValueError, match="changed since this umbrella run started"):
+        run_umbrella(config, 0.003, cache)
+    with pytest.raises(ValueError, match="both system_xml and pdb"):
+        UmbrellaConfig(system_xml=str(xml))
+    with pytest.raises(ValueError, match="four distinct"):
+        UmbrellaConfig.for_files(xml, pdb, (1, 1, 2, 3))
