@@ -2,15 +2,18 @@
 
 ``write_atomically`` writes to ``<path>.tmp``, syncs it, renames it over ``path`` and syncs the folder, so that
 neither an interrupted process nor a crash of the machine leaves a truncated file under the real name.
+``save_npz_atomically`` and ``save_npy_atomically`` do the same for numpy's ``savez`` and ``save`` formats.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomically"]
+__all__ = ["save_npy_atomically", "save_npz_atomically", "write_atomically"]
 
 
 def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
@@ -37,3 +40,21 @@ def write_atomically(path: Path, *chunks: bytes | memoryview) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def save_npz_atomically(path: Path, **arrays: Any) -> None:
+    """``numpy.savez(path, **arrays)``, written atomically (``write_atomically``)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(path, buffer.getbuffer())
+
+
+def save_npy_atomically(path: Path, array: Any) -> None:
+    """``numpy.save(path, array)``, written atomically (``write_atomically``)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomically(path, buffer.getbuffer())

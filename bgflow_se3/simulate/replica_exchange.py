@@ -18,7 +18,6 @@ and the swap statistics, so a later call with more nanoseconds continues the run
 
 from __future__ import annotations
 
-import io
 import logging
 import multiprocessing
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerError
-from ..files import write_atomically
+from ..files import save_npz_atomically
 from ..worker_processes import exit_code, stop_process
 from .umbrella_windows import UmbrellaConfig, biased_system, record_angles, window_centers, window_context, window_seed
 
@@ -218,7 +217,7 @@ def _save_state(cache: Path, config: UmbrellaConfig, state: dict) -> None:
     """Window series first, the exchange state last (it says how much of the series is valid); each atomic."""
     centers = window_centers(config.n_windows)
     for k in range(config.n_windows):
-        _atomic_savez(
+        save_npz_atomically(
             cache / f"window_{k:03d}.npz",
             phi=np.asarray(state["phi"][k]),
             psi=np.asarray(state["psi"][k]),
@@ -226,7 +225,7 @@ def _save_state(cache: Path, config: UmbrellaConfig, state: dict) -> None:
             center=centers[k],
         )
     history = np.asarray(state["window_history"], dtype=np.int16).reshape(-1, config.n_windows)
-    _atomic_savez(
+    save_npz_atomically(
         cache / "exchange.npz",
         steps=state["steps"],
         cycles=state["cycles"],
@@ -239,12 +238,6 @@ def _save_state(cache: Path, config: UmbrellaConfig, state: dict) -> None:
         velocities=state["velocities"],
         steps_per_ns=config.steps_per_ns,
     )
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomically(path, buffer.getbuffer())
 
 
 class _ReplicaGroup:

@@ -9,7 +9,6 @@ profile files the recipe writes are read by ``bgflow_se3.systems.aldp_references
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_atomically
+from ..files import save_npz_atomically
 from ..systems.aldp_references import (
     load_profile,
     reference_profile,
@@ -93,9 +92,8 @@ def _run_window(args: tuple) -> tuple[int, float]:
     if not np.isfinite(positions).all():
         raise RuntimeError(f"window {k} blew up (non-finite positions); use a smaller time step")
     velocities = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
+    save_npz_atomically(
+        path,
         phi=np.asarray(phi),
         psi=np.asarray(psi),
         steps=steps_done,
@@ -103,7 +101,6 @@ def _run_window(args: tuple) -> tuple[int, float]:
         velocities=velocities,
         center=center,
     )
-    write_atomically(path, buffer.getbuffer())
     return k, time.perf_counter() - start
 
 

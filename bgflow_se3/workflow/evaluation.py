@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvergenceError, LowOverlapWarning, NonFiniteInputError
-from ..files import write_atomically
+from ..files import save_npz_atomically
 from ..reweight import effective_sample_size, log_importance_weights
 from ..reweight.fes import free_energy_surface
 from ..sampling.flow_samples import sample_with_energies
@@ -33,15 +33,6 @@ __all__ = ["evaluate_molecule"]
 
 PROFILE_BINS = 36
 MAX_TRAJECTORY_FRAMES = 100_000
-
-
-def _savez(path: Path, **arrays: Any) -> None:
-    """``numpy.savez`` written atomically (a crash leaves the old file or the new one, never half of one)."""
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomically(path, buffer.getbuffer())
 
 
 def _profiles(angles: np.ndarray, torsions: Sequence[Torsion], log_q, u, log_p_aug, references) -> list:
@@ -129,7 +120,7 @@ def evaluate_molecule(
     trajectory = mdtraj.Trajectory(kept[:MAX_TRAJECTORY_FRAMES].astype(np.float32), top)
     trajectory.save_dcd(str(out / "samples.dcd"))
     trajectory[0].save_pdb(str(out / "topology.pdb"))
-    _savez(
+    save_npz_atomically(
         out / "samples.npz",
         x=kept.astype(np.float32),
         log_q=log_q[finite],

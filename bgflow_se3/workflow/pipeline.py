@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import RunFolderError
-from ..files import write_atomically
+from ..files import save_npy_atomically
 from ..jsonio import write_json
 from .inputs import Molecule
 from .settings import WorkflowSettings
@@ -196,11 +196,7 @@ def _coverage(molecule, energy, torsions, states, settings: WorkflowSettings, fo
         "wall_time_s": time.perf_counter() - start,
     }
     check_coverage(counts, report["n_frames"])
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, data.frames.numpy().astype(np.float32))
-    write_atomically(frames_path, buffer.getbuffer())
+    save_npy_atomically(frames_path, data.frames.numpy().astype(np.float32))
     write_json(report_path, report)  # last: its presence marks the stage done
     return data.frames, report
 
