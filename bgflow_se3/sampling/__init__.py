@@ -6,7 +6,7 @@ from .ais import AISResult, AnnealedImportanceSampler
 from .flow_samples import EnergySamples, sample_with_energies
 from .hmc import HamiltonianMonteCarlo, HMCPoint, LogDensityFn, autograd_log_density
 from .joint import JointFlow, TargetDensity
-from .langevin import LangevinTrajectory, langevin_dynamics, minimise
+from .langevin import LangevinTrajectory, RelaxedRun, langevin_dynamics, minimise, relax_and_run
 
 __all__ = [
     "AISResult",
@@ -17,9 +17,11 @@ __all__ = [
     "JointFlow",
     "LangevinTrajectory",
     "LogDensityFn",
+    "RelaxedRun",
     "TargetDensity",
     "autograd_log_density",
     "langevin_dynamics",
     "minimise",
+    "relax_and_run",
     "sample_with_energies",
 ]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..energy.base import Energy
 from ..errors import NonFiniteInputError
 
-__all__ = ["LangevinTrajectory", "langevin_dynamics", "minimise"]
+__all__ = ["LangevinTrajectory", "RelaxedRun", "langevin_dynamics", "minimise", "relax_and_run"]
 
 
 class LangevinTrajectory(NamedTuple):
@@ -130,3 +130,47 @@ def langevin_dynamics(
     frames_t = torch.stack(frames) if frames else empty
     u_t = torch.stack(energies) if energies else x.new_zeros((0, x.shape[0]))
     return LangevinTrajectory(frames_t, u_t, x, v)
+
+
+class RelaxedRun(NamedTuple):
+    """frames (n_saved, n_replicas, n_atoms, 3), nm, of ``relax_and_run``; n_evaluations: energy + force
+    evaluations per replica (minimisation, equilibration and production)."""
+
+    frames: Tensor
+    n_evaluations: int
+
+
+def relax_and_run(
+    energy: Energy,
+    x0: Tensor,
+    masses: Tensor,
+    ps: float,
+    *,
+    equilibration_ps: float = 1.0,
+    save_every_ps: float = 0.08,
+    timestep_ps: float = 0.002,
+    minimise_steps: int = 200,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> RelaxedRun:
+    """Start structures x0 (n_replicas, n_atoms, 3), nm, relaxed by ``minimise`` (``minimise_steps``), run
+    ``equilibration_ps`` of BAOAB (discarded; at least one step) and then ``ps`` (at least one save), saving every
+    ``save_every_ps``: the seeded-replica protocol of ``simulate.seeded_md`` and ``workflow.coverage``."""
+    x = minimise(energy, x0, n_steps=minimise_steps)
+    n_eq = max(1, int(round(equilibration_ps / timestep_ps)))
+    warm = langevin_dynamics(energy, x, masses, n_eq, timestep_ps=timestep_ps, save_every=n_eq, generator=generator)
+    save_every = max(1, int(round(save_every_ps / timestep_ps)))
+    n_steps = max(save_every, int(round(ps / timestep_ps)))
+    run = langevin_dynamics(
+        energy,
+        warm.x,
+        masses,
+        n_steps,
+        timestep_ps=timestep_ps,
+        save_every=save_every,
+        v=warm.v,
+        generator=generator,
+        progress=progress,
+    )
+    # minimise evaluates once per step, each Langevin call once at its start and once per step
+    return RelaxedRun(run.frames, minimise_steps + (n_eq + 1) + (n_steps + 1))

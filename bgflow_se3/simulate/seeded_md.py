@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..geometry import set_torsion
-from ..sampling.langevin import langevin_dynamics, minimise
+from ..sampling.langevin import relax_and_run
 from ..systems.aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
 
 __all__ = ["DEFAULT_SEEDS", "seeded_aldp_md"]
@@ -64,20 +64,15 @@ def seeded_aldp_md(
         [set_torsion(set_torsion(x, bonds, PHI_ATOMS, phi), bonds, PSI_ATOMS, psi) for phi, psi in seeds]
     )
     x0 = starts.repeat(math.ceil(n_replicas / len(seeds)), 1, 1)[:n_replicas]
-    x0 = minimise(energy, x0, n_steps=200)
     masses = _masses(aldp, hydrogen_mass).to(dtype)
-    n_eq = max(1, int(round(equilibration_ps / timestep_ps)))
-    warm = langevin_dynamics(energy, x0, masses, n_eq, timestep_ps=timestep_ps, save_every=n_eq, generator=generator)
-    save_every = max(1, int(round(save_every_ps / timestep_ps)))
-    n_steps = max(save_every, int(round(ps / timestep_ps)))
-    run = langevin_dynamics(
+    run = relax_and_run(
         energy,
-        warm.x,
+        x0,
         masses,
-        n_steps,
+        ps,
+        equilibration_ps=equilibration_ps,
+        save_every_ps=save_every_ps,
         timestep_ps=timestep_ps,
-        save_every=save_every,
-        v=warm.v,
         generator=generator,
         progress=progress,
     )

@@ -134,8 +134,9 @@ def _settings(args: argparse.Namespace):
     return WorkflowSettings.smoke(**changes) if args.smoke else WorkflowSettings(**changes)
 
 
-def _torsions(molecule, specs) -> dict[str, Any]:
-    """name -> Torsion: the workflow's named torsions (peptides: phi<k>, psi<k>) and the ones given by atoms."""
+def _torsions(molecule, specs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(known, chosen), each name -> Torsion: the workflow's named torsions (peptides: phi<k>, psi<k>), and the
+    ``--torsion`` choices resolved (a known name, or the atoms given)."""
     from .states import Torsion, peptide_torsions
 
     try:
@@ -154,7 +155,8 @@ def _torsions(molecule, specs) -> dict[str, Any]:
     return known, chosen
 
 
-def _states(molecule, specs, known, chosen) -> dict[str, Any]:
+def _states(specs, known, chosen) -> dict[str, Any]:
+    """name -> state for each ``--state``, its torsions looked up among ``known`` and ``chosen``."""
     from .states import TorsionState, all_of
 
     lookup = {**known, **chosen}
@@ -205,7 +207,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = _settings(args)
         molecule = load_molecule(args.system_xml, args.pdb)
         known, chosen = _torsions(molecule, args.torsion)
-        states = _states(molecule, args.state, known, chosen)
+        states = _states(args.state, known, chosen)
         with exit_when_interrupted():
             results = run_workflow(
                 molecule,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..errors import UnreachedStateError
 from ..geometry import set_torsion
-from ..sampling.langevin import langevin_dynamics, minimise
+from ..sampling.langevin import relax_and_run
 from .states import State, Torsion
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "check_coverage",
     "seed_structures",
     "seeded_langevin",
+    "split_replicas",
     "state_coverage",
 ]
 
@@ -49,24 +50,32 @@ FEW_FRAMES = 100
 @dataclass(frozen=True)
 class CoverageData:
     """Seeded Langevin frames. frames: (n_saved, n_replicas, n_atoms, 3) in nm; seeds: (n_replicas,
-    n_seeded_torsions) seed angles in radians; torsions: the seeded torsions (one per rotatable bond)."""
+    n_seeded_torsions) seed angles in radians; torsions: the seeded torsions (one per rotatable bond);
+    n_energy_evaluations: energy + force evaluations of all replicas (minimisation and dynamics)."""
 
     frames: Tensor
     seeds: Tensor
     torsions: tuple[Torsion, ...]
+    n_energy_evaluations: int
 
     def flat(self) -> Tensor:
         """Every frame, (n_saved * n_replicas, n_atoms, 3)."""
         return self.frames.reshape(-1, *self.frames.shape[2:])
 
     def split(self, validation_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
-        """(training, validation) frames, flattened, the last ``validation_fraction`` of the replicas held out
-        (whole replicas: their frames are correlated with nothing in the training set)."""
-        n_replicas = self.frames.shape[1]
-        n_val = min(n_replicas - 1, max(1, int(round(validation_fraction * n_replicas)))) if n_replicas > 1 else 0
-        train = self.frames[:, : n_replicas - n_val].reshape(-1, *self.frames.shape[2:])
-        valid = self.frames[:, n_replicas - n_val :].reshape(-1, *self.frames.shape[2:])
-        return train, valid
+        """``split_replicas`` of these frames."""
+        return split_replicas(self.frames, validation_fraction)
+
+
+def split_replicas(frames: Tensor, validation_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """(training, validation) frames, flattened, from frames (n_saved, n_replicas, n_atoms, 3): the last
+    floor(validation_fraction * n_replicas) replicas, at least one and never all, are held out (whole replicas: their
+    frames are correlated with nothing in the training set); a single replica is all training."""
+    n_replicas = frames.shape[1]
+    n_val = min(n_replicas - 1, max(1, int(validation_fraction * n_replicas))) if n_replicas > 1 else 0
+    train = frames[:, : n_replicas - n_val].reshape(-1, *frames.shape[2:])
+    valid = frames[:, n_replicas - n_val :].reshape(-1, *frames.shape[2:])
+    return train, valid
 
 
 def _distinct_bonds(torsions: Sequence[Torsion]) -> list[Torsion]:
@@ -157,24 +166,20 @@ def seeded_langevin(
     x0, seeds, seeded = seed_structures(
         molecule.positions_nm, molecule.bonds, torsions, n_replicas, angles=angles, generator=generator, dtype=dtype
     )
-    x0 = minimise(energy, x0, n_steps=minimise_steps)
     masses = _masses(molecule.system, molecule.topology, hydrogen_mass).to(dtype)
-    n_eq = max(1, int(round(equilibration_ps / timestep_ps)))
-    warm = langevin_dynamics(energy, x0, masses, n_eq, timestep_ps=timestep_ps, save_every=n_eq, generator=generator)
-    save_every = max(1, int(round(save_every_ps / timestep_ps)))
-    n_steps = max(save_every, int(round(ps / timestep_ps)))
-    run = langevin_dynamics(
+    run = relax_and_run(
         energy,
-        warm.x,
+        x0,
         masses,
-        n_steps,
+        ps,
+        equilibration_ps=equilibration_ps,
+        save_every_ps=save_every_ps,
         timestep_ps=timestep_ps,
-        save_every=save_every,
-        v=warm.v,
+        minimise_steps=minimise_steps,
         generator=generator,
         progress=progress,
     )
-    return CoverageData(run.frames, seeds, seeded)
+    return CoverageData(run.frames, seeds, seeded, n_replicas * run.n_evaluations)
 
 
 def state_coverage(frames: Any, states: Mapping[str, State]) -> dict[str, int]:

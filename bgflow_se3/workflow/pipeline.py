@@ -185,14 +185,7 @@ def _coverage(molecule, energy, torsions, states, settings: WorkflowSettings, fo
         "n_replicas": settings.replicas,
         "seeded_torsions": [t.name for t in data.torsions],
         "frames_per_state": counts,
-        "n_energy_evaluations": int(
-            settings.replicas
-            * (
-                round(settings.md_ps / 0.002)
-                + max(1, round(settings.md_equilibration_ps / 0.002))
-                + 200  # minimisation steps
-            )
-        ),
+        "n_energy_evaluations": data.n_energy_evaluations,
         "wall_time_s": time.perf_counter() - start,
     }
     check_coverage(counts, report["n_frames"])
@@ -231,6 +224,7 @@ def run_workflow(
     from ..flow import InternalCoordinateFlow
     from ..sampling import TargetDensity
     from ..train import FABObjective, MaximumLikelihoodObjective, TrainConfig, Trainer, training_summary
+    from .coverage import split_replicas
     from .evaluation import evaluate_molecule
     from .states import peptide_torsions
 
@@ -261,10 +255,7 @@ def run_workflow(
     say(f"energy: {molecule.energy_backend} ({molecule.backend_reason})")
     frames, coverage = _coverage(molecule, energy, seeded, coverage_states, settings, out / "coverage", progress)
     _print_coverage(coverage, say)
-    n_replicas = frames.shape[1]
-    n_val = max(1, n_replicas // 10) if n_replicas > 1 else 0
-    train = frames[:, : n_replicas - n_val].reshape(-1, *frames.shape[2:])
-    valid = frames[:, n_replicas - n_val :].reshape(-1, *frames.shape[2:])
+    train, valid = split_replicas(frames, 0.1)
 
     config = settings.flow_config(molecule.n_atoms)
     flow = InternalCoordinateFlow.for_topology(molecule.topology, data=train.double(), seed=settings.seed, **config)
