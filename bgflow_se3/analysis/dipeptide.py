@@ -203,13 +203,16 @@ def evaluate_dipeptide(
         "restricted_to_l": bool(restrict_to_l),
         "effective_samples_phi_positive": pair.effective_a,
         "effective_samples_phi_negative": pair.effective_b,
+        # the weight-tail index of each state (reweight.tail): above ~0.7 the flow covers the state too thinly
+        "pareto_k_phi_positive": pair.pareto_k_a,
+        "pareto_k_phi_negative": pair.pareto_k_b,
         **results,
         "kl_bins": bins,
         "dF_phi_positive_minus_negative_kT": pair.value,
         "dF_stderr_kT": pair.stderr,
         "dF_error": pair.error,
-        # False when pymbar failed or warned of low overlap (too few effective samples in a state): then the value
-        # and its error bar are not to be trusted
+        # False when pymbar failed or warned of low overlap, a state has too few effective samples or heavy-tailed
+        # weights: then the value and its error bar are not to be trusted
         "dF_reliable": pair.reliable,
         "dF_warning": pair.warning,
         "dF_phi_in_0_2_minus_rest_kT": delta_f_0_2,

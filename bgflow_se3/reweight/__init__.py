@@ -2,7 +2,8 @@
 
 from .fes import FreeEnergySurface, free_energy_surface, histogram_fes
 from .free_energy import FreeEnergy, TargetSamples, free_energy_difference
-from .state_pair import StatePairFreeEnergy, state_effective_samples, state_pair_free_energy
+from .state_pair import StatePairFreeEnergy, state_effective_samples, state_pair_free_energy, state_pareto_k
+from .tail import PARETO_K_LIMIT, pareto_k, pareto_k_threshold
 from .umbrella import UmbrellaResult, periodic_harmonic_bias, umbrella_free_energy, wrap_angle
 from .weights import (
     EffectiveSampleSize,
@@ -15,6 +16,7 @@ from .weights import (
 )
 
 __all__ = [
+    "PARETO_K_LIMIT",
     "EffectiveSampleSize",
     "Estimate",
     "FreeEnergy",
@@ -30,9 +32,12 @@ __all__ = [
     "histogram_fes",
     "log_importance_weights",
     "log_partition_ratio",
+    "pareto_k",
+    "pareto_k_threshold",
     "periodic_harmonic_bias",
     "state_effective_samples",
     "state_pair_free_energy",
+    "state_pareto_k",
     "umbrella_free_energy",
     "wrap_angle",
 ]

@@ -2,8 +2,10 @@
 
 ``state_pair_free_energy`` is what the dipeptide evaluation (``analysis/dipeptide.py``) and the workflow's torsion
 states (``workflow/states.py``) both report: pymbar's EXP estimate F_A - F_B over flow samples with a bootstrap
-error, the effective samples in each state, and ``reliable`` = a finite estimate with no warning (no low overlap
-reported by pymbar, and each state resting on at least ``min_effective_samples`` effective samples).
+error, the effective samples in each state, and ``reliable`` = a finite estimate with no warning: no low overlap
+reported by pymbar, each state resting on at least ``min_effective_samples`` effective samples, and each state's
+weights light-tailed (Pareto k-hat at most ``pareto_k_threshold``, see ``reweight.tail``: a heavier tail means the
+flow covers part of the state too thinly, and the estimate and its error bar cannot be trusted).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning
 from .free_energy import free_energy_difference
+from .tail import pareto_k, pareto_k_threshold
 from .weights import effective_sample_size, log_importance_weights
 
-__all__ = ["StatePairFreeEnergy", "state_effective_samples", "state_pair_free_energy"]
+__all__ = ["StatePairFreeEnergy", "state_effective_samples", "state_pair_free_energy", "state_pareto_k"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,11 @@ class StatePairFreeEnergy:
     """F_A - F_B in kT with its error and verdict.
 
     value, stderr: kT; NaN when the estimate failed (then ``error`` says why). effective_a, effective_b: Kish
-    effective samples of the flow in each state (0 when no sample of the state has nonzero weight). warning: pymbar's
-    low-overlap warnings, or the too-few-effective-samples message; "" when none. error: the estimator's failure
-    (empty state, no convergence); "" when none. reliable: finite value and no warning.
+    effective samples of the flow in each state (0 when no sample of the state has nonzero weight). pareto_k_a,
+    pareto_k_b: the tail index k-hat of each state's weights (NaN: too few weighted samples to fit a tail).
+    warning: pymbar's low-overlap warnings, the too-few-effective-samples message and the heavy-tail message, joined
+    by "; "; "" when none. error: the estimator's failure (empty state, no convergence); "" when none. reliable:
+    finite value and no warning.
     """
 
     value: float
@@ -39,6 +44,8 @@ class StatePairFreeEnergy:
     reliable: bool
     warning: str
     error: str
+    pareto_k_a: float = math.nan
+    pareto_k_b: float = math.nan
 
 
 def state_effective_samples(log_w: np.ndarray, mask: np.ndarray) -> float:
@@ -46,6 +53,14 @@ def state_effective_samples(log_w: np.ndarray, mask: np.ndarray) -> float:
     if not np.isfinite(log_w[mask]).any():
         return 0.0
     return float(effective_sample_size(np.where(mask, log_w, -np.inf)).count)
+
+
+def state_pareto_k(log_w: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(k-hat, the threshold it must not exceed) of the weights of the samples in ``mask``; k-hat NaN when too few
+    of them have weight (``reweight.tail.pareto_k``)."""
+    weighted = log_w[mask]
+    weighted = weighted[np.isfinite(weighted)]
+    return pareto_k(weighted), pareto_k_threshold(weighted.size)
 
 
 def state_pair_free_energy(
@@ -86,11 +101,24 @@ def state_pair_free_energy(
     except (EmptyStateError, ConvergenceError) as failure:
         value = stderr = math.nan
         error = str(failure)
-    if min(effective_a, effective_b) < min_effective_samples and not warning:
-        warning = (
+    (k_a, limit_a), (k_b, limit_b) = state_pareto_k(log_w, in_a), state_pareto_k(log_w, in_b)
+    problems = [warning] if warning else []
+    if min(effective_a, effective_b) < min_effective_samples:
+        problems.append(
             f"effective samples per state {effective_a:.1f} ({labels[0]}) and {effective_b:.1f} ({labels[1]}): "
             f"fewer than {min_effective_samples:g}"
         )
+    heavy = [
+        f"{label} (Pareto k-hat {k:.2f} > {limit:.2f})"
+        for label, k, limit in ((labels[0], k_a, limit_a), (labels[1], k_b, limit_b))
+        if k > limit
+    ]
+    if heavy:
+        problems.append(
+            f"heavy-tailed weights in {' and '.join(heavy)}: the flow covers part of a state too thinly, so the "
+            "estimate may be biased and its error bar too small"
+        )
+    warning = "; ".join(problems)
     return StatePairFreeEnergy(
         value=value,
         stderr=stderr,
@@ -99,4 +127,6 @@ def state_pair_free_energy(
         reliable=bool(math.isfinite(value) and not warning),
         warning=warning,
         error=error,
+        pareto_k_a=k_a,
+        pareto_k_b=k_b,
     )

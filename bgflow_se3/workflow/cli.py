@@ -180,7 +180,8 @@ def _report(results: dict[str, Any], out: Path) -> None:
         print(
             f"{entry['name']:>8} {entry['atoms']}: F(> 0) - F(<= 0) = {entry['dF_positive_minus_negative_kT']:8.3f} "
             f"+/- {entry['stderr_kT']:.3f} kT  ({flag}; effective samples {entry['effective_samples_positive']:.0f} "
-            f"/ {entry['effective_samples_negative']:.0f})"
+            f"/ {entry['effective_samples_negative']:.0f}; weight-tail k-hat {entry['pareto_k_positive']:.2f} / "
+            f"{entry['pareto_k_negative']:.2f})"
         )
     for entry in results["state_free_energies"]:
         flag = "reliable" if entry["reliable"] else f"NOT reliable: {entry['error'] or entry['warning']}"

@@ -217,6 +217,8 @@ def _pair(log_q, u, log_p_aug, in_a, in_b, labels, what, n_bootstrap, seed, min_
         "reliable": pair.reliable,
         "effective_samples_a": pair.effective_a,
         "effective_samples_b": pair.effective_b,
+        "pareto_k_a": pair.pareto_k_a,
+        "pareto_k_b": pair.pareto_k_b,
         "warning": f"{what}: {pair.warning}" if pair.warning else "",
         "error": error,
     }
@@ -240,7 +242,8 @@ def torsion_free_energies(
     each state needs for ``reliable``.
     Returns one dict per torsion: ``name``, ``atoms`` (four ints), ``dF_positive_minus_negative_kT``,
     ``stderr_kT`` (NaN when the estimate failed), ``reliable``, ``effective_samples_positive``,
-    ``effective_samples_negative``, ``warning`` and ``error`` ("" when none).
+    ``effective_samples_negative``, ``pareto_k_positive``, ``pareto_k_negative`` (each state's weight-tail index,
+    ``reweight.tail``), ``warning`` and ``error`` ("" when none).
     """
     torsions = list(torsions)
     if not torsions:
@@ -272,6 +275,8 @@ def torsion_free_energies(
                 "reliable": entry["reliable"],
                 "effective_samples_positive": entry["effective_samples_a"],
                 "effective_samples_negative": entry["effective_samples_b"],
+                "pareto_k_positive": entry["pareto_k_a"],
+                "pareto_k_negative": entry["pareto_k_b"],
                 "warning": entry["warning"],
                 "error": entry["error"],
             }
@@ -294,7 +299,7 @@ def state_free_energies(
     order of ``states``). Inputs as ``torsion_free_energies``; states: name -> callable x -> bool mask (n,).
 
     Returns one dict per pair: ``state_a``, ``state_b``, ``dF_kT``, ``stderr_kT``, ``reliable``,
-    ``effective_samples_a``, ``effective_samples_b``, ``warning``, ``error``.
+    ``effective_samples_a``, ``effective_samples_b``, ``pareto_k_a``, ``pareto_k_b``, ``warning``, ``error``.
     """
     names = list(states)
     if pairs is None:

@@ -125,6 +125,7 @@ def test_torsion_free_energy_matches_the_analytic_value_and_keeps_unreached_tors
     assert abs(t1["dF_positive_minus_negative_kT"] - (a - b)) < 3 * t1["stderr_kT"]
     assert t1["reliable"] and not t1["warning"] and not t1["error"]
     assert t1["effective_samples_positive"] > 1000 and t1["effective_samples_negative"] > 1000
+    assert math.isnan(t1["pareto_k_positive"]) and math.isnan(t1["pareto_k_negative"])  # equal weights: no tail
     # t2 <= 0 is never reached: reliable False, an error naming the torsion and the state, no exception
     assert t2["reliable"] is False and math.isnan(t2["dF_positive_minus_negative_kT"])
     assert "t2" in t2["error"] and "t2 <= 0" in t2["error"]
@@ -175,5 +176,7 @@ def test_phi_entry_equals_the_flagship_evaluation(aldp, tmp_path, n):
     assert phi["reliable"] == flagship["dF_reliable"]
     assert phi["effective_samples_positive"] == flagship["effective_samples_phi_positive"]
     assert phi["effective_samples_negative"] == flagship["effective_samples_phi_negative"]
+    assert phi["pareto_k_positive"] == flagship["pareto_k_phi_positive"]
+    assert phi["pareto_k_negative"] == flagship["pareto_k_phi_negative"]
     assert bool(phi["warning"]) == bool(flagship["dF_warning"])
     assert flagship["dF_reliable"] == (n == 600)
