@@ -32,9 +32,9 @@ class StatePairFreeEnergy:
     value, stderr: kT; NaN when the estimate failed (then ``error`` says why). effective_a, effective_b: Kish
     effective samples of the flow in each state (0 when no sample of the state has nonzero weight). pareto_k_a,
     pareto_k_b: the tail index k-hat of each state's weights (NaN: too few weighted samples to fit a tail).
-    warning: pymbar's low-overlap warnings, the too-few-effective-samples message and the heavy-tail message, joined
-    by "; "; "" when none. error: the estimator's failure (empty state, no convergence); "" when none. reliable:
-    finite value and no warning.
+    warning: the first of pymbar's low-overlap warnings, the too-few-effective-samples message and the heavy-tail
+    message that applies; "" when none. error: the estimator's failure (empty state, no convergence); "" when none.
+    reliable: finite value and no warning.
     """
 
     value: float
@@ -102,9 +102,8 @@ def state_pair_free_energy(
         value = stderr = math.nan
         error = str(failure)
     (k_a, limit_a), (k_b, limit_b) = state_pareto_k(log_w, in_a), state_pareto_k(log_w, in_b)
-    problems = [warning] if warning else []
-    if min(effective_a, effective_b) < min_effective_samples:
-        problems.append(
+    if min(effective_a, effective_b) < min_effective_samples and not warning:
+        warning = (
             f"effective samples per state {effective_a:.1f} ({labels[0]}) and {effective_b:.1f} ({labels[1]}): "
             f"fewer than {min_effective_samples:g}"
         )
@@ -113,12 +112,11 @@ def state_pair_free_energy(
         for label, k, limit in ((labels[0], k_a, limit_a), (labels[1], k_b, limit_b))
         if k > limit
     ]
-    if heavy:
-        problems.append(
+    if heavy and not warning:  # one reason is enough; each state's k-hat is reported either way
+        warning = (
             f"heavy-tailed weights in {' and '.join(heavy)}: the flow covers part of a state too thinly, so the "
             "estimate may be biased and its error bar too small"
         )
-    warning = "; ".join(problems)
     return StatePairFreeEnergy(
         value=value,
         stderr=stderr,

@@ -5,7 +5,8 @@
 For a peptide every residue's phi is a default state pair: F(phi > 0) - F(phi <= 0) is printed per residue with its
 error bar and reliability flag and kept in ``DIR/results.json`` as ``torsion_free_energies`` (a list of {name, atoms
 (four 0-based indices), dF_positive_minus_negative_kT, stderr_kT, reliable, ...}). Other molecules name torsions
-(``--torsion NAME=a,b,c,d``); ``--state`` and ``--pair`` add named states of one or more torsions. Inputs are
+(``--torsion NAME=a,b,c,d``); ``--state`` and ``--pair`` add named states of one or more torsions;
+``--reference NAME=DIR`` compares torsion NAME with an umbrella cache of ``systems/aldp/umbrella.py``. Inputs are
 checked before anything runs (``workflow.inputs``): a periodic box, constraints, virtual sites, a PDB that does not
 match the System, rings or an unreached state give one line naming the problem, exit status 1, and nothing in an
 existing output folder is overwritten (``--resume`` continues an interrupted run).
@@ -81,6 +82,13 @@ def parse_state(text: str) -> tuple[str, list[tuple[str, list[tuple[float, float
     return name, terms
 
 
+def _reference(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: a reference is TORSION=DIR (an umbrella cache folder)")
+    return name.strip(), Path(folder.strip())
+
+
 def _pair(text: str) -> tuple[str, str]:
     a, sep, b = text.partition(":")
     if not sep or not a or not b:
@@ -105,6 +113,13 @@ def add_run_parser(subparsers: Any) -> None:
     parser.add_argument("--torsion", type=parse_torsion, action="append", default=[], help="NAME or NAME=a,b,c,d")
     parser.add_argument("--state", type=parse_state, action="append", default=[], help="see below")
     parser.add_argument("--pair", type=_pair, action="append", default=None, help="STATE_A:STATE_B")
+    parser.add_argument(
+        "--reference",
+        type=_reference,
+        action="append",
+        default=[],
+        help="TORSION=DIR: compare with (and draw) the umbrella reference cached in DIR by systems/aldp/umbrella.py",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out (same inputs and options)")
     parser.add_argument("--temperature", type=float, default=300.0, help="kelvin")
     parser.add_argument("--smoke", action="store_true", help="the smallest sizes (checks the pipeline; seconds)")
@@ -183,6 +198,14 @@ def _report(results: dict[str, Any], out: Path) -> None:
             f"/ {entry['effective_samples_negative']:.0f}; weight-tail k-hat {entry['pareto_k_positive']:.2f} / "
             f"{entry['pareto_k_negative']:.2f})"
         )
+        if entry.get("reference"):
+            ref = entry["reference"]
+            verdict = "within tolerance" if entry["within_tolerance"] else "OUTSIDE tolerance"
+            print(
+                f"{'':>8} reference {ref['dF_kT']:.3f} +/- {ref['stderr_kT']:.3f} kT ({ref['n_repeats']} repeats x "
+                f"{ref['ns_per_window']:g} ns per window): {entry['difference_kT']:+.3f} kT, "
+                f"{entry['difference_sigma']:.1f} sigma, {verdict}"
+            )
     for entry in results["state_free_energies"]:
         flag = "reliable" if entry["reliable"] else f"NOT reliable: {entry['error'] or entry['warning']}"
         print(
@@ -193,6 +216,19 @@ def _report(results: dict[str, Any], out: Path) -> None:
         f"reverse ESS {100 * results['reverse_ess']:.2f} % of {results['n_samples']} samples; "
         f"{results['wall_time_s_total']:.0f} s; results in {out / 'results.json'}"
     )
+
+
+def _references(specs) -> dict[str, Any]:
+    """name -> ``UmbrellaReference`` for each ``--reference``; a missing or unreadable cache is a ``ValueError``."""
+    from .references import load_umbrella_reference
+
+    references = {}
+    for name, folder in specs:
+        try:
+            references[name] = load_umbrella_reference(folder)
+        except FileNotFoundError as e:
+            raise ValueError(f"--reference {name}: {e}") from None
+    return references
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -209,6 +245,7 @@ def run_command(args: argparse.Namespace) -> int:
         molecule = load_molecule(args.system_xml, args.pdb)
         known, chosen = _torsions(molecule, args.torsion)
         states = _states(args.state, known, chosen)
+        references = _references(args.reference)
         with exit_when_interrupted():
             results = run_workflow(
                 molecule,
@@ -217,6 +254,7 @@ def run_command(args: argparse.Namespace) -> int:
                 states=states,
                 pairs=args.pair,
                 settings=settings,
+                references=references,
                 resume=args.resume,
                 progress=not args.no_progress,
             )

@@ -38,6 +38,7 @@ from ..errors import RunFolderError
 from ..files import save_npy_atomically
 from ..jsonio import write_json
 from .inputs import Molecule
+from .references import UmbrellaReference, check_reference_atoms, compare_with_reference
 from .settings import WorkflowSettings
 from .states import State, Torsion, negative_state, positive_state
 
@@ -68,6 +69,15 @@ def seeded_torsions(molecule: Molecule, torsions: Sequence[Torsion]) -> list[Tor
             bonds.add(bond)
             seeded.append(torsion)
     return seeded
+
+
+def _check_references(references: Mapping[str, UmbrellaReference], torsions: Sequence[Torsion]) -> None:
+    """Every reference names a reported torsion and, where the cache records it, biased that torsion's atoms."""
+    by_name = {t.name: t for t in torsions}
+    for name, reference in references.items():
+        if name not in by_name:
+            raise ValueError(f"reference for {name!r}, which is not a reported torsion ({', '.join(by_name)})")
+        check_reference_atoms(reference, name, by_name[name].atoms)
 
 
 def _fingerprint(molecule: Molecule) -> dict[str, Any]:
@@ -208,6 +218,7 @@ def run_workflow(
     states: Mapping[str, State] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     settings: WorkflowSettings | None = None,
+    references: Mapping[str, UmbrellaReference] | None = None,
     resume: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = print,
@@ -217,7 +228,10 @@ def run_workflow(
     torsions: whose F(> 0) - F(<= 0) to report (default: every residue's phi of a peptide; a molecule that is no
     peptide must name them). states, pairs: further named states (callables on coordinates, e.g.
     ``TorsionState``) and the pairs to compare (default every pair). settings: sizes (default
-    ``WorkflowSettings()``). resume: continue the run in ``out_dir``. say: where progress lines go.
+    ``WorkflowSettings()``). references: torsion name -> ``UmbrellaReference`` (``load_umbrella_reference``): its
+    profile is drawn under the flow's and each entry of ``torsion_free_energies`` gets the comparison
+    (``compare_with_reference``); checked before anything runs (a name that is not a torsion, or a reference made
+    for other atoms, raises ``ValueError``). resume: continue the run in ``out_dir``. say: where progress lines go.
     Raises ``UnreachedStateError`` before training when no training frame reaches a state, ``RunFolderError`` for
     a folder holding another run, ``TrainingInterrupted`` at SIGINT / SIGTERM (checkpoint written; resume).
     """
@@ -246,6 +260,8 @@ def run_workflow(
     for t in torsions:
         if max(t.atoms) >= molecule.n_atoms:
             raise ValueError(f"torsion {t.name} names atom {max(t.atoms)}, but the molecule has {molecule.n_atoms}")
+    references = dict(references or {})
+    _check_references(references, torsions)
     _open_run_folder(out, _manifest(molecule, torsions, states, settings), resume)
     seeded = seeded_torsions(molecule, torsions)
     coverage_states = {s.label: s for t in torsions for s in (positive_state(t), negative_state(t))} | states
@@ -307,11 +323,15 @@ def run_workflow(
         plot_torsions=seeded,
         states=states,
         pairs=pairs,
+        references={name: ref.profile for name, ref in references.items() if ref.profile is not None},
         generator=torch.Generator().manual_seed(settings.seed + 2),
         n_bootstrap=settings.n_bootstrap,
         min_ess=settings.min_ess,
         seed=settings.seed,
     )
+    for entry in scores["torsion_free_energies"]:
+        if entry["name"] in references:
+            entry.update(compare_with_reference(entry, references[entry["name"]]))
     results = {
         **scores,
         "n_atoms": molecule.n_atoms,

@@ -17,19 +17,22 @@ evaluations and wall time of the run. A residue without a reference cache is rep
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from importlib import resources
 from pathlib import Path
 
 from bgflow_se3.cli_checks import output_directory
 from bgflow_se3.jsonio import write_json
 from bgflow_se3.systems.peptides import PEPTIDES, load_peptide
-from bgflow_se3.workflow import WorkflowSettings, check_molecule, peptide_torsions, run_workflow
+from bgflow_se3.workflow import (
+    UmbrellaReference,
+    WorkflowSettings,
+    check_molecule,
+    load_umbrella_reference,
+    peptide_torsions,
+    run_workflow,
+)
 
 DEFAULT_REFERENCES = Path.home() / ".cache" / "bgflow_se3" / "peptide_umbrella"
-TOLERANCE_KT = 0.2
-TOLERANCE_SIGMA = 2.0
 
 
 def peptide_files(name: str) -> tuple[Path, Path]:
@@ -50,38 +53,24 @@ def reference_commands(name: str, references: Path, workers: int = 2) -> list[st
     ]
 
 
-def reference(folder: Path) -> dict | None:
-    """F(phi > 0) - F(phi <= 0) and its error from an umbrella cache's summary.json, or None when absent."""
-    path = folder / "summary.json"
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text())["delta_f_phi_positive_kT"]
-    return {"dF_kT": entry["combined"], "stderr_kT": entry["stderr"], "n_repeats": len(entry["per_repeat"])}
+def cached_references(name: str, references: Path) -> dict[str, UmbrellaReference]:
+    """torsion name -> reference for each phi of ``name`` whose cache ``references/name/phi<k>`` is finished."""
+    peptide = load_peptide(name)
+    found = {}
+    for t in peptide_torsions(peptide.topology):
+        folder = references / name / t.name
+        if t.name.startswith("phi") and (folder / "summary.json").is_file():
+            found[t.name] = load_umbrella_reference(folder)
+    return found
 
 
-def compare(flow: dict, ref: dict | None) -> dict:
-    """One row of the table: the flow's entry, the reference and the acceptance verdict."""
-    row = {
-        "name": flow["name"],
-        "atoms": flow["atoms"],
-        "dF_kT": flow["dF_positive_minus_negative_kT"],
-        "stderr_kT": flow["stderr_kT"],
-        "reliable": flow["reliable"],
-        "effective_samples_positive": flow["effective_samples_positive"],
-        "effective_samples_negative": flow["effective_samples_negative"],
-    }
-    if ref is None:
-        return {**row, "reference": None}
-    difference = row["dF_kT"] - ref["dF_kT"]
-    sigma = math.hypot(row["stderr_kT"], ref["stderr_kT"])
-    z = abs(difference) / sigma if sigma > 0 else math.inf
-    return {
-        **row,
-        "reference": ref,
-        "difference_kT": difference,
-        "difference_sigma": z,
-        "within_tolerance": bool(row["reliable"] and abs(difference) <= TOLERANCE_KT and z <= TOLERANCE_SIGMA),
-    }
+def row(entry: dict) -> dict:
+    """One row of the table: the flow's entry and, where it has one, the comparison with its reference."""
+    keys = ("name", "atoms", "stderr_kT", "reliable", "effective_samples_positive", "effective_samples_negative")
+    out = {"dF_kT": entry["dF_positive_minus_negative_kT"], **{k: entry[k] for k in keys}}
+    out["pareto_k"] = [entry.get("pareto_k_positive"), entry.get("pareto_k_negative")]
+    comparison = ("reference", "difference_kT", "difference_sigma", "within_tolerance")
+    return {**out, **{k: entry[k] for k in comparison if k in entry}, "reference": entry.get("reference")}
 
 
 def main() -> None:
@@ -101,11 +90,11 @@ def main() -> None:
     molecule = check_molecule(peptide.system, peptide.topology, peptide.positions_nm)
     out = args.out or Path("runs") / f"bench_{args.peptide}"
     settings = WorkflowSettings.smoke() if args.smoke else WorkflowSettings()
-    results = run_workflow(molecule, out, settings=settings, resume=args.resume, progress=not args.no_progress)
-    rows = [
-        compare(entry, reference(args.reference_dir / args.peptide / entry["name"]))
-        for entry in results["torsion_free_energies"]
-    ]
+    references = cached_references(args.peptide, args.reference_dir)
+    results = run_workflow(
+        molecule, out, settings=settings, references=references, resume=args.resume, progress=not args.no_progress
+    )
+    rows = [row(entry) for entry in results["torsion_free_energies"]]
     table = {
         "peptide": args.peptide,
         "n_atoms": results["n_atoms"],

@@ -16,28 +16,6 @@ def recipe():
     return runpy.run_path(str(RECIPE), run_name="benchmark_recipe")
 
 
-def _flow(value, error, reliable=True):
-    return {
-        "name": "phi1",
-        "atoms": [4, 6, 8, 14],
-        "dF_positive_minus_negative_kT": value,
-        "stderr_kT": error,
-        "reliable": reliable,
-        "effective_samples_positive": 100.0,
-        "effective_samples_negative": 300.0,
-    }
-
-
-def test_the_acceptance_rule_needs_reliable_within_a_fifth_of_kT_and_two_sigma(recipe):
-    compare = recipe["compare"]
-    ref = {"dF_kT": 3.7, "stderr_kT": 0.05, "n_repeats": 4}
-    assert compare(_flow(3.8, 0.05), ref)["within_tolerance"]  # 0.1 kT, 1.4 sigma
-    assert not compare(_flow(3.95, 0.1), ref)["within_tolerance"]  # 0.25 kT
-    assert not compare(_flow(3.8, 0.01), {**ref, "stderr_kT": 0.01})["within_tolerance"]  # 7 sigma
-    assert not compare(_flow(3.8, 0.05, reliable=False), ref)["within_tolerance"]
-    assert compare(_flow(3.8, 0.05), None)["reference"] is None
-
-
 def test_reference_commands_name_every_phi(recipe, tmp_path):
     commands = recipe["reference_commands"]("ala4", tmp_path)
     assert [c.split("--torsion ")[1].split()[0] for c in commands] == ["phi1", "phi2", "phi3"]

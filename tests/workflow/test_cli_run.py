@@ -16,20 +16,6 @@ from bgflow_se3.cli import main
 from bgflow_se3.systems import load_aldp
 
 
-def _write(folder, system, topology, positions_nm):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "system.xml").write_text(openmm.XmlSerializer.serialize(system))
-    with open(folder / "molecule.pdb", "w") as handle:
-        app.PDBFile.writeFile(topology, positions_nm * unit.nanometer, handle)
-    return folder / "system.xml", folder / "molecule.pdb"
-
-
-@pytest.fixture
-def aldp_files(tmp_path):
-    aldp = load_aldp("implicit")
-    return _write(tmp_path / "inputs", aldp.system, aldp.topology, aldp.positions_nm)
-
-
 def _run(xml, pdb, out, *extra):
     return main(["run", "--system-xml", str(xml), "--pdb", str(pdb), "--out", str(out), "--no-progress", *extra])
 
@@ -82,18 +68,18 @@ def _missing_atom(aldp):
         (_missing_atom, "does not match the System"),
     ],
 )
-def test_bad_input_is_one_line_and_touches_nothing(tmp_path, defect, message):
+def test_bad_input_is_one_line_and_touches_nothing(tmp_path, write_inputs, defect, message):
     aldp = load_aldp("implicit")
     positions = aldp.positions_nm
     if defect(aldp) == "drop":
         modeller = app.Modeller(aldp.topology, positions * unit.nanometer)
         modeller.delete([list(aldp.topology.atoms())[-1]])
-        xml, _ = _write(tmp_path / "a", aldp.system, aldp.topology, positions)
-        _, pdb = _write(
+        xml, _ = write_inputs(tmp_path / "a", aldp.system, aldp.topology, positions)
+        _, pdb = write_inputs(
             tmp_path / "b", aldp.system, modeller.topology, modeller.positions.value_in_unit(unit.nanometer)
         )
     else:
-        xml, pdb = _write(tmp_path / "in", aldp.system, aldp.topology, positions)
+        xml, pdb = write_inputs(tmp_path / "in", aldp.system, aldp.topology, positions)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
         _run(xml, pdb, out, "--smoke")
@@ -117,10 +103,10 @@ def test_unknown_torsion_and_bad_specs(aldp_files, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_no_traceback_in_a_real_process(tmp_path):
+def test_no_traceback_in_a_real_process(tmp_path, write_inputs):
     aldp = load_aldp("implicit")
     _constrained(aldp)
-    xml, pdb = _write(tmp_path / "in", aldp.system, aldp.topology, aldp.positions_nm)
+    xml, pdb = write_inputs(tmp_path / "in", aldp.system, aldp.topology, aldp.positions_nm)
     command = [sys.executable, "-m", "bgflow_se3.cli", "run", "--system-xml", str(xml), "--pdb", str(pdb)]
     done = subprocess.run([*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
