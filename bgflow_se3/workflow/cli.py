@@ -29,6 +29,9 @@ __all__ = ["add_run_parser", "parse_state", "parse_torsion", "run_command"]
 
 logger = logging.getLogger(__name__)
 
+#: the exit status of ``--strict`` when an estimate is not reliable (1 is bad input, 2 a malformed option)
+UNRELIABLE_EXIT = 3
+
 STATE_HELP = """\
 states (radians; a range (low, high] with low > high wraps across pi):
   --torsion phi1                      a torsion the workflow names (peptides: phi<k>, psi<k>, k the residue index)
@@ -121,6 +124,11 @@ def add_run_parser(subparsers: Any) -> None:
         help="TORSION=DIR: compare with (and draw) the umbrella reference cached in DIR by systems/aldp/umbrella.py",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out (same inputs and options)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit with status {UNRELIABLE_EXIT} when any estimate is not reliable (after writing every file)",
+    )
     parser.add_argument("--temperature", type=float, default=300.0, help="kelvin")
     parser.add_argument("--smoke", action="store_true", help="the smallest sizes (checks the pipeline; seconds)")
     parser.add_argument("--replicas", type=positive_int, default=None, help="seeded Langevin replicas")
@@ -232,7 +240,8 @@ def _references(specs) -> dict[str, Any]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``bgflow-se3 run``: returns the exit code (0; 1 with one line for bad input; 128 + signal when stopped)."""
+    """``bgflow-se3 run``: returns the exit code (0; 1 with one line for bad input; 3 with ``--strict`` when an
+    estimate is not reliable; 128 + signal when stopped)."""
     from ..threads import set_threads
     from ..train import exit_when_interrupted
     from .inputs import load_molecule
@@ -269,4 +278,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return 130
     _report(results, args.out)
+    if args.strict and not results["all_reliable"]:
+        print(f"bgflow-se3 run: --strict: not every estimate is reliable (exit {UNRELIABLE_EXIT})", file=sys.stderr)
+        return UNRELIABLE_EXIT
     return 0

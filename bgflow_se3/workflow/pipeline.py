@@ -71,6 +71,21 @@ def seeded_torsions(molecule: Molecule, torsions: Sequence[Torsion]) -> list[Tor
     return seeded
 
 
+#: a held-out NLL this many nats above the training NLL gets a warning (the flow memorised its replicas)
+GAP_WARNING_NATS = 3.0
+
+
+def _held_out_check(flow, train: torch.Tensor, valid: torch.Tensor, seed: int) -> tuple[float, float]:
+    """(mean NLL of training frames, of held-out frames), nats, in float64; the training frames are a random
+    subset as large as the held-out set, so both means have the same noise. NaN without held-out frames."""
+    if not len(valid):
+        return math.nan, math.nan
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(valid)]
+    with torch.no_grad():
+        flow.double()
+        return float(-flow.log_prob(train[pick].double()).mean()), float(-flow.log_prob(valid.double()).mean())
+
+
 def _check_references(references: Mapping[str, UmbrellaReference], torsions: Sequence[Torsion]) -> None:
     """Every reference names a reported torsion and, where the cache records it, biased that torsion's atoms."""
     by_name = {t.name: t for t in torsions}
@@ -286,9 +301,20 @@ def run_workflow(
     say(f"maximum likelihood: {settings.ml_iterations} iterations x {settings.ml_batch_size} frames")
     ml = Trainer(flow, MaximumLikelihoodObjective(train, settings.ml_batch_size), ml_config, out_dir=out / "ml")
     ml_result = ml.run(resume=resume)
-    with torch.no_grad():
-        validation_nll = float(-flow.double().log_prob(valid.double()).mean()) if len(valid) else math.nan
+    train_nll, validation_nll = _held_out_check(flow, train, valid, settings.seed)
     flow.float()
+    if math.isfinite(validation_nll):
+        say(
+            f"maximum likelihood: NLL {train_nll:.2f} on training frames, {validation_nll:.2f} on held-out replicas "
+            f"(gap {validation_nll - train_nll:.2f} nats)"
+        )
+        if validation_nll - train_nll > GAP_WARNING_NATS:
+            logger.warning(
+                "the flow fits its training frames %.1f nats better than held-out replicas: it has learned the "
+                "replicas more than the molecule, and its weights will be heavy-tailed; more replicas (--replicas) "
+                "give it more independent starting points",
+                validation_nll - train_nll,
+            )
 
     batch = settings.fab_batch_size
     objective = FABObjective(
@@ -339,6 +365,7 @@ def run_workflow(
         "flow": {"class": "InternalCoordinateFlow", **config},
         "coverage": coverage,
         "ml_validation_nll": validation_nll,
+        "ml_train_nll": train_nll,
         "ml_wall_time_s": ml_result.wall_time_s,
         "fab": training_summary(fab_result),
         "n_target_evaluations_total": int(

@@ -28,6 +28,12 @@ def test_run_prints_each_residue_and_writes_the_contract(aldp_files, tmp_path, c
     assert [e["name"] for e in table] == ["phi1", "psi1"]
 
 
+def test_strict_exits_3_when_an_estimate_is_unreliable(aldp_files, tmp_path, capsys):
+    assert _run(*aldp_files, tmp_path / "out", "--smoke", "--strict") == 3  # smoke sizes are never reliable
+    assert (tmp_path / "out" / "results.json").is_file()  # everything written first
+    assert "--strict: not every estimate is reliable" in capsys.readouterr().err
+
+
 def test_named_states_and_pairs(aldp_files, tmp_path, capsys):
     state_a = "alpha=phi1:-3.1416:0&psi1:-2.2:1"
     state_b = "rest=phi1:0:3.1416|-3.1416:-3.1"

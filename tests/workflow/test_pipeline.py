@@ -45,6 +45,7 @@ def test_results_keep_the_contract(smoke_run):
     assert isinstance(entry["reliable"], bool) and isinstance(entry["dF_positive_minus_negative_kT"], float)
     assert saved["coverage"]["seeded_torsions"] == ["phi1", "psi1"]
     assert saved["coverage"]["frames_per_state"]["phi1 > 0"] > 0
+    assert math.isfinite(saved["ml_train_nll"]) and math.isfinite(saved["ml_validation_nll"])
     for name in ("samples.npz", "samples.dcd", "topology.pdb", "torsion_profiles.png", "ramachandran.png"):
         assert (out / name).is_file(), name
     for stage in ("ml", "fab"):
