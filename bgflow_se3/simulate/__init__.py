@@ -7,7 +7,7 @@ analysis; nothing in ``bgflow_se3.systems`` imports ``simulate`` (its old paths 
 
 from .aldp_files import write_aldp_files
 from .aldp_md import default_md_dir, load_aldp_md, run_aldp_md
-from .openmm_langevin import langevin_context, reduced_energies, repartition_hydrogen_mass
+from .openmm_langevin import heavy_hydrogen_masses, langevin_context, reduced_energies, repartition_hydrogen_mass
 from .particle_mcmc import (
     PARTICLE_SYSTEMS,
     ParticleDataConfig,
@@ -30,6 +30,7 @@ __all__ = [
     "default_md_dir",
     "default_umbrella_dir",
     "exchange_statistics",
+    "heavy_hydrogen_masses",
     "langevin_context",
     "load_aldp_md",
     "load_particle_data",

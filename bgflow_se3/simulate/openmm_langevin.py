@@ -7,7 +7,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["langevin_context", "reduced_energies", "repartition_hydrogen_mass"]
+__all__ = ["heavy_hydrogen_masses", "langevin_context", "reduced_energies", "repartition_hydrogen_mass"]
+
+
+def heavy_hydrogen_masses(system: Any, topology: Any, hydrogen_mass_amu: float = 3.0) -> np.ndarray:
+    """The particle masses (amu, float64, (n_atoms,)) of ``system`` with every hydrogen (by the topology's
+    elements) raised to ``hydrogen_mass_amu``, for the batched torch Langevin runs (``sampling.relax_and_run``).
+
+    Unlike ``repartition_hydrogen_mass`` no mass is taken from the bonded atom: masses do not enter the
+    configurational distribution, and these runs only sample configurations.
+    """
+    import openmm.unit as unit
+
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    for atom in topology.atoms():
+        if atom.element is not None and atom.element.atomic_number == 1:
+            masses[atom.index] = max(masses[atom.index], hydrogen_mass_amu)
+    return masses.astype(np.float64)
 
 
 def repartition_hydrogen_mass(system: Any, topology: Any, hydrogen_mass_amu: float = 3.0) -> Any:

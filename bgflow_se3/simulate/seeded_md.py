@@ -20,18 +20,12 @@ from torch import Tensor
 from ..geometry import set_torsion
 from ..sampling.langevin import relax_and_run
 from ..systems.aldp import PHI_ATOMS, PSI_ATOMS, AlanineDipeptide
+from .openmm_langevin import heavy_hydrogen_masses
 
 __all__ = ["DEFAULT_SEEDS", "seeded_aldp_md"]
 
 #: (phi, psi) seeds in radians: C5/beta, C7eq, alpha_R and PII (phi < 0); C7ax and alpha_L (phi > 0)
 DEFAULT_SEEDS: tuple[tuple[float, float], ...] = tuple(itertools.product((-2.6, -1.4, 1.0), (-0.7, 0.6, 2.7)))
-
-
-def _masses(aldp: AlanineDipeptide, hydrogen_mass: float) -> Tensor:
-    masses = torch.tensor(
-        [aldp.system.getParticleMass(i)._value for i in range(aldp.system.getNumParticles())], dtype=torch.float64
-    )
-    return torch.where(masses < 1.5, torch.full_like(masses, hydrogen_mass), masses)
 
 
 def seeded_aldp_md(
@@ -64,7 +58,7 @@ def seeded_aldp_md(
         [set_torsion(set_torsion(x, bonds, PHI_ATOMS, phi), bonds, PSI_ATOMS, psi) for phi, psi in seeds]
     )
     x0 = starts.repeat(math.ceil(n_replicas / len(seeds)), 1, 1)[:n_replicas]
-    masses = _masses(aldp, hydrogen_mass).to(dtype)
+    masses = torch.from_numpy(heavy_hydrogen_masses(aldp.system, aldp.topology, hydrogen_mass)).to(dtype)
     run = relax_and_run(
         energy,
         x0,

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..errors import UnreachedStateError
 from ..geometry import set_torsion
 from ..sampling.langevin import relax_and_run
+from ..simulate.openmm_langevin import heavy_hydrogen_masses
 from .states import State, Torsion
 
 __all__ = [
@@ -122,20 +123,6 @@ def seed_structures(
     return x, seeds, seeded
 
 
-def _masses(system: Any, topology: Any, hydrogen_mass: float) -> Tensor:
-    """Particle masses (amu), hydrogens (by the topology's elements) set to ``hydrogen_mass``."""
-    import openmm.unit as unit
-
-    masses = torch.tensor(
-        [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())],
-        dtype=torch.float64,
-    )
-    for atom in topology.atoms():
-        if atom.element is not None and atom.element.atomic_number == 1:
-            masses[atom.index] = max(float(masses[atom.index]), hydrogen_mass)
-    return masses
-
-
 def seeded_langevin(
     molecule: Any,
     energy: Any,
@@ -166,7 +153,7 @@ def seeded_langevin(
     x0, seeds, seeded = seed_structures(
         molecule.positions_nm, molecule.bonds, torsions, n_replicas, angles=angles, generator=generator, dtype=dtype
     )
-    masses = _masses(molecule.system, molecule.topology, hydrogen_mass).to(dtype)
+    masses = torch.from_numpy(heavy_hydrogen_masses(molecule.system, molecule.topology, hydrogen_mass)).to(dtype)
     run = relax_and_run(
         energy,
         x0,
