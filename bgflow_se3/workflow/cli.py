@@ -159,8 +159,8 @@ def _settings(args: argparse.Namespace):
 
 def _torsions(molecule, specs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(known, chosen), each name -> Torsion: the workflow's named torsions (peptides: phi<k>, psi<k>), and the
-    ``--torsion`` choices resolved (a known name, or the atoms given)."""
-    from .states import Torsion, peptide_torsions
+    ``--torsion`` choices resolved (``states.resolve_torsion``: a known name, or the atoms given)."""
+    from .states import peptide_torsions, resolve_torsion
 
     try:
         known = {t.name: t for t in peptide_torsions(molecule.topology)}
@@ -168,13 +168,11 @@ def _torsions(molecule, specs) -> tuple[dict[str, Any], dict[str, Any]]:
         known = {}
     chosen = {}
     for name, atoms in specs:
-        if atoms is None:
-            if name not in known:
-                names = ", ".join(known) or "none: this is not a peptide"
-                raise ValueError(f"--torsion {name}: no such named torsion (named: {names}); give NAME=a,b,c,d")
-            chosen[name] = known[name]
-        else:
-            chosen[name] = Torsion(name, atoms)
+        spec = name if atoms is None else f"{name}={','.join(map(str, atoms))}"
+        try:
+            chosen[name] = resolve_torsion(spec, molecule.topology, molecule.n_atoms)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
     return known, chosen
 
 

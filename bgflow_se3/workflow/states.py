@@ -39,6 +39,7 @@ __all__ = [
     "negative_state",
     "peptide_torsions",
     "positive_state",
+    "resolve_torsion",
     "state_free_energies",
     "torsion_free_energies",
     "torsion_values",
@@ -83,6 +84,39 @@ def peptide_torsions(topology: Any) -> list[Torsion]:
             "torsions yourself: Torsion('name', (a, b, c, d)) with four 0-based atom indices"
         )
     return [torsion for _, _, torsion in sorted(found, key=lambda item: (item[0], item[1]))]
+
+
+def resolve_torsion(spec: str, topology: Any, n_atoms: int | None = None) -> Torsion:
+    """The torsion a command line names: ``NAME`` (a torsion of ``peptide_torsions(topology)``, e.g. "phi2"),
+    ``NAME=a,b,c,d`` or ``a,b,c,d`` (then also its name), with four distinct 0-based atom indices (below
+    ``n_atoms`` when given). Raises ``ValueError`` naming the known torsions or what is wrong with the atoms."""
+    text = spec.strip()
+    name, sep, atoms = text.partition("=")
+    if not sep and "," in text:
+        name, atoms = text, text
+    name = name.strip()
+    if not name:
+        raise ValueError(f"torsion {spec!r}: give NAME, NAME=a,b,c,d or a,b,c,d")
+    if not atoms:
+        try:
+            named = {t.name: t for t in peptide_torsions(topology)}
+        except ValueError:
+            named = {}
+        if name not in named:
+            known = ", ".join(named) or "none: this is not a peptide"
+            raise ValueError(f"torsion {name}: no such named torsion (named: {known}); give NAME=a,b,c,d")
+        torsion = named[name]
+    else:
+        try:
+            indices = tuple(int(a) for a in atoms.split(","))
+        except ValueError:
+            raise ValueError(f"torsion {spec!r}: the atoms must be four 0-based integers, a,b,c,d") from None
+        if len(indices) != 4:
+            raise ValueError(f"torsion {spec!r}: the atoms must be four 0-based integers, a,b,c,d")
+        torsion = Torsion(name, indices)  # checks distinct and non-negative
+    if n_atoms is not None and max(torsion.atoms) >= n_atoms:
+        raise ValueError(f"torsion {torsion.name} names atom {max(torsion.atoms)}, but the molecule has {n_atoms}")
+    return torsion
 
 
 def torsion_values(x: Any, torsions: Sequence[Torsion]) -> np.ndarray:

@@ -261,28 +261,23 @@ def own_molecule(parser: argparse.ArgumentParser, args: argparse.Namespace) -> d
     if args.system_xml is None or args.pdb is None or args.torsion is None or args.cache is None:
         parser.error("your own molecule needs --system-xml, --pdb, --torsion and --cache together")
     from bgflow_se3.errors import BgflowError
-    from bgflow_se3.workflow import load_molecule, peptide_torsions
+    from bgflow_se3.workflow import load_molecule, peptide_torsions, resolve_torsion
 
     try:
         molecule = load_molecule(args.system_xml, args.pdb)
     except (BgflowError, ValueError) as error:
         parser.error(f"{type(error).__name__}: {error}")
     try:
+        torsion = resolve_torsion(args.torsion, molecule.topology, molecule.n_atoms)
+    except ValueError as error:
+        parser.error(f"--{error}")
+    try:
         named = {t.name: t.atoms for t in peptide_torsions(molecule.topology)}
     except ValueError:
         named = {}
-    if args.torsion in named:
-        atoms = named[args.torsion]
-    else:
-        try:
-            atoms = tuple(int(a) for a in args.torsion.split(","))
-        except ValueError:
-            parser.error(f"--torsion {args.torsion}: not a torsion name ({', '.join(named) or 'none'}) nor a,b,c,d")
-        if len(atoms) != 4 or len(set(atoms)) != 4 or min(atoms) < 0 or max(atoms) >= molecule.n_atoms:
-            parser.error(f"--torsion {args.torsion}: need four distinct atom indices below {molecule.n_atoms}")
-    recorded = None
-    if args.torsion.startswith("phi") and f"psi{args.torsion[3:]}" in named:
-        recorded = named[f"psi{args.torsion[3:]}"]
+    atoms, recorded = torsion.atoms, None
+    if torsion.name.startswith("phi") and f"psi{torsion.name[3:]}" in named:
+        recorded = named[f"psi{torsion.name[3:]}"]
     return {"torsion": atoms, "record_torsion": recorded}
 
 

@@ -21,6 +21,7 @@ from bgflow_se3.workflow import (
     TorsionState,
     all_of,
     peptide_torsions,
+    resolve_torsion,
     state_free_energies,
     torsion_free_energies,
     torsion_values,
@@ -180,3 +181,17 @@ def test_phi_entry_equals_the_flagship_evaluation(aldp, tmp_path, n):
     assert phi["pareto_k_negative"] == flagship["pareto_k_phi_negative"]
     assert bool(phi["warning"]) == bool(flagship["dF_warning"])
     assert flagship["dF_reliable"] == (n == 600)
+
+
+def test_resolve_torsion_takes_a_name_or_atoms(aldp):
+    assert resolve_torsion("phi1", aldp.topology) == Torsion("phi1", (4, 6, 8, 14))
+    assert resolve_torsion("chi=1,4,6,8", aldp.topology) == Torsion("chi", (1, 4, 6, 8))
+    assert resolve_torsion(" 1, 4, 6, 8 ", aldp.topology, 22).atoms == (1, 4, 6, 8)
+    with pytest.raises(ValueError, match="no such named torsion .*named: phi1, psi1"):
+        resolve_torsion("phi7", aldp.topology)
+    with pytest.raises(ValueError, match="four 0-based integers"):
+        resolve_torsion("chi=1,2,3", aldp.topology)
+    with pytest.raises(ValueError, match="four distinct"):
+        resolve_torsion("1,1,2,3", aldp.topology)
+    with pytest.raises(ValueError, match="names atom 40, but the molecule has 22"):
+        resolve_torsion("x=1,2,3,40", aldp.topology, 22)
