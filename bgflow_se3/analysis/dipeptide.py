@@ -19,7 +19,7 @@ from torch import nn
 
 from ..energy.base import Energy
 from ..errors import ConvergenceError, EmptyStateError, LowOverlapWarning, NonFiniteInputError
-from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights
+from ..reweight import effective_sample_size, free_energy_difference, log_importance_weights, pareto_k
 from ..reweight.fes import free_energy_surface
 from ..reweight.state_pair import state_pair_free_energy
 from ..sampling.flow_samples import sample_with_energies
@@ -199,6 +199,7 @@ def evaluate_dipeptide(
         "n_samples": int(n_samples),
         "n_nonfinite_samples": int((~finite).sum()),
         "reverse_ess": float(effective_sample_size(log_w).fraction),
+        "pareto_k": pareto_k(log_w),  # all samples' weight tail (reweight.tail): above 0.7 the flow misses mass
         "d_chirality_fraction": d_fraction,
         "restricted_to_l": bool(restrict_to_l),
         "effective_samples_phi_positive": pair.effective_a,

@@ -219,7 +219,8 @@ def _report(results: dict[str, Any], out: Path) -> None:
             f"({flag})"
         )
     print(
-        f"reverse ESS {100 * results['reverse_ess']:.2f} % of {results['n_samples']} samples; "
+        f"reverse ESS {100 * results['reverse_ess']:.2f} % of {results['n_samples']} samples (weight-tail k-hat "
+        f"{results['pareto_k']:.2f}); "
         f"{results['wall_time_s_total']:.0f} s; results in {out / 'results.json'}"
     )
 

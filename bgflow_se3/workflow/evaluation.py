@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ConvergenceError, LowOverlapWarning, NonFiniteInputError
 from ..files import save_npz_atomically
-from ..reweight import effective_sample_size, log_importance_weights
+from ..reweight import effective_sample_size, log_importance_weights, pareto_k
 from ..reweight.fes import free_energy_surface
 from ..sampling.flow_samples import sample_with_energies
 from ..sampling.joint import JointFlow
@@ -158,6 +158,7 @@ def evaluate_molecule(
         "other_handedness_fraction": float(1.0 - same[finite].mean()),
         "reverse_ess": float(ess.fraction),
         "effective_samples": float(ess.count),
+        "pareto_k": pareto_k(log_w),
         "torsion_free_energies": table,
         "state_free_energies": state_table,
         "all_reliable": bool(all(e["reliable"] for e in table) and all(e["reliable"] for e in state_table)),
