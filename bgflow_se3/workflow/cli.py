@@ -133,6 +133,8 @@ def add_run_parser(subparsers: Any) -> None:
     parser.add_argument("--smoke", action="store_true", help="the smallest sizes (checks the pipeline; seconds)")
     parser.add_argument("--replicas", type=positive_int, default=None, help="seeded Langevin replicas")
     parser.add_argument("--md-ps", type=float, default=None, help="Langevin ps per replica")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="flow MLP width (default: from the molecule)")
+    parser.add_argument("--bins", type=positive_int, default=None, help="spline bins of the flow (default 8)")
     parser.add_argument("--ml-iterations", type=positive_int, default=None)
     parser.add_argument("--fab-iterations", type=positive_int, default=None)
     parser.add_argument("--samples", type=positive_int, default=None, help="flow samples for the estimates")
@@ -148,6 +150,8 @@ def _settings(args: argparse.Namespace):
     changes = {
         "replicas": args.replicas,
         "md_ps": args.md_ps,
+        "hidden": args.hidden,
+        "n_bins": args.bins,
         "ml_iterations": args.ml_iterations,
         "fab_iterations": args.fab_iterations,
         "n_samples": args.samples,

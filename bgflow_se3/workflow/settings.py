@@ -29,7 +29,8 @@ def flow_config(n_atoms: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class WorkflowSettings:
-    """Every size of a workflow run (units in the names). The flow's ``hidden`` width defaults to ``flow_config``.
+    """Every size of a workflow run (units in the names). The flow's ``hidden`` width and spline ``n_bins`` default
+    to ``flow_config``.
 
     temperature_K: of the target. Seeded Langevin (``coverage.seeded_langevin``): replicas, md_ps (production per
     replica), md_equilibration_ps, md_save_every_ps. Maximum likelihood on those frames: ml_iterations,
@@ -48,6 +49,7 @@ class WorkflowSettings:
     md_equilibration_ps: float = 1.0
     md_save_every_ps: float = 0.1
     hidden: int | None = None
+    n_bins: int | None = None
     ml_iterations: int = 3000
     ml_batch_size: int = 512
     ml_lr: float = 1e-3
@@ -87,6 +89,8 @@ class WorkflowSettings:
             bad.append(f"md_equilibration_ps={self.md_equilibration_ps}")
         if self.hidden is not None and self.hidden < 1:
             bad.append(f"hidden={self.hidden}")
+        if self.n_bins is not None and self.n_bins < 2:
+            bad.append(f"n_bins={self.n_bins} (a spline needs at least 2 bins)")
         if self.fab_buffer_batches < self.fab_updates:
             bad.append(f"fab_buffer_batches={self.fab_buffer_batches} (needs >= fab_updates, {self.fab_updates})")
         if self.n_bootstrap == 1 or self.n_bootstrap < 0:
@@ -124,10 +128,12 @@ class WorkflowSettings:
         return replace(self, **changes)
 
     def flow_config(self, n_atoms: int) -> dict[str, Any]:
-        """The flow's constructor settings for a molecule of ``n_atoms`` (``hidden`` overrides the width)."""
+        """The flow's constructor settings for a molecule of ``n_atoms`` (``hidden`` and ``n_bins`` override)."""
         config = flow_config(n_atoms)
         if self.hidden is not None:
             config["hidden"] = int(self.hidden)
+        if self.n_bins is not None:
+            config["n_bins"] = int(self.n_bins)
         return config
 
     def as_dict(self) -> dict[str, Any]:

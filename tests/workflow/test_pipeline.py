@@ -123,6 +123,9 @@ def test_evaluation_gives_the_other_handedness_weight_zero(aldp_molecule, tmp_pa
 def test_flow_width_follows_the_molecule():
     assert [flow_config(n)["hidden"] for n in (22, 42, 62, 400)] == [128, 256, 384, 512]
     assert WorkflowSettings(hidden=64).flow_config(62)["hidden"] == 64
+    assert WorkflowSettings(n_bins=16).flow_config(42)["n_bins"] == 16 and flow_config(42)["n_bins"] == 8
+    with pytest.raises(ValueError, match="n_bins=1"):
+        WorkflowSettings(n_bins=1)
     with pytest.raises(ValueError, match="ml_iterations=0"):
         WorkflowSettings(ml_iterations=0)
     with pytest.raises(ValueError, match="fab_buffer_batches"):
