@@ -31,6 +31,9 @@ __all__ = ["AnnealedStateSamples", "anneal_to_states"]
 
 StateFn = Callable[[Tensor], Tensor]
 
+#: tuning stops once every intermediate's HMC acceptance lies in this band
+TUNED_ACCEPTANCE = (0.45, 0.85)
+
 
 class AnnealedStateSamples(NamedTuple):
     """x: final configurations (n, n_atoms, 3), nm. x0: the flow samples they started from. state: (n,) long,
@@ -69,7 +72,7 @@ def anneal_to_states(
     n_leapfrog: int = 4,
     step_size: float = 2e-3,
     batch_size: int = 1024,
-    n_tune: int = 3,
+    n_tune: int = 30,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> AnnealedStateSamples:
@@ -79,7 +82,10 @@ def anneal_to_states(
     sampled and evaluated in its own dtype. energy: reduced u (kT), differentiable. state_fn: x -> (n,) integer
     state labels (e.g. ``phi > 0``). allowed: x -> (n,) bool, configurations the target admits (e.g. L-chirality);
     others get weight 0. n_intermediate, n_leapfrog, step_size (nm; HMC with unit masses): the annealing; the
-    step sizes are first tuned on ``n_tune`` throw-away batches (towards 65 % acceptance) and then frozen.
+    step sizes (one per intermediate, starting at ``step_size``) are first tuned on throw-away batches of up to 256
+    samples, each round moving every step size by a factor 1.25 towards 65 % acceptance, until every
+    intermediate's acceptance lies in [0.45, 0.85] or ``n_tune`` rounds have run (30 rounds span a factor 800 from
+    the start), and then frozen.
     Returns ``AnnealedStateSamples``; feed ``log_w`` and ``state`` to ``bgflow_se3.reweight`` for free energies.
     """
     if n_samples < 1 or batch_size < 1:
@@ -102,7 +108,9 @@ def anneal_to_states(
 
     if hmc is not None:
         for _ in range(n_tune):
-            run_batch(min(batch_size, 256))
+            _, result, _ = run_batch(min(batch_size, 256))
+            if bool(((result.acceptance >= TUNED_ACCEPTANCE[0]) & (result.acceptance <= TUNED_ACCEPTANCE[1])).all()):
+                break
         hmc.freeze()
     xs, x0s, states, log_ws, flow_log_ws, acceptance = [], [], [], [], [], []
     done = 0

@@ -70,3 +70,20 @@ def test_state_free_energy_matches_the_exact_value(n_intermediate):
         flow_only = free_energy_difference(np.zeros(len(log_w)), -result.flow_log_w.numpy(), state == 1, state == 0)
         assert estimate.stderr < flow_only.stderr  # annealing improved on the proposal's own weights
     assert result.n_energy_evaluations >= 4000
+
+
+@pytest.mark.parametrize("start", [5.0, 1e-3])  # 25x too large, 300x too small
+def test_step_sizes_are_tuned_into_the_acceptance_band(start):
+    """Three rounds of 1.25x could not repair a step size this far off; the tuning runs until every intermediate's
+    acceptance is in [0.45, 0.85]."""
+    result = anneal_to_states(
+        GaussianProposal(1.2),
+        TiltedDoubleWell(),
+        512,
+        lambda x: (x[:, 0, 0] > 0).long(),
+        n_intermediate=4,
+        step_size=start,
+        batch_size=256,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert ((result.acceptance > 0.35) & (result.acceptance < 0.95)).all(), result.acceptance
