@@ -250,6 +250,7 @@ def run_free_energy(
     from .analysis import free_energy_profile_figure, phi_psi, ramachandran_figure
     from .jsonio import write_json
     from .reweight import effective_sample_size, free_energy_difference, free_energy_surface, log_importance_weights
+    from .reweight.state_pair import state_pareto_k
 
     samples = check_samples(samples)
     x, log_q = samples["x"], samples["log_q"]
@@ -272,6 +273,7 @@ def run_free_energy(
     phi, psi = phi_psi(topology, x)
     in_a = (phi > PHI_STATE[0]) & (phi < PHI_STATE[1])
     delta_f = free_energy_difference(log_q, u, in_a, ~in_a, log_p_aug=log_p_aug, n_bootstrap=n_bootstrap, seed=seed)
+    tail_in, tail_out = state_pareto_k(log_w, in_a), state_pareto_k(log_w, ~in_a)
     edges = np.linspace(-np.pi, np.pi, bins + 1)
     profile = free_energy_surface(phi, log_q, u, log_p_aug=log_p_aug, bins=edges)
     summary: dict[str, Any] = {
@@ -287,6 +289,10 @@ def run_free_energy(
         "delta_f_kT": delta_f.value,
         "delta_f_stderr_kT": delta_f.stderr,
         "delta_f_method": delta_f.method,
+        # each state's weight tail (reweight.tail): above its limit the flow covers part of the state too thinly
+        "pareto_k_phi_in_0_2": tail_in[0],
+        "pareto_k_rest": tail_out[0],
+        "pareto_k_limit": min(tail_in[1], tail_out[1]),
     }
     reference = None
     if umbrella_cache is not None and (Path(umbrella_cache) / "profile.npz").exists():

@@ -97,6 +97,7 @@ def test_free_energy_subcommand(tmp_path):
     assert summary["delta_f_kT"] == pytest.approx(delta_f, abs=1e-9)
     assert summary["ess_fraction"] == pytest.approx(ess_fraction, rel=1e-9)
     assert ess_fraction < 0.9 and summary["n_infinite_energy"] == 1
+    assert {"pareto_k_phi_in_0_2", "pareto_k_rest", "pareto_k_limit"} <= set(summary)
     for name in ("phi_profile.png", "ramachandran_flow.png", "ramachandran_reweighted.png"):
         assert (tmp_path / "out" / name).stat().st_size > 1000
 
