@@ -19,11 +19,14 @@ def heavy_hydrogen_masses(system: Any, topology: Any, hydrogen_mass_amu: float =
     """
     import openmm.unit as unit
 
-    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    masses = np.array(
+        [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())],
+        dtype=np.float64,
+    )
     for atom in topology.atoms():
         if atom.element is not None and atom.element.atomic_number == 1:
             masses[atom.index] = max(masses[atom.index], hydrogen_mass_amu)
-    return masses.astype(np.float64)
+    return masses
 
 
 def repartition_hydrogen_mass(system: Any, topology: Any, hydrogen_mass_amu: float = 3.0) -> Any:

@@ -13,11 +13,13 @@ from .states import (
     TorsionState,
     all_of,
     negative_state,
+    parse_torsion_spec,
     peptide_torsions,
     positive_state,
     resolve_torsion,
     state_free_energies,
     torsion_free_energies,
+    torsion_from_parts,
     torsion_values,
 )
 
@@ -34,11 +36,13 @@ __all__ = [
     "load_molecule",
     "load_umbrella_reference",
     "negative_state",
+    "parse_torsion_spec",
     "peptide_torsions",
     "positive_state",
     "resolve_torsion",
     "run_workflow",
     "state_free_energies",
     "torsion_free_energies",
+    "torsion_from_parts",
     "torsion_values",
 ]

@@ -43,20 +43,17 @@ states (radians; a range (low, high] with low > high wraps across pi):
 
 
 def parse_torsion(text: str) -> tuple[str, tuple[int, int, int, int] | None]:
-    """``NAME`` or ``NAME=a,b,c,d`` -> (name, atoms or None); raises ``argparse.ArgumentTypeError``."""
-    name, _, atoms = text.partition("=")
-    name = name.strip()
+    """``NAME`` or ``NAME=a,b,c,d`` -> (name, atoms or None) (``states.parse_torsion_spec``, with a name of letters,
+    digits and _.:+-); raises ``argparse.ArgumentTypeError``."""
+    from .states import parse_torsion_spec
+
+    name = text.partition("=")[0].strip()
     if not re.fullmatch(r"[A-Za-z0-9_.:+-]+", name or "-"):
         raise argparse.ArgumentTypeError(f"{text!r}: a torsion is NAME or NAME=a,b,c,d (letters, digits, _.:+-)")
-    if not atoms:
-        return name, None
     try:
-        indices = tuple(int(a) for a in atoms.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: the atoms must be four 0-based integers, a,b,c,d") from None
-    if len(indices) != 4 or len(set(indices)) != 4 or min(indices) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the atoms must be four distinct 0-based indices, a,b,c,d")
-    return name, indices  # type: ignore[return-value]
+        return parse_torsion_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def parse_state(text: str) -> tuple[str, list[tuple[str, list[tuple[float, float]]]]]:
@@ -163,8 +160,8 @@ def _settings(args: argparse.Namespace):
 
 def _torsions(molecule, specs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(known, chosen), each name -> Torsion: the workflow's named torsions (peptides: phi<k>, psi<k>), and the
-    ``--torsion`` choices resolved (``states.resolve_torsion``: a known name, or the atoms given)."""
-    from .states import peptide_torsions, resolve_torsion
+    ``--torsion`` choices resolved (``states.torsion_from_parts``: a known name, or the atoms given)."""
+    from .states import peptide_torsions, torsion_from_parts
 
     try:
         known = {t.name: t for t in peptide_torsions(molecule.topology)}
@@ -172,11 +169,10 @@ def _torsions(molecule, specs) -> tuple[dict[str, Any], dict[str, Any]]:
         known = {}
     chosen = {}
     for name, atoms in specs:
-        spec = name if atoms is None else f"{name}={','.join(map(str, atoms))}"
         try:
-            chosen[name] = resolve_torsion(spec, molecule.topology, molecule.n_atoms)
+            chosen[name] = torsion_from_parts(name, atoms, known, molecule.n_atoms)
         except ValueError as e:
-            raise ValueError(f"--{e}") from None
+            raise ValueError(f"--torsion {e}") from None
     return known, chosen
 
 

@@ -37,11 +37,13 @@ __all__ = [
     "TorsionState",
     "all_of",
     "negative_state",
+    "parse_torsion_spec",
     "peptide_torsions",
     "positive_state",
     "resolve_torsion",
     "state_free_energies",
     "torsion_free_energies",
+    "torsion_from_parts",
     "torsion_values",
 ]
 
@@ -86,37 +88,61 @@ def peptide_torsions(topology: Any) -> list[Torsion]:
     return [torsion for _, _, torsion in sorted(found, key=lambda item: (item[0], item[1]))]
 
 
-def resolve_torsion(spec: str, topology: Any, n_atoms: int | None = None) -> Torsion:
-    """The torsion a command line names: ``NAME`` (a torsion of ``peptide_torsions(topology)``, e.g. "phi2"),
-    ``NAME=a,b,c,d`` or ``a,b,c,d`` (then also its name), with four distinct 0-based atom indices (below
-    ``n_atoms`` when given). Raises ``ValueError`` naming the known torsions or what is wrong with the atoms."""
+def parse_torsion_spec(spec: str) -> tuple[str, tuple[int, int, int, int] | None]:
+    """How a command line names a torsion -> (name, atoms or None): ``NAME``, ``NAME=a,b,c,d`` or ``a,b,c,d`` (then
+    also its name), with four distinct 0-based atom indices. Raises ``ValueError`` saying what is wrong."""
     text = spec.strip()
     name, sep, atoms = text.partition("=")
     if not sep and "," in text:
         name, atoms = text, text
     name = name.strip()
     if not name:
-        raise ValueError(f"torsion {spec!r}: give NAME, NAME=a,b,c,d or a,b,c,d")
+        raise ValueError("give NAME, NAME=a,b,c,d or a,b,c,d")
     if not atoms:
+        return name, None
+    try:
+        indices = tuple(int(a) for a in atoms.split(","))
+    except ValueError:
+        raise ValueError("the atoms must be four 0-based integers, a,b,c,d") from None
+    if len(indices) != 4:
+        raise ValueError("the atoms must be four 0-based integers, a,b,c,d")
+    if len(set(indices)) != 4 or min(indices) < 0:
+        raise ValueError("the atoms must be four distinct 0-based indices, a,b,c,d")
+    return name, indices  # type: ignore[return-value]
+
+
+def torsion_from_parts(
+    name: str, atoms: Sequence[int] | None, named: Mapping[str, Torsion], n_atoms: int | None = None
+) -> Torsion:
+    """The torsion ``name`` of ``named`` (e.g. ``peptide_torsions``' "phi2") when ``atoms`` is None, else
+    ``Torsion(name, atoms)``; its atoms below ``n_atoms`` when given. Raises ``ValueError`` (starting with the
+    name) naming the known torsions or the atom out of range."""
+    if atoms is None:
+        if name not in named:
+            known = ", ".join(named) or "none: this is not a peptide"
+            raise ValueError(f"{name}: no such named torsion (named: {known}); give NAME=a,b,c,d")
+        torsion = named[name]
+    else:
+        torsion = Torsion(name, tuple(atoms))
+    if n_atoms is not None and max(torsion.atoms) >= n_atoms:
+        raise ValueError(f"{torsion.name} names atom {max(torsion.atoms)}, but the molecule has {n_atoms}")
+    return torsion
+
+
+def resolve_torsion(spec: str, topology: Any, n_atoms: int | None = None) -> Torsion:
+    """The torsion a command line names (``parse_torsion_spec``), looked up among ``peptide_torsions(topology)``
+    when it is a bare name (``torsion_from_parts``). Raises ``ValueError`` starting with the spec or the name."""
+    try:
+        name, atoms = parse_torsion_spec(spec)
+    except ValueError as e:
+        raise ValueError(f"{spec.strip()}: {e}") from None
+    named: dict[str, Torsion] = {}
+    if atoms is None:
         try:
             named = {t.name: t for t in peptide_torsions(topology)}
         except ValueError:
-            named = {}
-        if name not in named:
-            known = ", ".join(named) or "none: this is not a peptide"
-            raise ValueError(f"torsion {name}: no such named torsion (named: {known}); give NAME=a,b,c,d")
-        torsion = named[name]
-    else:
-        try:
-            indices = tuple(int(a) for a in atoms.split(","))
-        except ValueError:
-            raise ValueError(f"torsion {spec!r}: the atoms must be four 0-based integers, a,b,c,d") from None
-        if len(indices) != 4:
-            raise ValueError(f"torsion {spec!r}: the atoms must be four 0-based integers, a,b,c,d")
-        torsion = Torsion(name, indices)  # checks distinct and non-negative
-    if n_atoms is not None and max(torsion.atoms) >= n_atoms:
-        raise ValueError(f"torsion {torsion.name} names atom {max(torsion.atoms)}, but the molecule has {n_atoms}")
-    return torsion
+            pass
+    return torsion_from_parts(name, atoms, named, n_atoms)
 
 
 def torsion_values(x: Any, torsions: Sequence[Torsion]) -> np.ndarray:

@@ -270,7 +270,7 @@ def own_molecule(parser: argparse.ArgumentParser, args: argparse.Namespace) -> d
     try:
         torsion = resolve_torsion(args.torsion, molecule.topology, molecule.n_atoms)
     except ValueError as error:
-        parser.error(f"--{error}")
+        parser.error(f"--torsion {error}")
     try:
         named = {t.name: t.atoms for t in peptide_torsions(molecule.topology)}
     except ValueError:
